@@ -1,0 +1,7 @@
+"""`python -m hf_cnn_ft` (also what `accelerate launch -m hf_cnn_ft` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+"""The `hf-cnn-ft` command line: parses arguments, calls the library, reports results.
+
+Bad input raises `UserError` anywhere below; here it becomes one line on stderr and exit code 2.
+Unexpected errors keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hf_cnn_ft").setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def format_report(report: dict[str, Any], title: str) -> str:
+    """A short, aligned results table: overall metrics, then F1 per class."""
+    lines = [title]
+    for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy"):
+        if key in report:
+            lines.append(f"  {key:<16} {report[key]:.4f}")
+    width = max(len(name) for name in report["per_class"])
+    lines.append(f"  {'class':<{width}}  precision  recall     f1  support")
+    for name, values in report["per_class"].items():
+        lines.append(
+            f"  {name:<{width}}  {values['precision']:9.3f}  {values['recall']:6.3f}  {values['f1']:5.3f}"
+            f"  {values['support']:7d}"
+        )
+    return "\n".join(lines)
+
+
+def _train(options: argparse.Namespace, extra: list[str]) -> int:
+    from .recipe import load_recipe
+    from .train import train
+
+    overrides = list(extra)
+    if options.resume:
+        overrides += ["--resume_from_checkpoint", "latest"]
+    recipe = load_recipe(options.recipe, overrides)
+    result = train(recipe)
+    if recipe.training.process_index == 0:
+        out = result.output_dir
+        print(format_report(result.report, f"\n{result.evaluated_on} results ({result.report['num_samples']} images):"))
+        print(f"  {'train time':<16} {result.train_seconds:.1f} s")
+        print(f"\nmodel:            {out}")
+        print(f"model card:       {out / 'README.md'}")
+        print(f"confusion matrix: {out / 'confusion_matrix.png'}")
+    return 0
+
+
+def _evaluate(options: argparse.Namespace) -> int:
+    from .evaluation import data_arguments_for, evaluate_model
+
+    model_dir = Path(options.model_dir)
+    data_args = data_arguments_for(model_dir, options.data)
+    report = evaluate_model(model_dir, data_args, options.split)
+    print(format_report(report, f"{options.split} results ({report['num_samples']} images):"))
+    if options.output:
+        Path(options.output).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"metrics: {options.output}")
+    return 0
+
+
+def _predict(options: argparse.Namespace) -> int:
+    from .predict import predict_files, write_predictions
+
+    predictions = predict_files(options.model_dir, options.inputs, top_k=options.top_k)
+    for p in predictions:
+        if p.error:
+            print(f"{p.path}\tunreadable: {p.error}")
+        else:
+            print(p.path + "\t" + "\t".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores)))
+    if options.output:
+        write_predictions(predictions, Path(options.output))
+    return 0
+
+
+def _demo(options: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(options.output_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-cnn-ft", description="Fine-tune pretrained CNNs on your own images.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    train = verbs.add_parser(
+        "train",
+        help="fine-tune as a recipe says",
+        description="Fine-tune as RECIPE says. Any recipe key can follow as an override: --learning_rate 3e-4.",
+    )
+    train.add_argument("recipe", nargs="?", help="recipe YAML file (optional if every key comes as an override)")
+    train.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+
+    evaluate = verbs.add_parser("evaluate", help="evaluate a fine-tuned model on a labelled dataset")
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("--data", help="dataset source; default: the one in MODEL_DIR/recipe.yaml")
+    evaluate.add_argument("--split", default="test", help="test (default), validation, train, or all")
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+
+    predict = verbs.add_parser("predict", help="classify image files or folders")
+    predict.add_argument("model_dir")
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders")
+    predict.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
+    predict.add_argument("--output", help="write predictions to a .csv or .json file")
+
+    demo = verbs.add_parser("demo", help="fine-tune on the built-in offline demo data")
+    demo.add_argument("--output_dir", default="outputs/demo")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _configure_logging()
+    parser = build_parser()
+    if argv and argv[0] == "train":
+        # Recipe overrides are open-ended, so only the train verb's own options are parsed here.
+        options, extra = parser.parse_known_args(argv)
+        if options.recipe is not None and options.recipe.startswith("--"):
+            extra.insert(0, options.recipe)
+            options.recipe = None
+    else:
+        options, extra = parser.parse_args(argv), []
+    try:
+        if options.verb == "train":
+            return _train(options, extra)
+        if options.verb == "evaluate":
+            return _evaluate(options)
+        if options.verb == "predict":
+            return _predict(options)
+        return _demo(options)
+    except UserError as exc:
+        print(f"hf-cnn-ft: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

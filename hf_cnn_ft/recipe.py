@@ -1,0 +1,448 @@
+"""The recipe: one YAML file that describes a whole fine-tuning run.
+
+A recipe has four sections, each a dataclass below: ``data``, ``model``, ``augment`` and
+``training`` (transformers' ``TrainingArguments`` with defaults chosen for fine-tuning).
+Every key name is unique across the sections, so a command-line override names it plainly
+(``--learning_rate 3e-4``) or with its section (``--training.learning_rate 3e-4``).
+
+These dataclasses are the single source of truth for every setting: the CLI, the YAML files,
+the saved ``recipe.yaml`` and the model card are all derived from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from transformers import TrainingArguments
+
+from .errors import UserError
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are split."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset id, a folder of images in class sub-folders, a CSV/JSONL file of "
+            "(image path, label) rows, or a folder written by `Dataset.save_to_disk`."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Column holding the images or image paths (found automatically if unset)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column holding the class labels (found automatically if unset)."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Name of the training split."})
+    validation_split: str | None = field(
+        default=None,
+        metadata={"help": "Name of an existing validation split; unset looks for validation/valid/val/dev."},
+    )
+    test_split: str | None = field(
+        default=None, metadata={"help": "Name of an existing test split; unset looks for a split named test."}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of the training images held out for validation when no split exists."}
+    )
+    test_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Share of the training images held out for the final test when no test split exists. "
+            "0 means no test split: the final evaluation then runs on the validation split."
+        },
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed of the stratified split, independent of training."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging)."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the validation and test splits (debugging)."}
+    )
+    check_images: bool = field(
+        default=True,
+        metadata={"help": "Decode every image once before training and skip (and report) the unreadable ones."},
+    )
+
+
+@dataclass
+class ModelArguments:
+    """Which pretrained backbone to fine-tune."""
+
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "A timm architecture (resnet50, convnext_tiny, efficientnet_b0...), a timm Hub id "
+            "(timm/resnet50.a1_in1k), a transformers Hub id (microsoft/resnet-50) or a local model directory."
+        },
+    )
+    pretrained: bool = field(
+        default=True, metadata={"help": "Start from pretrained weights (timm architecture names only)."}
+    )
+    weights: str | None = field(
+        default=None,
+        metadata={"help": "A local .safetensors or PyTorch state-dict file to load into the backbone."},
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub model branch, tag or commit."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Training/eval resolution; unset uses the model's own input size."}
+    )
+    zero_init_head: bool = field(
+        default=True,
+        metadata={
+            "help": "Start the new classifier at zero, so the first steps cannot push random gradients "
+            "into the pretrained backbone."
+        },
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from a Hub model repo."})
+
+
+@dataclass
+class AugmentArguments:
+    """Training-time augmentation. Evaluation always uses resize + centre crop."""
+
+    crop_scale: tuple[float, float] = field(
+        default=(0.25, 1.0), metadata={"help": "Area range of RandomResizedCrop, as fractions of the image."}
+    )
+    hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
+    vflip: float = field(default=0.0, metadata={"help": "Probability of a vertical flip (scans, aerial images)."})
+    rotation: float = field(default=0.0, metadata={"help": "Maximum random rotation, in degrees."})
+    color_jitter: float = field(
+        default=0.0, metadata={"help": "Strength of brightness/contrast/saturation jitter (0 disables)."}
+    )
+    auto_augment: str | None = field(
+        default=None, metadata={"help": "randaugment or trivialaugment, applied after the crop and flips."}
+    )
+    randaugment_ops: int = field(default=2, metadata={"help": "RandAugment: operations per image."})
+    randaugment_magnitude: int = field(default=9, metadata={"help": "RandAugment: magnitude (0-30)."})
+    random_erasing: float = field(default=0.0, metadata={"help": "Probability of erasing a random rectangle."})
+
+
+def _default_num_workers() -> int:
+    # Decoding and augmenting a small image costs ~1-2 ms per core, far less than a CNN training
+    # step; on a machine with two cores, workers only steal cores from the compute threads.
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(8, cpus // 2)
+
+
+@dataclass
+class TrainArguments(TrainingArguments):
+    """transformers' TrainingArguments with defaults for fine-tuning a CNN on a small dataset."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints and artefacts go."})
+    num_train_epochs: float = 10.0
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.1
+    weight_decay: float = 0.01
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    logging_strategy: str = "epoch"
+    load_best_model_at_end: bool = True
+    metric_for_best_model: str | None = "accuracy"
+    save_total_limit: int | None = 2
+    report_to: None | str | list[str] = "none"
+    # The image column must reach the collator, which does the transforms (transformers #17894).
+    remove_unused_columns: bool = False
+    dataloader_num_workers: int = field(default_factory=_default_num_workers)
+    dataloader_pin_memory: bool = field(default_factory=torch.cuda.is_available)
+    seed: int = 42
+    early_stopping_patience: int | None = field(
+        default=5, metadata={"help": "Stop after this many evaluations without improvement; null disables."}
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Minimum improvement of metric_for_best_model that counts."}
+    )
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataArguments,
+    "model": ModelArguments,
+    "augment": AugmentArguments,
+    "training": TrainArguments,
+}
+
+# Settings of a single invocation that must not be replayed from a saved recipe.
+_NOT_SAVED = {"resume_from_checkpoint", "local_rank"}
+
+
+@dataclass
+class Recipe:
+    data: DataArguments
+    model: ModelArguments
+    augment: AugmentArguments
+    training: TrainArguments
+
+
+def _init_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _key_owners() -> dict[str, str]:
+    owners: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        for name in _init_fields(cls):
+            if name in owners:
+                raise AssertionError(f"recipe key {name!r} is defined in both {owners[name]} and {section}")
+            owners[name] = section
+    return owners
+
+
+KEY_OWNERS = _key_owners()
+
+
+def _suggest(key: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce_value(value: Any, hint: Any, key: str) -> Any:
+    """Converts a YAML or command-line value to the type a dataclass field declares."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        if value is None and type(None) in members:
+            return None
+        errors = []
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return coerce_value(value, member, key)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if errors else f"{key}: cannot be null")
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise UserError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if hint is Any:
+        return value
+    if value is None:
+        raise UserError(f"{key}: a value is required (got null)")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise UserError(f"{key}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value).value
+        except ValueError:
+            choices = ", ".join(m.value for m in hint)
+            raise UserError(f"{key}: {value!r} is not one of {choices}") from None
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise UserError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(coerce_value(v, a, key) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        items = [coerce_value(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"recipe file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of sections (data, model, augment, training)")
+    return loaded
+
+
+def _flatten_recipe(raw: dict[str, Any], origin: str) -> dict[str, tuple[str, Any]]:
+    """Maps every key to (section, value), accepting both sectioned and flat recipes."""
+    flat: dict[str, tuple[str, Any]] = {}
+    for top_key, top_value in raw.items():
+        if top_key in SECTIONS:
+            if top_value is None:
+                continue
+            if not isinstance(top_value, dict):
+                raise UserError(f"{origin}: section '{top_key}' must be a mapping of keys to values")
+            fields_ = _init_fields(SECTIONS[top_key])
+            for key, value in top_value.items():
+                if key not in fields_:
+                    hint = _suggest(key, list(fields_)) or _moved_hint(key)
+                    raise UserError(f"{origin}: unknown key '{key}' in section '{top_key}'{hint}")
+                flat[key] = (top_key, value)
+        elif top_key in KEY_OWNERS:
+            flat[top_key] = (KEY_OWNERS[top_key], top_value)
+        else:
+            hint = _suggest(top_key, list(SECTIONS) + list(KEY_OWNERS))
+            raise UserError(f"{origin}: unknown key '{top_key}'{hint}")
+    return flat
+
+
+def _moved_hint(key: str) -> str:
+    owner = KEY_OWNERS.get(key)
+    return f"; '{key}' belongs in section '{owner}'" if owner else ""
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """Parses ``--key value``, ``--key=value``, ``--section.key value`` and bare ``--flag`` (true)."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or token == "--":
+            raise UserError(f"unexpected argument {token!r}: overrides look like --learning_rate 3e-4")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"
+        section, dot, name = key.rpartition(".")
+        name = name.replace("-", "_")
+        if name not in KEY_OWNERS:
+            raise UserError(f"unknown override --{key}{_suggest(name, list(KEY_OWNERS))}")
+        if dot and section != KEY_OWNERS[name]:
+            raise UserError(f"unknown override --{key}; '{name}' belongs in section '{KEY_OWNERS[name]}'")
+        overrides[name] = yaml.safe_load(value) if value != "" else ""
+        i += 1
+    return overrides
+
+
+def build_recipe(values: dict[str, Any], origin: str = "recipe") -> Recipe:
+    """Builds the recipe dataclasses from flat ``{key: value}`` settings, validating each value."""
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in values.items():
+        section = KEY_OWNERS.get(key)
+        if section is None:
+            raise UserError(f"{origin}: unknown key '{key}'{_suggest(key, list(KEY_OWNERS))}")
+        hint = _type_hints(SECTIONS[section])[key]
+        per_section[section][key] = coerce_value(value, hint, f"{origin}: {section}.{key}")
+    try:
+        built = {s: SECTIONS[s](**kwargs) for s, kwargs in per_section.items()}
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{origin}: {exc}".splitlines()[0]) from None
+    return Recipe(**built)
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Recipe:
+    """Reads a recipe file (if any), applies command-line overrides, and validates the result."""
+    values: dict[str, Any] = {}
+    origin = "command line"
+    if path is not None:
+        origin = str(path)
+        values = {k: v for k, (_, v) in _flatten_recipe(_read_yaml(Path(path)), origin).items()}
+    values.update(parse_overrides(overrides))
+    return build_recipe(values, origin)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _training_changes(args: TrainArguments) -> dict[str, Any]:
+    """Training settings that differ from the defaults, so a saved recipe stays readable."""
+    default = TrainArguments()
+    current, baseline = args.to_dict(), default.to_dict()
+    return {
+        key: _plain(value)
+        for key, value in current.items()
+        if key not in _NOT_SAVED and "token" not in key and value != baseline.get(key)
+    }
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """The resolved recipe as plain data: every data/model/augment key, changed training keys."""
+    result: dict[str, dict[str, Any]] = {}
+    for section in ("data", "model", "augment"):
+        obj = getattr(recipe, section)
+        result[section] = {f: _plain(getattr(obj, f)) for f in _init_fields(type(obj))}
+    result["training"] = _training_changes(recipe.training)
+    return result
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """Block style for sections, flow style for short lists such as crop_scale: [0.25, 1.0]."""
+
+
+_RecipeDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.dump(recipe_to_dict(recipe), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
+
+
+def recipe_help() -> str:
+    """One line per recipe key of the data, model and augment sections, for `--help`."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        if section == "training":
+            lines.append("training: any transformers TrainingArguments field, plus early_stopping_patience/threshold")
+            continue
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(cls):
+            lines.append(f"  {f.name}: {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""Fine-tuning, top to bottom: recipe -> data -> model -> transforms -> Trainer -> artefacts."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import EarlyStoppingCallback, Trainer, default_data_collator, set_seed
+
+from . import artefacts
+from .card import write_model_card
+from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
+from .errors import UserError
+from .metrics import (
+    SCALAR_KEYS,
+    classification_report,
+    plot_confusion_matrix,
+    plot_training_curves,
+    trainer_compute_metrics,
+)
+from .models import DataConfig, build_model, save_model
+from .recipe import Recipe, TrainArguments, recipe_to_yaml
+from .transforms import eval_transform, train_transform
+
+logger = logging.getLogger(__name__)
+
+RESUME_LATEST = {"true", "latest", "last", "yes", "1"}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    report: dict[str, Any]
+    evaluated_on: str
+    train_seconds: float
+
+
+def with_image_transform(dataset: Dataset, transform) -> Dataset:
+    """Applies `transform` lazily, row by row, as the Trainer reads the dataset."""
+
+    def apply(batch: dict[str, list]) -> dict[str, list]:
+        return {
+            "pixel_values": [transform(to_rgb(image)) for image in batch[IMAGE_COLUMN]],
+            "labels": batch[LABEL_COLUMN],
+        }
+
+    return dataset.with_transform(apply)
+
+
+def validate_training_arguments(args: TrainArguments) -> None:
+    metric = args.metric_for_best_model
+    if metric is not None:
+        name = metric.removeprefix("eval_")
+        if name not in SCALAR_KEYS and name != "loss":
+            raise UserError(
+                f"training.metric_for_best_model '{metric}' is not a metric this tool computes; "
+                f"use one of: loss, {', '.join(SCALAR_KEYS)}"
+            )
+    if args.remove_unused_columns:
+        raise UserError(
+            "training.remove_unused_columns must stay false: the transforms need the raw image column "
+            "(transformers #17894)"
+        )
+
+
+def resolve_resume(value: str | None, output_dir: Path, is_main: bool) -> str | None:
+    """`true`/`latest` means the last complete checkpoint in the output directory, if any."""
+    if value is None or str(value).lower() in {"false", "no", "0", "none", ""}:
+        return None
+    if str(value).lower() in RESUME_LATEST:
+        if is_main:
+            for path in artefacts.remove_incomplete_checkpoints(output_dir):
+                logger.warning("removed checkpoint %s: it was cut short by a crash", path)
+        checkpoint = artefacts.last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.warning("no checkpoint to resume from in %s: training from the start", output_dir)
+            return None
+        logger.info("resuming from %s", checkpoint)
+        return str(checkpoint)
+    if not Path(value).is_dir():
+        raise UserError(f"checkpoint {value} does not exist (use --resume to continue from the latest one)")
+    return str(value)
+
+
+def hardware_description() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _write_artefacts(
+    recipe: Recipe,
+    data: ImageData,
+    trainer: Trainer,
+    data_config: DataConfig,
+    report: dict[str, Any],
+    evaluated_on: str,
+    train_seconds: float,
+) -> None:
+    output_dir = Path(recipe.training.output_dir)
+    staging = artefacts.staging_dir(output_dir)
+    save_model(trainer.model, data_config, staging)
+    metric = (recipe.training.metric_for_best_model or "loss").removeprefix("eval_")
+    plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
+    plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
+    artefacts.write_text(staging / "recipe.yaml", recipe_to_yaml(recipe))
+    if data.skipped:
+        lines = [f"{item.split}\t{item.path}\t{item.reason}" for item in data.skipped]
+        artefacts.write_text(staging / "skipped_images.tsv", "split\tpath\treason\n" + "\n".join(lines) + "\n")
+    summary = {
+        "evaluated_on": evaluated_on,
+        evaluated_on: report,
+        "best_validation": {
+            k.removeprefix("eval_"): v
+            for k, v in (_best_eval_entry(trainer) or {}).items()
+            if k.removeprefix("eval_") in (*SCALAR_KEYS, "loss")
+        },
+        "label_names": data.label_names,
+        "split_sizes": {name: len(split) for name, split in data.splits.items()},
+        "class_counts": {name: data.class_counts(name) for name in data.splits},
+        "skipped_images": len(data.skipped),
+        "skipped": [item.__dict__ for item in data.skipped],
+        "epochs_trained": trainer.state.epoch,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_seconds": round(train_seconds, 2),
+        "hardware": hardware_description(),
+    }
+    write_model_card(staging / "README.md", recipe, data, summary, data_config)
+    artefacts.write_json(staging / artefacts.COMPLETION_MARKER, summary)
+    artefacts.publish(staging, output_dir)
+
+
+def _best_eval_entry(trainer: Trainer) -> dict[str, Any] | None:
+    metric = trainer.args.metric_for_best_model
+    if metric is None:
+        return None
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    entries = [e for e in trainer.state.log_history if key in e]
+    if not entries:
+        return None
+    pick = max if trainer.args.greater_is_better else min
+    return pick(entries, key=lambda e: e[key])
+
+
+def train(recipe: Recipe) -> TrainResult:
+    """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`."""
+    args = recipe.training
+    validate_training_arguments(args)
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # denormal floats cost 20-30x on some CPUs
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    is_main = args.process_index == 0
+
+    with args.main_process_first(desc="loading the dataset"):
+        data = load_image_data(recipe.data)
+    model, data_config = build_model(recipe.model, data.label_names)
+    resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
+    if is_main:
+        artefacts.mark_incomplete(output_dir)
+    for item in data.skipped:
+        logger.warning("skipped unreadable image %s (%s)", item.path, item.reason)
+
+    callbacks = []
+    if args.early_stopping_patience is not None and args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
+    evaluation = eval_transform(data_config)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=with_image_transform(data.splits["train"], train_transform(data_config, recipe.augment)),
+        eval_dataset=with_image_transform(data.splits["validation"], evaluation),
+        data_collator=default_data_collator,
+        compute_metrics=trainer_compute_metrics(data.label_names),
+        callbacks=callbacks,
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - started
+
+    evaluated_on = data.evaluation_split
+    # predict() gathers across processes without the padding duplicates of the last batch.
+    prediction = trainer.predict(
+        with_image_transform(data.splits[evaluated_on], evaluation), metric_key_prefix=evaluated_on
+    )
+    report = classification_report(prediction.predictions, prediction.label_ids, data.label_names)
+    if trainer.is_world_process_zero():
+        _write_artefacts(recipe, data, trainer, data_config, report, evaluated_on, train_seconds)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(output_dir=output_dir, report=report, evaluated_on=evaluated_on, train_seconds=train_seconds)

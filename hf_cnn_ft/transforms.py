@@ -1,0 +1,92 @@
+"""Train and eval transforms, and the collator that applies them.
+
+The transforms run in the collator, on the raw ``image`` column, so they are lazy (nothing is
+pre-computed) and the Trainer can never drop the image column before they see it
+(transformers #17894): the collator is the only consumer of the raw rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from .data import IMAGE_COLUMN, LABEL_COLUMN, to_rgb
+from .errors import UserError
+from .models import DataConfig
+from .recipe import AugmentArguments
+
+_INTERPOLATION = {
+    "nearest": v2.InterpolationMode.NEAREST,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+}
+
+
+def _interpolation(name: str) -> v2.InterpolationMode:
+    return _INTERPOLATION.get(name, v2.InterpolationMode.BILINEAR)
+
+
+def _to_normalised_tensor(config: DataConfig) -> list[Callable]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
+
+
+def eval_transform(config: DataConfig) -> v2.Compose:
+    """Resize the shorter side to input_size / crop_pct, then centre-crop input_size."""
+    return v2.Compose(
+        [
+            v2.Resize(config.resize_size, interpolation=_interpolation(config.interpolation), antialias=True),
+            v2.CenterCrop(config.input_size),
+            *_to_normalised_tensor(config),
+        ]
+    )
+
+
+def train_transform(config: DataConfig, augment: AugmentArguments) -> v2.Compose:
+    """Random-resized crop and the recipe's augmentations, then the model's normalisation."""
+    low, high = augment.crop_scale
+    if not 0 < low <= high <= 1:
+        raise UserError(f"augment.crop_scale must satisfy 0 < low <= high <= 1, got {list(augment.crop_scale)}")
+    steps: list[Callable] = [
+        v2.RandomResizedCrop(
+            config.input_size, scale=(low, high), interpolation=_interpolation(config.interpolation), antialias=True
+        )
+    ]
+    if augment.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(augment.hflip))
+    if augment.vflip > 0:
+        steps.append(v2.RandomVerticalFlip(augment.vflip))
+    if augment.rotation > 0:
+        steps.append(v2.RandomRotation(augment.rotation, interpolation=_interpolation(config.interpolation)))
+    if augment.color_jitter > 0:
+        s = augment.color_jitter
+        steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
+    if augment.auto_augment:
+        policy = augment.auto_augment.lower().replace("_", "").replace("-", "")
+        if policy == "randaugment":
+            steps.append(v2.RandAugment(num_ops=augment.randaugment_ops, magnitude=augment.randaugment_magnitude))
+        elif policy == "trivialaugment":
+            steps.append(v2.TrivialAugmentWide())
+        else:
+            raise UserError(f"augment.auto_augment must be randaugment or trivialaugment, got '{augment.auto_augment}'")
+    steps.extend(_to_normalised_tensor(config))
+    if augment.random_erasing > 0:
+        steps.append(v2.RandomErasing(p=augment.random_erasing, value=0))
+    return v2.Compose(steps)
+
+
+@dataclass
+class ImageClassificationCollator:
+    """Turns raw rows ({image, label}) into a batch of pixel_values and labels."""
+
+    transform: Callable[[Image.Image], torch.Tensor]
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pixels = torch.stack([self.transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
+        batch = {"pixel_values": pixels}
+        if rows and LABEL_COLUMN in rows[0]:
+            batch["labels"] = torch.tensor([row[LABEL_COLUMN] for row in rows], dtype=torch.long)
+        return batch

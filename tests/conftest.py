@@ -1,0 +1,90 @@
+"""Shared fixtures: a generated, learnable image folder and a tiny model trained on it once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing in the suite may reach the Hub; tests that need a Hub run their own loopback server.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from hf_cnn_ft.synthetic import make_shapes_folder  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_SETTINGS = {
+    "model": "test_resnet",
+    "pretrained": False,
+    "image_size": 32,
+    "num_train_epochs": 6,
+    "learning_rate": 3e-3,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": True,
+}
+
+
+def overrides(settings: dict) -> list[str]:
+    """Settings as command-line overrides (--key value)."""
+    args: list[str] = []
+    for key, value in settings.items():
+        args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_hf_home(tmp_path_factory):
+    """A fresh HF cache per session, so tests never depend on what an earlier run left."""
+    home = tmp_path_factory.mktemp("hf_home")
+    os.environ["HF_HOME"] = str(home)
+    os.environ["HF_DATASETS_CACHE"] = str(home / "datasets")
+    import datasets.config
+
+    datasets.config.HF_DATASETS_CACHE = Path(home / "datasets")
+    yield home
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    return make_shapes_folder(tmp_path_factory.mktemp("shapes"), per_class=30, size=40)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shapes_dir) -> Path:
+    """One tiny end-to-end training run through the CLI, shared by the tests that inspect it."""
+    from hf_cnn_ft.cli import main
+
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    code = main(["train", *overrides({**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": output_dir})])
+    assert code == 0
+    return output_dir
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for subprocesses running the CLI from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    def copy(folder: Path) -> Path:
+        target = tmp_path / folder.name
+        shutil.copytree(folder, target)
+        return target
+
+    return copy

@@ -1,0 +1,200 @@
+import csv
+import io
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_cnn_ft.data import drop_unreadable_images, load_image_data, stratified_split, to_rgb
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.recipe import DataArguments
+
+
+def _image(seed: int, size: int = 16) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8))
+
+
+def test_image_folder_gives_three_stratified_splits_with_class_names(shapes_dir):
+    data = load_image_data(DataArguments(dataset=str(shapes_dir), validation_fraction=0.2, test_fraction=0.2))
+    assert data.label_names == ["blue_triangle", "green_square", "red_disc"]
+    assert list(data.splits) == ["train", "validation", "test"]
+    assert {name: len(s) for name, s in data.splits.items()} == {"train": 54, "validation": 18, "test": 18}
+    # Stratified: every class is equally represented in each held-out split.
+    assert set(data.class_counts("test").values()) == {6}
+    assert set(data.class_counts("validation").values()) == {6}
+    assert data.splits["train"].column_names == ["image", "label"]
+
+
+def test_splits_are_seeded_and_disjoint(shapes_dir):
+    def paths(seed):
+        data = load_image_data(DataArguments(dataset=str(shapes_dir), split_seed=seed))
+        return {
+            name: sorted(img["path"] for img in split.cast_column("image", datasets.Image(decode=False))["image"])
+            for name, split in data.splits.items()
+        }
+
+    first, again, other = paths(1), paths(1), paths(2)
+    assert first == again
+    assert first["test"] != other["test"]
+    assert not set(first["train"]) & set(first["test"]) and not set(first["train"]) & set(first["validation"])
+
+
+def test_stratified_split_keeps_rare_classes_on_both_sides():
+    labels = np.array([0] * 50 + [1] * 2)
+    kept, held = stratified_split(labels, 0.1, seed=0)
+    assert sorted(np.concatenate([kept, held])) == list(range(52))
+    assert (labels[held] == 1).sum() == 1 and (labels[kept] == 1).sum() == 1
+    assert (labels[held] == 0).sum() == 5
+
+
+def test_csv_with_relative_paths_and_string_labels(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    rows = []
+    for i in range(12):
+        name = f"imgs/{i}.png"
+        _image(i).save(tmp_path / name)
+        rows.append({"file": name, "kind": ["ok", "defect", "scratch"][i % 3]})
+    with (tmp_path / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "kind"])
+        writer.writeheader()
+        writer.writerows(rows)
+    data = load_image_data(
+        DataArguments(dataset=str(tmp_path / "labels.csv"), label_column="kind", test_fraction=0.25, validation_fraction=0.25)
+    )
+    assert data.label_names == ["defect", "ok", "scratch"]
+    assert sum(len(s) for s in data.splits.values()) == 12
+    assert data.splits["train"][0]["image"].size == (16, 16)
+
+
+def test_jsonl_and_missing_files_are_skipped_and_reported(tmp_path):
+    lines = []
+    for i in range(9):
+        _image(i).save(tmp_path / f"{i}.jpg")
+        lines.append({"image": f"{i}.jpg", "label": i % 3})
+    lines.append({"image": "gone.jpg", "label": 0})
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    data = load_image_data(DataArguments(dataset=str(tmp_path / "data.jsonl"), test_fraction=0.0, validation_fraction=0.3))
+    assert data.label_names == ["0", "1", "2"]
+    assert [Path(s.path).name for s in data.skipped] == ["gone.jpg"]
+    assert sum(len(s) for s in data.splits.values()) == 9
+
+
+def test_saved_dataset_with_existing_splits_is_used_as_is(tmp_path):
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["cat", "dog"])})
+
+    def split(n, offset):
+        return datasets.Dataset.from_dict(
+            {"img": [_image(offset + i) for i in range(n)], "y": [i % 2 for i in range(n)]}, features=features
+        )
+
+    datasets.DatasetDict({"train": split(10, 0), "valid": split(4, 100), "test": split(6, 200)}).save_to_disk(tmp_path / "saved")
+    data = load_image_data(DataArguments(dataset=str(tmp_path / "saved")))
+    assert data.label_names == ["cat", "dog"]
+    assert {name: len(s) for name, s in data.splits.items()} == {"train": 10, "validation": 4, "test": 6}
+
+
+def test_existing_train_test_folders_are_respected(tmp_path):
+    for split, n in (("train", 8), ("test", 4)):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                _image(i).save(tmp_path / split / cls / f"{i}.png")
+    data = load_image_data(DataArguments(dataset=str(tmp_path), validation_fraction=0.25))
+    assert len(data.splits["test"]) == 8
+    assert len(data.splits["train"]) + len(data.splits["validation"]) == 16
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("L", (8, 8), 200),
+        lambda: Image.new("1", (8, 8), 1),
+        lambda: Image.new("P", (8, 8), 3),
+        lambda: Image.new("CMYK", (8, 8), (0, 255, 255, 0)),
+        lambda: Image.new("RGBA", (8, 8), (255, 0, 0, 128)),
+        lambda: Image.new("LA", (8, 8), (10, 0)),
+        lambda: Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)),
+        lambda: Image.new("I", (8, 8), 40000),
+        lambda: Image.new("F", (8, 8), 0.5),
+    ],
+)
+def test_every_image_mode_becomes_8bit_rgb(make):
+    image = make()
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == (8, 8)
+    pixels = np.asarray(rgb)
+    assert pixels.dtype == np.uint8
+
+
+def test_conversion_keeps_meaning_of_16bit_and_transparency():
+    white16 = to_rgb(Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)))
+    assert np.asarray(white16).min() == 255
+    mid16 = to_rgb(Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)))
+    assert 126 <= np.asarray(mid16).mean() <= 130
+    transparent = to_rgb(Image.new("RGBA", (4, 4), (0, 0, 0, 0)))
+    assert np.asarray(transparent).min() == 255  # composited onto white, not black
+    cmyk_red = np.asarray(to_rgb(Image.new("CMYK", (4, 4), (0, 255, 255, 0))))[0, 0]
+    assert cmyk_red[0] > 200 and cmyk_red[1] < 50
+
+
+def test_corrupt_images_are_found_before_training(tmp_path, shapes_dir, copy_of):
+    folder = copy_of(shapes_dir)
+    (folder / "red_disc" / "notes.png").write_text("this is not an image")
+    buffer = io.BytesIO()
+    _image(0, 64).save(buffer, "JPEG")
+    (folder / "green_square" / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    data = load_image_data(DataArguments(dataset=str(folder)))
+    assert sorted(Path(s.path).name for s in data.skipped) == ["cut.jpg", "notes.png"]
+    assert all(s.reason for s in data.skipped)
+    assert sum(len(s) for s in data.splits.values()) == 90
+
+
+def test_drop_unreadable_images_keeps_order_of_the_good_ones(tmp_path):
+    good = tmp_path / "good.png"
+    _image(1).save(good)
+    dataset = datasets.Dataset.from_dict({"image": [str(good), str(tmp_path / "missing.png"), str(good)], "label": [0, 1, 0]})
+    dataset = dataset.cast_column("image", datasets.Image())
+    cleaned, skipped = drop_unreadable_images(datasets.DatasetDict({"train": dataset}))
+    assert cleaned["train"]["label"] == [0, 0]
+    assert len(skipped) == 1 and skipped[0].path.endswith("missing.png")
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: DataArguments(dataset=str(p / "nope")), "does not exist"),
+        (lambda p: DataArguments(dataset=str(p), label_column="kind"), "label column 'kind' not found"),
+        (lambda p: DataArguments(dataset=str(p), train_split="training"), "split 'training' not found"),
+        (lambda p: DataArguments(dataset=str(p), validation_fraction=0.0), "validation_fraction is 0"),
+        (lambda p: DataArguments(dataset=str(p), test_fraction=1.5), "test_fraction must be in [0, 1)"),
+    ],
+)
+def test_bad_data_settings_raise_one_clear_error(shapes_dir, setup, message):
+    with pytest.raises(UserError) as info:
+        load_image_data(setup(shapes_dir))
+    assert message in str(info.value)
+
+
+def test_label_column_error_lists_the_columns_there_are(shapes_dir):
+    with pytest.raises(UserError) as info:
+        load_image_data(DataArguments(dataset=str(shapes_dir), label_column="kind"))
+    assert "the columns there are: image, label" in str(info.value)
+
+
+def test_single_class_folder_is_refused(tmp_path):
+    (tmp_path / "cats").mkdir()
+    for i in range(3):
+        _image(i).save(tmp_path / "cats" / f"{i}.png")
+    with pytest.raises(UserError) as info:
+        load_image_data(DataArguments(dataset=str(tmp_path)))
+    assert "single class folder ('cats')" in str(info.value)
+
+
+def test_zero_test_fraction_evaluates_on_validation(shapes_dir):
+    data = load_image_data(DataArguments(dataset=str(shapes_dir), test_fraction=0.0))
+    assert list(data.splits) == ["train", "validation"]
+    assert data.evaluation_split == "validation"

@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.recipe import KEY_OWNERS, load_recipe, parse_overrides, recipe_to_yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_sections_map_onto_dataclasses_and_training_arguments(tmp_path):
+    path = write(
+        tmp_path,
+        """
+data: {dataset: some/folder, validation_fraction: 0.2}
+model: {model: resnet18, image_size: 160}
+augment: {crop_scale: [0.5, 1.0], auto_augment: randaugment}
+training: {learning_rate: 3.0e-4, num_train_epochs: 4, output_dir: out}
+""",
+    )
+    recipe = load_recipe(path)
+    assert recipe.data.dataset == "some/folder" and recipe.data.validation_fraction == 0.2
+    assert recipe.model.model == "resnet18" and recipe.model.image_size == 160
+    assert recipe.augment.crop_scale == (0.5, 1.0)
+    assert recipe.training.learning_rate == 3e-4 and recipe.training.num_train_epochs == 4
+    # Fine-tuning defaults that differ from TrainingArguments'.
+    assert recipe.training.remove_unused_columns is False
+    assert recipe.training.load_best_model_at_end is True
+
+
+def test_command_line_overrides_win_and_are_typed(tmp_path):
+    path = write(tmp_path, "training: {learning_rate: 0.1}\ndata: {dataset: d}\nmodel: {model: m}\n")
+    recipe = load_recipe(
+        path,
+        ["--learning_rate", "3e-4", "--model.image_size=96", "--hflip", "0", "--crop_scale", "0.3,1", "--gradient_checkpointing"],
+    )
+    assert recipe.training.learning_rate == pytest.approx(3e-4)
+    assert recipe.model.image_size == 96
+    assert recipe.augment.hflip == 0.0
+    assert recipe.augment.crop_scale == (0.3, 1.0)
+    assert recipe.training.gradient_checkpointing is True
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("training: {learning_rat: 0.1}", "unknown key 'learning_rat' in section 'training'; did you mean 'learning_rate'?"),
+        ("modle: {model: x}", "unknown key 'modle'; did you mean 'model'?"),
+        ("data: {learning_rate: 0.1}", "'learning_rate' belongs in section 'training'"),
+        ("training: {num_train_epochs: lots}", "training.num_train_epochs: expected a number, got 'lots'"),
+        ("data: [1, 2]", "section 'data' must be a mapping"),
+        ("- just\n- a list", "a recipe must be a mapping"),
+        ("data: {dataset: [unclosed", "not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_the_key_and_the_fix(tmp_path, text, message):
+    with pytest.raises(UserError, match=None) as info:
+        load_recipe(write(tmp_path, text))
+    assert message in str(info.value)
+    assert str(tmp_path / "recipe.yaml") in str(info.value) or "recipe" in str(info.value)
+
+
+def test_unknown_override_suggests_the_closest_key():
+    with pytest.raises(UserError) as info:
+        parse_overrides(["--lerning_rate", "1e-3"])
+    assert "unknown override --lerning_rate; did you mean 'learning_rate'?" in str(info.value)
+
+
+def test_saved_recipe_round_trips_and_never_holds_tokens(tmp_path):
+    path = write(tmp_path, "data: {dataset: d}\nmodel: {model: m}\ntraining: {output_dir: o, hub_token: hf_secret123}\n")
+    recipe = load_recipe(path, ["--learning_rate", "5e-4", "--resume_from_checkpoint", "latest"])
+    text = recipe_to_yaml(recipe)
+    assert "hf_secret123" not in text and "token" not in text
+    assert "resume_from_checkpoint" not in text
+    saved = write(tmp_path, text)
+    again = load_recipe(saved)
+    assert again.data == recipe.data and again.model == recipe.model and again.augment == recipe.augment
+    assert again.training.learning_rate == recipe.training.learning_rate
+    assert yaml.safe_load(text)["training"] == {"output_dir": "o", "learning_rate": 5e-4}
+
+
+def test_every_key_is_unique_across_sections():
+    # The flat --key override relies on it; KEY_OWNERS raises at import if two sections share a key.
+    assert KEY_OWNERS["learning_rate"] == "training"
+    assert KEY_OWNERS["dataset"] == "data"
+    assert KEY_OWNERS["crop_scale"] == "augment"
