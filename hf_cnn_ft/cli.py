@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UserError
+from .recipe import recipe_help
 
 EXIT_USER_ERROR = 2
 
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="fine-tune as a recipe says",
         description="Fine-tune as RECIPE says. Any recipe key can follow as an override: --learning_rate 3e-4.",
+        epilog=recipe_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("recipe", nargs="?", help="recipe YAML file (optional if every key comes as an override)")
     train.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
@@ -127,12 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _configure_logging()
     parser = build_parser()
-    if argv and argv[0] == "train":
-        # Recipe overrides are open-ended, so only the train verb's own options are parsed here.
-        options, extra = parser.parse_known_args(argv)
-        if options.recipe is not None and options.recipe.startswith("--"):
-            extra.insert(0, options.recipe)
-            options.recipe = None
+    if argv and argv[0] == "train" and not {"-h", "--help"} & set(argv):
+        # Recipe overrides are open-ended (--any_recipe_key value), so argparse sees only the verb.
+        rest = argv[1:]
+        recipe = rest.pop(0) if rest and not rest[0].startswith("--") else None
+        resume = "--resume" in rest
+        extra = [arg for arg in rest if arg != "--resume"]
+        options = argparse.Namespace(verb="train", recipe=recipe, resume=resume)
     else:
         options, extra = parser.parse_args(argv), []
     try:

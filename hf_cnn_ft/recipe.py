@@ -167,6 +167,13 @@ class TrainArguments(TrainingArguments):
         default=0.0, metadata={"help": "Minimum improvement of metric_for_best_model that counts."}
     )
 
+    def __post_init__(self) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine
+            # without GPUs: accelerate forms a CPU process group (gloo) only when asked for the CPU.
+            self.use_cpu = True
+        super().__post_init__()
+
 
 SECTIONS: dict[str, type] = {
     "data": DataArguments,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .metrics import (
 )
 from .models import DataConfig, build_model, save_model
 from .recipe import Recipe, TrainArguments, recipe_to_yaml
+from .trainer import FineTuneTrainer
 from .transforms import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,26 @@ def resolve_resume(value: str | None, output_dir: Path, is_main: bool) -> str | 
     return str(value)
 
 
+def warn_if_single_process_cpu_launch() -> None:
+    """`accelerate launch --cpu --num_processes N` starts ONE process unless MPI is set up."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in os.environ:
+        return
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    args = [a.decode(errors="replace") for a in parent]
+    if "--num_processes" in args and args.index("--num_processes") + 1 < len(args):
+        requested = args[args.index("--num_processes") + 1]
+        if requested.isdigit() and int(requested) > 1:
+            logger.warning(
+                "accelerate launch --cpu runs a single process without MPI; for %s CPU processes use "
+                "`accelerate launch --multi_gpu --num_processes %s` (it falls back to CPU/gloo) or torchrun",
+                requested,
+                requested,
+            )
+
+
 def hardware_description() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
@@ -130,6 +152,7 @@ def _write_artefacts(
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_seconds": round(train_seconds, 2),
         "hardware": hardware_description(),
+        "processes": trainer.args.world_size,
     }
     write_model_card(staging / "README.md", recipe, data, summary, data_config)
     artefacts.write_json(staging / artefacts.COMPLETION_MARKER, summary)
@@ -152,6 +175,7 @@ def train(recipe: Recipe) -> TrainResult:
     """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`."""
     args = recipe.training
     validate_training_arguments(args)
+    warn_if_single_process_cpu_launch()
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormal floats cost 20-30x on some CPUs
     set_seed(args.seed)
@@ -171,7 +195,7 @@ def train(recipe: Recipe) -> TrainResult:
     if args.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
     evaluation = eval_transform(data_config)
-    trainer = Trainer(
+    trainer = FineTuneTrainer(
         model=model,
         args=args,
         train_dataset=with_image_transform(data.splits["train"], train_transform(data_config, recipe.augment)),

@@ -22,7 +22,7 @@ TINY_SETTINGS = {
     "model": "test_resnet",
     "pretrained": False,
     "image_size": 32,
-    "num_train_epochs": 6,
+    "num_train_epochs": 8,
     "learning_rate": 3e-3,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
@@ -53,7 +53,7 @@ def isolated_hf_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
-    return make_shapes_folder(tmp_path_factory.mktemp("shapes"), per_class=30, size=40)
+    return make_shapes_folder(tmp_path_factory.mktemp("shapes"), per_class=40, size=40)
 
 
 @pytest.fixture(scope="session")

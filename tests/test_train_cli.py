@@ -1,0 +1,136 @@
+"""End to end through the command line: train, the artefacts, evaluate, predict, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from transformers import pipeline
+
+from conftest import TINY_SETTINGS, cli_env, overrides
+from hf_cnn_ft.cli import main
+from hf_cnn_ft.synthetic import CLASSES
+
+pytestmark = pytest.mark.slow
+ARTEFACTS = ["model.safetensors", "config.json", "metrics.json", "confusion_matrix.png", "training_curves.png",
+             "recipe.yaml", "README.md"]
+
+
+def test_training_reaches_90_percent_and_writes_every_artefact(trained_run):
+    for name in ARTEFACTS:
+        assert (trained_run / name).is_file(), name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["best_validation"]["accuracy"] >= 0.9
+    assert metrics["evaluated_on"] == "test"
+    test = metrics["test"]
+    n_test = metrics["split_sizes"]["test"]
+    assert n_test == 12 and test["num_samples"] == n_test and sum(map(sum, test["confusion_matrix"])) == n_test
+    assert set(test["per_class"]) == set(CLASSES)
+    assert metrics["skipped_images"] == 0
+    assert not (trained_run / ".staging").exists()
+
+
+def test_pipeline_on_the_output_directory_predicts_the_users_labels(trained_run, shapes_dir):
+    classifier = pipeline("image-classification", model=str(trained_run))
+    hits = 0
+    for name in CLASSES:
+        image = Image.open(sorted((shapes_dir / name).iterdir())[0])
+        top = classifier(image)[0]["label"]
+        assert top in CLASSES
+        hits += top == name
+    assert hits >= 2
+
+
+def test_saved_recipe_reproduces_the_run_settings(trained_run, shapes_dir):
+    saved = yaml.safe_load((trained_run / "recipe.yaml").read_text())
+    assert saved["model"]["model"] == "test_resnet" and saved["data"]["dataset"] == str(shapes_dir)
+    assert saved["training"]["learning_rate"] == TINY_SETTINGS["learning_rate"]
+
+
+def test_evaluate_reuses_the_runs_test_split(trained_run, capsys, tmp_path):
+    assert main(["evaluate", str(trained_run), "--output", str(tmp_path / "m.json")]) == 0
+    report = json.loads((tmp_path / "m.json").read_text())
+    saved = json.loads((trained_run / "metrics.json").read_text())["test"]
+    assert report["confusion_matrix"] == saved["confusion_matrix"]
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_predict_writes_top_k_and_reports_unreadable_files(trained_run, shapes_dir, tmp_path, capsys):
+    (tmp_path / "broken.png").write_text("no image here")
+    image = sorted((shapes_dir / "red_disc").iterdir())[0]
+    code = main(["predict", str(trained_run), str(image), str(tmp_path / "broken.png"), "--top-k", "2",
+                 "--output", str(tmp_path / "p.json")])
+    assert code == 0
+    records = json.loads((tmp_path / "p.json").read_text())
+    assert len(records) == 2 and len(records[0]["predictions"]) == 2
+    assert records[0]["predictions"][0]["label"] in CLASSES and records[0]["error"] is None
+    assert records[1]["error"] and not records[1]["predictions"]
+    main(["predict", str(trained_run), str(shapes_dir / "green_square"), "--output", str(tmp_path / "p.csv")])
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0].startswith("path,label_1,score_1") and len(rows) == 1 + len(list((shapes_dir / "green_square").iterdir()))
+
+
+def test_corrupt_images_are_skipped_listed_and_training_goes_on(tmp_path, shapes_dir, copy_of):
+    folder = copy_of(shapes_dir)
+    (folder / "red_disc" / "fake.png").write_text("text, not pixels")
+    (folder / "blue_triangle" / "cut.jpg").write_bytes((folder / "blue_triangle" / "blue_triangle_001.jpg").read_bytes()[:300])
+    out = tmp_path / "out"
+    code = main(["train", *overrides({**TINY_SETTINGS, "num_train_epochs": 1, "dataset": folder, "output_dir": out})])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_images"] == 2
+    listed = (out / "skipped_images.tsv").read_text()
+    assert "fake.png" in listed and "cut.jpg" in listed
+
+
+def test_zero_test_fraction_evaluates_on_validation(tmp_path, shapes_dir):
+    out = tmp_path / "out"
+    settings = {**TINY_SETTINGS, "num_train_epochs": 1, "dataset": shapes_dir, "output_dir": out, "test_fraction": 0}
+    assert main(["train", *overrides(settings)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluated_on"] == "validation" and "test" not in metrics
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+BAD_INPUT = [
+    ("missing data path", lambda d, t: ["--dataset", str(t / "missing"), "--model", "test_resnet"],
+     "does not exist"),
+    ("single class", lambda d, t: ["--dataset", str(t / "one"), "--model", "test_resnet"], "single class folder"),
+    ("missing label column", lambda d, t: ["--dataset", str(d), "--label_column", "kind", "--model", "test_resnet"],
+     "label column 'kind' not found in"),
+    ("unknown model", lambda d, t: ["--dataset", str(d), "--model", "resnet5O"], "unknown model 'resnet5O'"),
+    ("YAML typo", lambda d, t: [str(write_recipe(t / "r.yaml", "training:\n  learnin_rate: 0.1\n"))],
+     "unknown key 'learnin_rate' in section 'training'; did you mean 'learning_rate'?"),
+    ("unknown override", lambda d, t: ["--dataset", str(d), "--epochs", "3"], "unknown override --epochs"),
+    ("bad metric", lambda d, t: ["--dataset", str(d), "--model", "test_resnet", "--pretrained", "false",
+                                 "--metric_for_best_model", "acc"], "metric_for_best_model 'acc'"),
+]
+
+
+@pytest.mark.parametrize("case, args, message", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, shapes_dir, capsys, case, args, message):
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "cats" / "a.png")
+    code = main(["train", *args(shapes_dir, tmp_path), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    error_lines = [line for line in err.splitlines() if line.startswith("hf-cnn-ft: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], err
+    assert "Traceback" not in err
+
+
+def test_the_real_entry_point_prints_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_cnn_ft", "train", "--dataset", str(tmp_path / "nowhere"), "--model", "test_resnet"],
+        capture_output=True, text=True, env=cli_env(), timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"hf-cnn-ft: error: data path {tmp_path / 'nowhere'} does not exist" in result.stderr
