@@ -22,10 +22,10 @@ def test_image_folder_gives_three_stratified_splits_with_class_names(shapes_dir)
     data = load_image_data(DataArguments(dataset=str(shapes_dir), validation_fraction=0.2, test_fraction=0.2))
     assert data.label_names == ["blue_triangle", "green_square", "red_disc"]
     assert list(data.splits) == ["train", "validation", "test"]
-    assert {name: len(s) for name, s in data.splits.items()} == {"train": 54, "validation": 18, "test": 18}
+    assert {name: len(s) for name, s in data.splits.items()} == {"train": 72, "validation": 24, "test": 24}
     # Stratified: every class is equally represented in each held-out split.
-    assert set(data.class_counts("test").values()) == {6}
-    assert set(data.class_counts("validation").values()) == {6}
+    assert set(data.class_counts("test").values()) == {8}
+    assert set(data.class_counts("validation").values()) == {8}
     assert data.splits["train"].column_names == ["image", "label"]
 
 
@@ -150,7 +150,7 @@ def test_corrupt_images_are_found_before_training(tmp_path, shapes_dir, copy_of)
     data = load_image_data(DataArguments(dataset=str(folder)))
     assert sorted(Path(s.path).name for s in data.skipped) == ["cut.jpg", "notes.png"]
     assert all(s.reason for s in data.skipped)
-    assert sum(len(s) for s in data.splits.values()) == 90
+    assert sum(len(s) for s in data.splits.values()) == 120
 
 
 def test_drop_unreadable_images_keeps_order_of_the_good_ones(tmp_path):
@@ -198,3 +198,9 @@ def test_zero_test_fraction_evaluates_on_validation(shapes_dir):
     data = load_image_data(DataArguments(dataset=str(shapes_dir), test_fraction=0.0))
     assert list(data.splits) == ["train", "validation"]
     assert data.evaluation_split == "validation"
+
+
+def test_unreachable_hub_dataset_is_one_clear_error():
+    with pytest.raises(UserError) as info:
+        load_image_data(DataArguments(dataset="someone/no-such-dataset"))
+    assert "could not load dataset 'someone/no-such-dataset' from the Hub" in str(info.value)

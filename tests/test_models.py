@@ -131,3 +131,9 @@ def test_timm_model_directory_loads_with_auto_classes(tmp_path):
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "m")
     assert loaded.config.id2label[2] == "fox"
     assert list(loaded.config.pretrained_cfg["input_size"]) == [3, 40, 40]
+
+
+def test_unreachable_hub_model_is_one_clear_error():
+    with pytest.raises(UserError) as info:
+        build_model(ModelArguments(model="microsoft/resnet-50"), LABELS)
+    assert "could not load model 'microsoft/resnet-50'" in str(info.value)

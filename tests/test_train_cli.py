@@ -94,6 +94,16 @@ def test_zero_test_fraction_evaluates_on_validation(tmp_path, shapes_dir):
     assert metrics["evaluated_on"] == "validation" and "test" not in metrics
 
 
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, shapes_dir):
+    out = tmp_path / "out"
+    settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": out, "learning_rate": 0.0,
+                "early_stopping_patience": 2, "num_train_epochs": 10}
+    assert main(["train", *overrides(settings)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # With nothing learnt, the metric never improves on epoch 1: patience 2 stops after epoch 3.
+    assert metrics["epochs_trained"] == 3
+
+
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
