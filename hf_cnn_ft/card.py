@@ -45,7 +45,16 @@ def _imbalance_note(data: ImageData) -> str:
     )
 
 
-def build_model_card(recipe: Recipe, data: ImageData, summary: dict[str, Any], data_config: DataConfig) -> ModelCard:
+PICTURES = {
+    "confusion_matrix.png": "confusion matrix",
+    "training_curves.png": "training curves",
+    "linear_probe_curves.png": "linear-probe curves",
+}
+
+
+def build_model_card(
+    recipe: Recipe, data: ImageData, summary: dict[str, Any], data_config: DataConfig, pictures: list[str]
+) -> ModelCard:
     evaluated_on = summary["evaluated_on"]
     report = summary[evaluated_on]
     base_model = recipe.model.model
@@ -99,10 +108,7 @@ The resolved recipe:
 
 {_metrics_table(report)}
 
-![confusion matrix](confusion_matrix.png)
-
-![training curves](training_curves.png)
-
+{chr(10).join(f"![{PICTURES.get(name, name)}]({name})" + chr(10) for name in pictures)}
 ## How to use
 
 ```python
@@ -123,4 +129,5 @@ classifier("image.jpg")
 def write_model_card(
     path: Path, recipe: Recipe, data: ImageData, summary: dict[str, Any], data_config: DataConfig
 ) -> None:
-    build_model_card(recipe, data, summary, data_config).save(path)
+    pictures = [name for name in PICTURES if (path.parent / name).is_file()]
+    build_model_card(recipe, data, summary, data_config, pictures).save(path)

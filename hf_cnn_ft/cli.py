@@ -88,6 +88,43 @@ def _predict(options: argparse.Namespace) -> int:
     return 0
 
 
+def _data(options: argparse.Namespace) -> int:
+    from .offline_data import OFFLINE_DATASETS, prepare_dataset
+
+    spec = OFFLINE_DATASETS.get(options.name)
+    folder = prepare_dataset(options.name, Path(options.root))
+    if spec is not None:
+        print(f"{options.name}: {spec.description}\nsource: {spec.source}\nlicence: {spec.licence}")
+    print(f"ready: {folder}")
+    return 0
+
+
+def _import_weights(options: argparse.Namespace) -> int:
+    from .weights import import_known_weights, import_weights
+
+    if options.known:
+        output = import_known_weights(options.known, Path(options.output) if options.output else None)
+    else:
+        if not (options.weights_file and options.architecture and options.output):
+            raise UserError("import-weights needs FILE --architecture NAME --output DIR (or --known NAME)")
+        preprocessing = {
+            key: value
+            for key, value in {
+                "input_size": options.input_size,
+                "interpolation": options.interpolation,
+                "mean": options.mean,
+                "std": options.std,
+                "crop_pct": options.crop_pct,
+            }.items()
+            if value is not None
+        }
+        output = import_weights(
+            Path(options.weights_file), options.architecture, Path(options.output), options.layout, preprocessing
+        )
+    print(f"model directory: {output}")
+    return 0
+
+
 def _demo(options: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -121,6 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
     predict.add_argument("--output", help="write predictions to a .csv or .json file")
 
+    data = verbs.add_parser("data", help="fetch a real offline dataset into data/ with fixed splits")
+    data.add_argument("name", help="food, elpv, elpv4 or fashion-mnist")
+    data.add_argument("--root", default="data")
+
+    weights = verbs.add_parser(
+        "import-weights", help="turn a checkpoint file into a model directory transformers and timm load"
+    )
+    weights.add_argument("weights_file", nargs="?", help=".safetensors or PyTorch state dict")
+    weights.add_argument("--known", help="fetch and import known offline weights (efficientnet_lite0, mobilenet_v2...)")
+    weights.add_argument("--architecture", help="timm architecture the weights belong to")
+    weights.add_argument("--layout", default="timm", choices=["timm", "torchvision", "efficientnet-pytorch"])
+    weights.add_argument("--output", help="model directory to write")
+    weights.add_argument("--input_size", type=int)
+    weights.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"])
+    weights.add_argument("--mean", type=float, nargs=3)
+    weights.add_argument("--std", type=float, nargs=3)
+    weights.add_argument("--crop_pct", type=float)
+
     demo = verbs.add_parser("demo", help="fine-tune on the built-in offline demo data")
     demo.add_argument("--output_dir", default="outputs/demo")
     return parser
@@ -146,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(options)
         if options.verb == "predict":
             return _predict(options)
+        if options.verb == "data":
+            return _data(options)
+        if options.verb == "import-weights":
+            return _import_weights(options)
         return _demo(options)
     except UserError as exc:
         print(f"hf-cnn-ft: error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ for timm architectures and timm Hub repos, the native transformers class otherwi
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class DataConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 0.875
+    crop_mode: str = "center"  # center: keep the aspect ratio, crop the middle; squash: resize both edges
 
     @property
     def resize_size(self) -> int:
@@ -126,6 +128,21 @@ def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[
     return state
 
 
+def state_dict_mismatch(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], ignore: set[str] = frozenset()) -> str | None:
+    """Describes the first tensor of `state` that does not fit `target`, or None if all fit."""
+    for key, tensor in state.items():
+        if key in ignore:
+            continue
+        if key not in target:
+            return f"it has tensor '{key}', the model does not"
+        if tuple(tensor.shape) != tuple(target[key].shape):
+            return f"tensor '{key}' is {list(tensor.shape)} in the file but {list(target[key].shape)} in the model"
+    missing = [k for k in target if k not in state and k not in ignore and not k.endswith("num_batches_tracked")]
+    if missing:
+        return f"tensor '{missing[0]}' is missing from the file"
+    return None
+
+
 def load_backbone_weights(model: PreTrainedModel, path: Path) -> None:
     """Loads a pretrained-weights file into everything but the (new) classifier head.
 
@@ -138,17 +155,9 @@ def load_backbone_weights(model: PreTrainedModel, path: Path) -> None:
     state = _strip_prefixes(read_state_dict(path), set(target))
     state = {k: v for k, v in state.items() if k not in head}
     name = getattr(model.config, "architecture", None) or model.config.model_type
-    for key, tensor in state.items():
-        if key not in target:
-            raise UserError(f"weights file {path} does not fit model '{name}': it has tensor '{key}', the model does not")
-        if tuple(tensor.shape) != tuple(target[key].shape):
-            raise UserError(
-                f"weights file {path} does not fit model '{name}': tensor '{key}' is {list(tensor.shape)} in the "
-                f"file but {list(target[key].shape)} in the model"
-            )
-    missing = [k for k in target if k not in state and k not in head and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise UserError(f"weights file {path} does not fit model '{name}': tensor '{missing[0]}' is missing from the file")
+    problem = state_dict_mismatch(state, target, ignore=head)
+    if problem:
+        raise UserError(f"weights file {path} does not fit model '{name}': {problem}")
     backbone.load_state_dict(state, strict=False)
 
 
@@ -243,6 +252,12 @@ def build_model(args: ModelArguments, label_names: list[str]) -> tuple[PreTraine
     data_config = resolve_data_config(model, processor_source, revision=args.model_revision)
     if args.image_size is not None:
         data_config.input_size = args.image_size
+    if args.crop_pct is not None:
+        data_config.crop_pct = args.crop_pct
+    if args.crop_mode is not None:
+        if args.crop_mode not in ("center", "squash"):
+            raise UserError(f"model.crop_mode must be center or squash, got '{args.crop_mode}'")
+        data_config.crop_mode = args.crop_mode
     set_data_config(model, data_config)
     return model, data_config
 
@@ -254,6 +269,7 @@ def _size_field(size: Any, key: str) -> int | None:
 
 def _data_config_from_processor(processor: Any) -> DataConfig:
     size = getattr(processor, "size", None) or {}
+    squash = _size_field(size, "shortest_edge") is None and _size_field(size, "height") is not None
     edge = _size_field(size, "shortest_edge") or _size_field(size, "height") or 224
     crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
     crop_pct = getattr(processor, "crop_pct", None)
@@ -274,6 +290,7 @@ def _data_config_from_processor(processor: Any) -> DataConfig:
         mean=tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN),
         std=tuple(getattr(processor, "image_std", None) or IMAGENET_STD),
         crop_pct=float(crop_pct),
+        crop_mode="squash" if squash else "center",
     )
 
 
@@ -289,6 +306,7 @@ def resolve_data_config(model: PreTrainedModel, source: str | None, revision: st
             mean=tuple(cfg["mean"]),
             std=tuple(cfg["std"]),
             crop_pct=float(cfg["crop_pct"]),
+            crop_mode="squash" if cfg.get("crop_mode") == "squash" else "center",
         )
     if source is not None:
         try:
@@ -308,15 +326,16 @@ def set_data_config(model: PreTrainedModel, data_config: DataConfig) -> None:
             mean=list(data_config.mean),
             std=list(data_config.std),
             crop_pct=data_config.crop_pct,
-            crop_mode="center",
+            crop_mode=data_config.crop_mode,
         )
         model.config.pretrained_cfg = cfg
 
 
 def image_processor_for(data_config: DataConfig) -> BitImageProcessor:
     """An image processor doing exactly the eval transform: resize shortest edge, centre crop."""
+    resize = data_config.resize_size
     return BitImageProcessor(
-        size={"shortest_edge": data_config.resize_size},
+        size={"height": resize, "width": resize} if data_config.crop_mode == "squash" else {"shortest_edge": resize},
         crop_size={"height": data_config.input_size, "width": data_config.input_size},
         resample=_RESAMPLE_PIL.get(data_config.interpolation, 2),
         image_mean=list(data_config.mean),
@@ -325,12 +344,33 @@ def image_processor_for(data_config: DataConfig) -> BitImageProcessor:
 
 
 def save_model(model: PreTrainedModel, data_config: DataConfig, directory: Path) -> None:
-    """Writes safetensors weights, config and preprocessing so `pipeline(model=directory)` works."""
+    """Writes safetensors weights, config and preprocessing so `pipeline(model=directory)` works.
+
+    A timm model is written so that timm loads it too (``timm.create_model("local-dir:DIR")`` or
+    ``"hf-hub:REPO"``): raw timm tensor names, and no null ``model_args`` in config.json.
+    transformers' TimmWrapper reads that layout as well.
+    """
     set_data_config(model, data_config)
+    model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
     model.save_pretrained(directory, safe_serialization=True)
-    if not is_timm_model(model):
+    if is_timm_model(model):
+        _make_timm_loadable(Path(directory))
+    else:
         # timm models keep their preprocessing in config.json (pretrained_cfg).
         image_processor_for(data_config).save_pretrained(directory)
+
+
+def _make_timm_loadable(directory: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    if not config.get("model_args"):
+        config.pop("model_args", None)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    for weights in directory.glob("*.safetensors"):
+        state = {k.removeprefix("timm_model."): v for k, v in load_file(str(weights)).items()}
+        save_file(state, str(weights), metadata={"format": "pt"})
 
 
 def load_model(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:

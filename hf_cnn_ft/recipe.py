@@ -1,7 +1,7 @@
 """The recipe: one YAML file that describes a whole fine-tuning run.
 
-A recipe has four sections, each a dataclass below: ``data``, ``model``, ``augment`` and
-``training`` (transformers' ``TrainingArguments`` with defaults chosen for fine-tuning).
+A recipe has five sections, each a dataclass below: ``data``, ``model``, ``augment``,
+``finetune`` and ``training`` (transformers' ``TrainingArguments`` with defaults chosen for fine-tuning).
 Every key name is unique across the sections, so a command-line override names it plainly
 (``--learning_rate 3e-4``) or with its section (``--training.learning_rate 3e-4``).
 
@@ -98,6 +98,14 @@ class ModelArguments:
     image_size: int | None = field(
         default=None, metadata={"help": "Training/eval resolution; unset uses the model's own input size."}
     )
+    crop_pct: float | None = field(
+        default=None, metadata={"help": "Eval crop: resize to image_size / crop_pct, then crop; unset uses the model's."}
+    )
+    crop_mode: str | None = field(
+        default=None,
+        metadata={"help": "center (keep the aspect ratio, crop the middle) or squash (resize both edges: keeps "
+                  "the whole of wide or tall images); unset uses the model's."},
+    )
     zero_init_head: bool = field(
         default=True,
         metadata={
@@ -106,6 +114,36 @@ class ModelArguments:
         },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from a Hub model repo."})
+    channels_last: bool = field(
+        default=True, metadata={"help": "NHWC memory layout: 1.8x faster CNN training on CPU (benchmarks/RESULTS.md)."}
+    )
+
+
+@dataclass
+class FinetuneArguments:
+    """How the pretrained network is adapted: strategy, frozen stages, BatchNorm, linear probe."""
+
+    strategy: str = field(
+        default="two_phase",
+        metadata={
+            "help": "full: train everything from the start; linear_probe: train only the new head, on cached "
+            "frozen features; two_phase: linear probe, then fine-tune everything (LP-FT, Kumar et al. 2022)."
+        },
+    )
+    freeze: str = field(
+        default="none", metadata={"help": "Stages frozen while the Trainer runs: none, backbone, or the first N."}
+    )
+    bn: str = field(
+        default="frozen_in_frozen_stages",
+        metadata={"help": "BatchNorm: train, frozen (inference mode everywhere), or frozen_in_frozen_stages."},
+    )
+    head_epochs: int = field(default=60, metadata={"help": "Linear-probe epochs over the cached features."})
+    head_learning_rate: float = field(default=3e-3, metadata={"help": "Linear-probe learning rate (AdamW)."})
+    head_weight_decay: float = field(default=1e-4, metadata={"help": "Linear-probe weight decay."})
+    head_batch_size: int = field(default=64, metadata={"help": "Linear-probe batch size."})
+    feature_views: int = field(
+        default=1, metadata={"help": "Cached views per training image: 1 unaugmented + (N-1) augmented."}
+    )
 
 
 @dataclass
@@ -179,6 +217,7 @@ SECTIONS: dict[str, type] = {
     "data": DataArguments,
     "model": ModelArguments,
     "augment": AugmentArguments,
+    "finetune": FinetuneArguments,
     "training": TrainArguments,
 }
 
@@ -191,6 +230,7 @@ class Recipe:
     data: DataArguments
     model: ModelArguments
     augment: AugmentArguments
+    finetune: FinetuneArguments
     training: TrainArguments
 
 
@@ -311,7 +351,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise UserError(f"{path}: a recipe must be a mapping of sections (data, model, augment, training)")
+        raise UserError(f"{path}: a recipe must be a mapping of sections ({', '.join(SECTIONS)})")
     return loaded
 
 
@@ -422,7 +462,7 @@ def _training_changes(args: TrainArguments) -> dict[str, Any]:
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """The resolved recipe as plain data: every data/model/augment key, changed training keys."""
     result: dict[str, dict[str, Any]] = {}
-    for section in ("data", "model", "augment"):
+    for section in ("data", "model", "augment", "finetune"):
         obj = getattr(recipe, section)
         result[section] = {f: _plain(getattr(obj, f)) for f in _init_fields(type(obj))}
     result["training"] = _training_changes(recipe.training)
@@ -443,7 +483,7 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 
 
 def recipe_help() -> str:
-    """One line per recipe key of the data, model and augment sections, for `--help`."""
+    """One line per recipe key of every section but training, for `--help`."""
     lines = []
     for section, cls in SECTIONS.items():
         if section == "training":

@@ -18,6 +18,7 @@ from . import artefacts
 from .card import write_model_card
 from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .errors import UserError
+from .finetuning import apply_freezing, frozen_stage_names, linear_probe, validate_strategy
 from .metrics import (
     SCALAR_KEYS,
     classification_report,
@@ -124,13 +125,17 @@ def _write_artefacts(
     report: dict[str, Any],
     evaluated_on: str,
     train_seconds: float,
+    probe_history: list[dict[str, float]],
 ) -> None:
     output_dir = Path(recipe.training.output_dir)
     staging = artefacts.staging_dir(output_dir)
     save_model(trainer.model, data_config, staging)
     metric = (recipe.training.metric_for_best_model or "loss").removeprefix("eval_")
     plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
-    plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
+    if trainer.state.log_history:
+        plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
+    if probe_history:
+        plot_training_curves(probe_history, "accuracy", staging / "linear_probe_curves.png")
     artefacts.write_text(staging / "recipe.yaml", recipe_to_yaml(recipe))
     if data.skipped:
         lines = [f"{item.split}\t{item.path}\t{item.reason}" for item in data.skipped]
@@ -148,7 +153,8 @@ def _write_artefacts(
         "class_counts": {name: data.class_counts(name) for name in data.splits},
         "skipped_images": len(data.skipped),
         "skipped": [item.__dict__ for item in data.skipped],
-        "epochs_trained": trainer.state.epoch,
+        "linear_probe": probe_history[-1] if probe_history else None,
+        "epochs_trained": trainer.state.epoch or 0,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_seconds": round(train_seconds, 2),
         "hardware": hardware_description(),
@@ -185,27 +191,43 @@ def train(recipe: Recipe) -> TrainResult:
     with args.main_process_first(desc="loading the dataset"):
         data = load_image_data(recipe.data)
     model, data_config = build_model(recipe.model, data.label_names)
+    strategy = recipe.finetune
+    validate_strategy(strategy)
+    frozen = frozen_stage_names(model, strategy.freeze)
+    if recipe.model.channels_last:
+        model.to(memory_format=torch.channels_last)
     resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
     if is_main:
         artefacts.mark_incomplete(output_dir)
     for item in data.skipped:
         logger.warning("skipped unreadable image %s (%s)", item.path, item.reason)
 
+    evaluation = eval_transform(data_config)
+    augmentation = train_transform(data_config, recipe.augment)
+    started = time.perf_counter()
+    probe_history: list[dict[str, float]] = []
+    if strategy.strategy in ("linear_probe", "two_phase") and resume is None:
+        # Deterministic and identical on every process, so DDP ranks start phase 2 in step.
+        probe_history = linear_probe(
+            model, data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy,
+            seed=args.seed, channels_last=recipe.model.channels_last,
+        )
+    apply_freezing(model, frozen, strategy.bn)
+
     callbacks = []
     if args.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
-    evaluation = eval_transform(data_config)
     trainer = FineTuneTrainer(
         model=model,
         args=args,
-        train_dataset=with_image_transform(data.splits["train"], train_transform(data_config, recipe.augment)),
+        train_dataset=with_image_transform(data.splits["train"], augmentation),
         eval_dataset=with_image_transform(data.splits["validation"], evaluation),
         data_collator=default_data_collator,
         compute_metrics=trainer_compute_metrics(data.label_names),
         callbacks=callbacks,
     )
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    if strategy.strategy != "linear_probe":
+        trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - started
 
     evaluated_on = data.evaluation_split
@@ -215,6 +237,6 @@ def train(recipe: Recipe) -> TrainResult:
     )
     report = classification_report(prediction.predictions, prediction.label_ids, data.label_names)
     if trainer.is_world_process_zero():
-        _write_artefacts(recipe, data, trainer, data_config, report, evaluated_on, train_seconds)
+        _write_artefacts(recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history)
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output_dir=output_dir, report=report, evaluated_on=evaluated_on, train_seconds=train_seconds)

@@ -35,10 +35,11 @@ def _to_normalised_tensor(config: DataConfig) -> list[Callable]:
 
 
 def eval_transform(config: DataConfig) -> v2.Compose:
-    """Resize the shorter side to input_size / crop_pct, then centre-crop input_size."""
+    """Resize the shorter side (or, with crop_mode squash, both sides) to input_size / crop_pct, then centre-crop."""
+    resize = (config.resize_size, config.resize_size) if config.crop_mode == "squash" else config.resize_size
     return v2.Compose(
         [
-            v2.Resize(config.resize_size, interpolation=_interpolation(config.interpolation), antialias=True),
+            v2.Resize(resize, interpolation=_interpolation(config.interpolation), antialias=True),
             v2.CenterCrop(config.input_size),
             *_to_normalised_tensor(config),
         ]

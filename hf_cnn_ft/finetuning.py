@@ -1,0 +1,235 @@
+"""Which parameters train, and how: stages, freezing, frozen BatchNorm, the linear-probe phase.
+
+A backbone is split into named stages from stem to head. Freezing a stage stops its parameters
+AND keeps its BatchNorm layers in inference mode, even though the Trainer calls `model.train()`
+every step (a forward pre-hook switches them back), so running statistics stay untouched.
+
+The linear-probe phase trains only the new head on pooled backbone features computed once
+(optionally on K augmented views): seconds instead of one backbone pass per epoch. Fine-tuning
+from a probed head rather than a random one distorts pretrained features less (Kumar et al.
+2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from datasets import Dataset
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import IMAGE_COLUMN, LABEL_COLUMN, to_rgb
+from .errors import UserError
+from .models import head_linear, is_timm_model
+from .recipe import FinetuneArguments
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("full", "linear_probe", "two_phase")
+BN_POLICIES = ("train", "frozen", "frozen_in_frozen_stages")
+_STEM = re.compile(r"(^|\.)(embedder|embeddings|conv_stem|stem|conv1|bn1)(\.|$)")
+_NUMBERED = re.compile(r"(^|\.)(stages|blocks|layer|layers|features)\.(\d+)\.")
+_BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    return model.timm_model if is_timm_model(model) else model
+
+
+def stages(model: nn.Module) -> "OrderedDict[str, list[str]]":
+    """Parameter names grouped into stages, stem first, head last (names as in `model`)."""
+    backbone = _backbone(model)
+    prefix = "timm_model." if is_timm_model(model) else ""
+    head = head_linear(backbone, model.config.num_labels)
+    head_names = {f"{name}.{p}" for name, module in backbone.named_modules() if module is head for p, _ in module.named_parameters()}
+    groups: OrderedDict[str, list[str]] = OrderedDict()
+    if is_timm_model(model) and hasattr(backbone, "group_matcher"):
+        from timm.models import group_parameters
+
+        grouped = group_parameters(backbone, backbone.group_matcher(coarse=True))
+        ordered = sorted(grouped)
+        for position, key in enumerate(ordered):
+            names = [n for n in grouped[key] if n not in head_names]
+            if not names:
+                continue
+            label = "stem" if position == 0 else f"stage{position}"
+            groups[label] = [prefix + n for n in names]
+    else:
+        current = "stem"
+        for name, _ in backbone.named_parameters():
+            if name in head_names:
+                continue
+            numbered = _NUMBERED.search(name)
+            if numbered:
+                current = f"stage{int(numbered.group(3)) + 1}"
+            elif _STEM.search(name) and current == "stem":
+                current = "stem"
+            groups.setdefault(current, []).append(prefix + name)
+    groups["head"] = [prefix + n for n in sorted(head_names)]
+    return groups
+
+
+def describe_stages(model: nn.Module) -> list[tuple[str, int]]:
+    parameters = dict(model.named_parameters())
+    return [(name, sum(parameters[p].numel() for p in names)) for name, names in stages(model).items()]
+
+
+def frozen_stage_names(model: nn.Module, freeze: str) -> list[str]:
+    """The stages that `freeze` (none | backbone | N) names, validated against the model."""
+    names = list(stages(model))
+    if freeze in ("none", "0", ""):
+        return []
+    if freeze == "backbone":
+        return names[:-1]
+    if not str(freeze).isdigit():
+        raise UserError(f"finetune.freeze must be none, backbone or a number of stages, got '{freeze}'")
+    count = int(freeze)
+    if count >= len(names):
+        raise UserError(
+            f"finetune.freeze {count} would freeze the head too: the model has {len(names) - 1} stages before "
+            f"its head ({', '.join(names[:-1])}); use at most {len(names) - 1}, or 'backbone'"
+        )
+    return names[:count]
+
+
+def _keep_in_inference_mode(module: nn.Module, _inputs: Any) -> None:
+    module.training = False
+
+
+def apply_freezing(model: nn.Module, frozen: list[str], bn_policy: str) -> None:
+    """Freezes the named stages; puts BatchNorm layers in inference mode as the policy says."""
+    if bn_policy not in BN_POLICIES:
+        raise UserError(f"finetune.bn must be one of {', '.join(BN_POLICIES)}, got '{bn_policy}'")
+    groups = stages(model)
+    frozen_params = {name for stage in frozen for name in groups[stage]}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name not in frozen_params)
+    for handle in getattr(model, "_hf_cnn_ft_bn_hooks", []):
+        handle.remove()
+    hooks = []
+    for name, module in model.named_modules():
+        if not isinstance(module, _BATCHNORM):
+            continue
+        own = {f"{name}.{p}" for p, _ in module.named_parameters()}
+        in_frozen_stage = bool(own) and own <= frozen_params
+        if bn_policy == "frozen" or (bn_policy == "frozen_in_frozen_stages" and in_frozen_stage):
+            hooks.append(module.register_forward_pre_hook(_keep_in_inference_mode))
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+    model._hf_cnn_ft_bn_hooks = hooks
+
+
+@dataclass
+class HeadPhaseResult:
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def extract_features(
+    model: nn.Module, dataset: Dataset, transform: Callable, batch_size: int = 32, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs of the classifier layer (pooled features) for every image, and the labels."""
+    head = head_linear(_backbone(model), model.config.num_labels)
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach().float()))
+
+    def collate(rows: list[dict[str, Any]]) -> torch.Tensor:
+        pixels = torch.stack([transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
+        return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for pixels in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+                model(pixel_values=pixels)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    labels = torch.tensor(dataset[LABEL_COLUMN], dtype=torch.long)
+    return torch.cat(captured).flatten(1), labels
+
+
+def train_head(
+    head: nn.Linear,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    args: FinetuneArguments,
+    seed: int,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    loss_weights: torch.Tensor | None = None,
+) -> list[dict[str, float]]:
+    """Trains the classifier layer on cached features: AdamW, cosine schedule, mini-batches."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
+    steps_per_epoch = math.ceil(len(features) / args.head_batch_size)
+    total = max(1, steps_per_epoch * args.head_epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
+    history = []
+    head.train()
+    for epoch in range(1, args.head_epochs + 1):
+        order = torch.randperm(len(features), generator=generator)
+        running = 0.0
+        for start in range(0, len(order), args.head_batch_size):
+            batch = order[start : start + args.head_batch_size]
+            loss = loss_fn(head(features[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += loss.item() * len(batch)
+        entry = {"epoch": float(epoch), "loss": running / len(features)}
+        if validation is not None:
+            with torch.no_grad():
+                logits = head(validation[0])
+                entry["eval_loss"] = float(loss_fn(logits, validation[1]))
+                entry["eval_accuracy"] = float((logits.argmax(1) == validation[1]).float().mean())
+        history.append(entry)
+    return history
+
+
+def linear_probe(
+    model: nn.Module,
+    train_split: Dataset,
+    validation_split: Dataset,
+    train_transform: Callable,
+    eval_transform: Callable,
+    args: FinetuneArguments,
+    seed: int,
+    channels_last: bool = False,
+) -> list[dict[str, float]]:
+    """Fits the new head on frozen features: one unaugmented view plus `feature_views - 1` augmented ones."""
+    torch.manual_seed(seed)
+    views = [extract_features(model, train_split, eval_transform, channels_last=channels_last)]
+    for _ in range(max(0, args.feature_views - 1)):
+        views.append(extract_features(model, train_split, train_transform, channels_last=channels_last))
+    features = torch.cat([v[0] for v in views])
+    labels = torch.cat([v[1] for v in views])
+    validation = extract_features(model, validation_split, eval_transform, channels_last=channels_last)
+    head = head_linear(_backbone(model), model.config.num_labels)
+    history = train_head(head, features, labels, args, seed, validation)
+    last = history[-1] if history else {}
+    logger.info(
+        "linear probe: %d epochs on %d cached feature rows, validation accuracy %.3f",
+        args.head_epochs,
+        len(features),
+        last.get("eval_accuracy", float("nan")),
+    )
+    return history
+
+
+def validate_strategy(args: FinetuneArguments) -> None:
+    if args.strategy not in STRATEGIES:
+        raise UserError(f"finetune.strategy must be one of {', '.join(STRATEGIES)}, got '{args.strategy}'")
+    if args.strategy != "full" and args.head_epochs < 1:
+        raise UserError(f"finetune.strategy {args.strategy} needs finetune.head_epochs >= 1")
+    if args.feature_views < 1:
+        raise UserError("finetune.feature_views must be at least 1")
+

@@ -1,0 +1,97 @@
+"""Stages, freezing, frozen BatchNorm and the linear-probe strategy."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import set_seed
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from conftest import TINY_SETTINGS, overrides
+from hf_cnn_ft.cli import main
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.finetuning import apply_freezing, frozen_stage_names, stages
+from hf_cnn_ft.models import build_model
+from hf_cnn_ft.recipe import ModelArguments
+
+LABELS = ["a", "b", "c"]
+
+
+def test_timm_stages_run_from_stem_to_head():
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
+    groups = stages(model)
+    names = list(groups)
+    assert names[0] == "stem" and names[-1] == "head" and len(names) >= 4
+    assert groups["head"] == ["timm_model.fc.bias", "timm_model.fc.weight"]
+    assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
+
+
+def test_native_transformers_stages(tmp_path):
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16], depths=[1, 1, 1])
+    ResNetForImageClassification(config).save_pretrained(tmp_path / "r")
+    model, _ = build_model(ModelArguments(model=str(tmp_path / "r")), LABELS)
+    groups = stages(model)
+    assert list(groups) == ["stem", "stage1", "stage2", "stage3", "head"]
+    assert all("embedder" in n for n in groups["stem"])
+    assert all(".stages.1." in n for n in groups["stage2"])
+
+
+def test_frozen_stages_and_their_batchnorm_do_not_change_in_train_mode():
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False, zero_init_head=False), LABELS)
+    frozen = frozen_stage_names(model, "2")
+    apply_freezing(model, frozen, "frozen_in_frozen_stages")
+    frozen_names = {n for s in frozen for n in stages(model)[s]}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()  # what the Trainer does every step
+    for _ in range(3):
+        loss = model(pixel_values=torch.randn(8, 3, 32, 32), labels=torch.randint(0, 3, (8,))).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.state_dict()
+    frozen_modules = {n.rsplit(".", 1)[0] for n in frozen_names}
+    for key, value in after.items():
+        if key.rsplit(".", 1)[0] in frozen_modules:
+            assert torch.equal(value, before[key]), f"{key} changed although frozen"
+    assert not torch.equal(after["timm_model.layer4.0.conv1.weight"], before["timm_model.layer4.0.conv1.weight"])
+    assert not torch.equal(after["timm_model.layer4.0.bn1.running_mean"], before["timm_model.layer4.0.bn1.running_mean"])
+
+
+@pytest.mark.parametrize(
+    "freeze, message",
+    [("99", "would freeze the head too"), ("some", "must be none, backbone or a number")],
+)
+def test_bad_freeze_settings_are_clear_errors(freeze, message):
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
+    with pytest.raises(UserError, match=message):
+        frozen_stage_names(model, freeze)
+
+
+def test_unknown_strategy_is_one_clear_line(tmp_path, shapes_dir, capsys):
+    code = main(["train", *overrides({**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": tmp_path / "o",
+                                      "strategy": "gradual_magic"})])
+    assert code == 2
+    assert "finetune.strategy must be one of full, linear_probe, two_phase" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_linear_probe_trains_only_the_head(tmp_path, shapes_dir):
+    out = tmp_path / "out"
+    settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": out, "strategy": "linear_probe",
+                "head_epochs": 30, "head_learning_rate": 0.05, "zero_init_head": True}
+    assert main(["train", *overrides(settings)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["linear_probe"]["epoch"] == 30 and metrics["epochs_trained"] == 0
+    assert (out / "linear_probe_curves.png").is_file()
+    trained = load_file(str(out / "model.safetensors"))
+    # Same seed, same random init: every backbone tensor is unchanged, only the head learnt.
+    set_seed(42)
+    reference, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
+    original = {k.removeprefix("timm_model."): v for k, v in reference.state_dict().items()}
+    for key, value in trained.items():
+        if key.startswith("fc."):
+            assert torch.count_nonzero(value) > 0
+        else:
+            assert torch.equal(value, original[key]), key

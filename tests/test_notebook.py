@@ -1,0 +1,25 @@
+"""The exploration notebook runs end to end (on a tiny configuration), so it cannot rot."""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_and_finetune.ipynb"
+
+
+def test_notebook_executes_and_shows_the_mistakes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_CNN_FT_NOTEBOOK_SMOKE", "1")
+    monkeypatch.setenv("HF_CNN_FT_NOTEBOOK_WORK", str(tmp_path))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "test: accuracy" in text and "test images misclassified" in text
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # class grid, counts, confusion matrix (and the mistakes, if any)
+    assert (tmp_path / "outputs" / "notebook" / "metrics.json").is_file()

