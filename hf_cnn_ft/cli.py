@@ -128,7 +128,7 @@ def _import_weights(options: argparse.Namespace) -> int:
 def _demo(options: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(options.output_dir))
+    run_demo(Path(options.output_dir), Path(options.recipe))
     return 0
 
 
@@ -176,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--std", type=float, nargs=3)
     weights.add_argument("--crop_pct", type=float)
 
-    demo = verbs.add_parser("demo", help="fine-tune on the built-in offline demo data")
+    demo = verbs.add_parser("demo", help="fine-tune pretrained EfficientNet-Lite0 on real food photos, offline")
     demo.add_argument("--output_dir", default="outputs/demo")
+    demo.add_argument("--recipe", default="recipes/food-efficientnet-lite0.yaml")
     return parser
 
 

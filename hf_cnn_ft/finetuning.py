@@ -204,6 +204,7 @@ def linear_probe(
     args: FinetuneArguments,
     seed: int,
     channels_last: bool = False,
+    loss_weights: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
     """Fits the new head on frozen features: one unaugmented view plus `feature_views - 1` augmented ones."""
     torch.manual_seed(seed)
@@ -214,7 +215,7 @@ def linear_probe(
     labels = torch.cat([v[1] for v in views])
     validation = extract_features(model, validation_split, eval_transform, channels_last=channels_last)
     head = head_linear(_backbone(model), model.config.num_labels)
-    history = train_head(head, features, labels, args, seed, validation)
+    history = train_head(head, features, labels, args, seed, validation, loss_weights)
     last = history[-1] if history else {}
     logger.info(
         "linear probe: %d epochs on %d cached feature rows, validation accuracy %.3f",
@@ -223,6 +224,22 @@ def linear_probe(
         last.get("eval_accuracy", float("nan")),
     )
     return history
+
+
+def class_loss_weights(setting: str | dict[str, float] | None, labels: list[int], label_names: list[str]) -> torch.Tensor | None:
+    """Per-class loss weights: `auto` gives n / (k * n_c), so the average weight per image is 1."""
+    if setting is None or setting == "none":
+        return None
+    if setting == "auto":
+        counts = torch.bincount(torch.tensor(labels), minlength=len(label_names)).float()
+        weights = counts.sum() / (len(label_names) * counts.clamp(min=1))
+        return weights
+    if isinstance(setting, dict):
+        unknown = [name for name in setting if name not in label_names]
+        if unknown:
+            raise UserError(f"finetune.class_weights names unknown classes {unknown}; classes: {', '.join(label_names)}")
+        return torch.tensor([float(setting.get(name, 1.0)) for name in label_names])
+    raise UserError(f"finetune.class_weights must be auto, none or a mapping of class to weight, got {setting!r}")
 
 
 def validate_strategy(args: FinetuneArguments) -> None:

@@ -7,6 +7,7 @@ for timm architectures and timm Hub repos, the native transformers class otherwi
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -206,6 +207,18 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[str]) -> tuple[PreTrainedModel, bool]:
     """Loads a local directory or Hub repo; returns the model and whether its head is new."""
     common = {"revision": args.model_revision, "trust_remote_code": args.trust_remote_code}
@@ -213,14 +226,20 @@ def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[
         config = AutoConfig.from_pretrained(source, **common)
     except Exception as exc:
         raise UserError(f"could not load model '{source}' ({_first_line(exc)})") from None
+    if not args.pretrained:
+        # The architecture alone, randomly initialised: the baseline that shows what pretraining buys.
+        config.update(_label_maps(label_names))
+        return AutoModelForImageClassification.from_config(config, trust_remote_code=args.trust_remote_code), True
     existing = [config.id2label.get(i) for i in range(config.num_labels)] if config.id2label else []
     if existing == label_names:
         model = AutoModelForImageClassification.from_pretrained(source, **common)
         return model, False
     try:
-        model = AutoModelForImageClassification.from_pretrained(
-            source, ignore_mismatched_sizes=True, **_label_maps(label_names), **common
-        )
+        # The new head's size mismatch is expected: keep transformers' report of it out of the log.
+        with _quiet_transformers():
+            model = AutoModelForImageClassification.from_pretrained(
+                source, ignore_mismatched_sizes=True, **_label_maps(label_names), **common
+            )
     except Exception as exc:
         raise UserError(f"could not load model '{source}' as an image classifier ({_first_line(exc)})") from None
     return model, True

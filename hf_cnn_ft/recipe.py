@@ -88,7 +88,7 @@ class ModelArguments:
         },
     )
     pretrained: bool = field(
-        default=True, metadata={"help": "Start from pretrained weights (timm architecture names only)."}
+        default=True, metadata={"help": "Start from pretrained weights; false builds the architecture randomly initialised."}
     )
     weights: str | None = field(
         default=None,
@@ -143,6 +143,10 @@ class FinetuneArguments:
     head_batch_size: int = field(default=64, metadata={"help": "Linear-probe batch size."})
     feature_views: int = field(
         default=1, metadata={"help": "Cached views per training image: 1 unaugmented + (N-1) augmented."}
+    )
+    class_weights: str | dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "Loss weight per class: auto (inverse class frequency, normalised) or {label: weight}."},
     )
 
 

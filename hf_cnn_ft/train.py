@@ -18,7 +18,7 @@ from . import artefacts
 from .card import write_model_card
 from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .errors import UserError
-from .finetuning import apply_freezing, frozen_stage_names, linear_probe, validate_strategy
+from .finetuning import apply_freezing, class_loss_weights, frozen_stage_names, linear_probe, validate_strategy
 from .metrics import (
     SCALAR_KEYS,
     classification_report,
@@ -204,13 +204,14 @@ def train(recipe: Recipe) -> TrainResult:
 
     evaluation = eval_transform(data_config)
     augmentation = train_transform(data_config, recipe.augment)
+    loss_weights = class_loss_weights(strategy.class_weights, data.splits["train"][LABEL_COLUMN], data.label_names)
     started = time.perf_counter()
     probe_history: list[dict[str, float]] = []
     if strategy.strategy in ("linear_probe", "two_phase") and resume is None:
         # Deterministic and identical on every process, so DDP ranks start phase 2 in step.
         probe_history = linear_probe(
             model, data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy,
-            seed=args.seed, channels_last=recipe.model.channels_last,
+            seed=args.seed, channels_last=recipe.model.channels_last, loss_weights=loss_weights,
         )
     apply_freezing(model, frozen, strategy.bn)
 
@@ -225,6 +226,7 @@ def train(recipe: Recipe) -> TrainResult:
         data_collator=default_data_collator,
         compute_metrics=trainer_compute_metrics(data.label_names),
         callbacks=callbacks,
+        loss_weights=loss_weights,
     )
     if strategy.strategy != "linear_probe":
         trainer.train(resume_from_checkpoint=resume)

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import timm
 
+from hf_cnn_ft.offline_data import OFFLINE_DATASETS
 from hf_cnn_ft.recipe import load_recipe
+from hf_cnn_ft.weights import KNOWN_WEIGHTS
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -22,14 +24,22 @@ def test_there_is_a_recipe_per_backbone_family():
 def test_recipe_is_valid(path):
     recipe = load_recipe(path)
     model = recipe.model.model
+    text = path.read_text()
     assert model, "recipe names no model"
-    if model.startswith("timm/"):
+    if model.startswith("data/weights/"):
+        # Offline weights: the recipe says how to fetch them, and the name is one the tool knows.
+        known = model.split("/")[2]
+        assert known in KNOWN_WEIGHTS and f"import-weights --known {known}" in text
+        assert "RESULT:" in text, "offline recipes state the result they reached"
+    elif model.startswith("timm/"):
         assert timm.is_model(model.removeprefix("timm/")), model
     elif "/" in model:
         assert HUB_ID.match(model), model
     else:
         assert timm.is_model(model), f"{model} is not a timm architecture"
     dataset = recipe.data.dataset
+    if dataset.startswith("data/"):
+        assert dataset.split("/")[1] in OFFLINE_DATASETS and f"hf-cnn-ft data {dataset.split('/')[1]}" in text
     assert dataset and (HUB_ID.match(dataset) or Path(dataset).suffix or dataset.startswith(("data/", "./"))), dataset
     assert recipe.training.output_dir.startswith("outputs/")
     header = path.read_text().split("\n", 1)[0]

@@ -1,0 +1,100 @@
+"""Test accuracy of recipes over several seeds, on the fixed splits of the offline datasets.
+
+One image of a ~100-image test split is one point of accuracy, so single runs mislead: each
+recipe runs once per seed and the table reports mean ± std. Appends the table, the command and
+the machine to benchmarks/RESULTS.md.
+
+    python benchmarks/accuracy.py recipes/food-efficientnet-lite0.yaml --seeds 3
+    python benchmarks/accuracy.py recipes/food-efficientnet-lite0.yaml --label "random init" -- --pretrained false
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hf_cnn_ft.offline_data import prepare_dataset
+from hf_cnn_ft.recipe import load_recipe
+from hf_cnn_ft.train import train
+from hf_cnn_ft.weights import KNOWN_WEIGHTS, import_known_weights
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def ensure_offline_inputs(recipe_path: Path) -> None:
+    """Fetches the offline dataset and weights a recipe points at, if they are not there yet."""
+    recipe = load_recipe(recipe_path)
+    dataset = Path(recipe.data.dataset or "")
+    if dataset.parent == Path("data") and not dataset.exists():
+        prepare_dataset(dataset.name, dataset.parent)
+    model = Path(recipe.model.model or "")
+    if model.parts[:2] == ("data", "weights") and model.parts[2] in KNOWN_WEIGHTS and not model.exists():
+        import_known_weights(model.parts[2], cache_dir=Path("data/weights"))
+
+
+def mean_std(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipes", nargs="+", type=Path)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--label", default="", help="what distinguishes this run (e.g. 'random init')")
+    parser.add_argument("--class", dest="class_name", help="also report this class's F1 (e.g. defective)")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args, overrides = parser.parse_known_args()
+    overrides = [o for o in overrides if o != "--"]
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_flush_denormal(True)
+
+    rows = []
+    for recipe_path in args.recipes:
+        ensure_offline_inputs(recipe_path)
+        accuracy, f1, class_f1, seconds = [], [], [], []
+        for seed in range(args.seeds):
+            with tempfile.TemporaryDirectory() as out:
+                recipe = load_recipe(recipe_path, [*overrides, "--seed", str(seed), "--output_dir", out,
+                                                   "--disable_tqdm", "true"])
+                result = train(recipe)
+            report = result.report
+            accuracy.append(report["accuracy"])
+            f1.append(report["f1_macro"])
+            seconds.append(result.train_seconds)
+            if args.class_name:
+                class_f1.append(report["per_class"][args.class_name]["f1"])
+            print(f"{recipe_path.name} seed {seed}: accuracy {report['accuracy']:.3f}, "
+                  f"macro-F1 {report['f1_macro']:.3f}, {result.train_seconds:.0f} s", flush=True)
+        row = f"| {recipe_path.name} {args.label} | {mean_std(accuracy)} | {mean_std(f1)} |"
+        row += f" {mean_std(class_f1)} |" if args.class_name else " – |"
+        row += f" {statistics.mean(seconds):.0f} s |"
+        rows.append(row)
+
+    class_header = f"{args.class_name} F1" if args.class_name else "class F1"
+    table = "\n".join(
+        [f"| recipe | test accuracy | macro-F1 | {class_header} | training time |", "|---|---|---|---|---|", *rows]
+    )
+    print("\n" + table)
+    if not args.no_record:
+        command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+        stamp = time.strftime("%Y-%m-%d")
+        with RESULTS.open("a") as handle:
+            handle.write(f"\n### Accuracy, {args.seeds} seeds ({stamp})\n\n`{command}`  \nMachine: {machine()}\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
