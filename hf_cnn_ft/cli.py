@@ -125,6 +125,23 @@ def _import_weights(options: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(options: argparse.Namespace) -> int:
+    from .finetuning import describe_stages
+    from .models import build_model
+    from .recipe import ModelArguments
+
+    # Architecture names build randomly initialised: the stages do not depend on the weights.
+    pretrained = Path(options.model).expanduser().exists() or "/" in options.model
+    model, data_config = build_model(ModelArguments(model=options.model, pretrained=pretrained), ["a", "b"])
+    rows = describe_stages(model)
+    total = sum(count for _, count in rows)
+    print(f"{options.model}: {type(model).__name__}, input {data_config.input_size} px, {total:,} parameters")
+    for position, (name, count) in enumerate(rows):
+        print(f"  {position:>2}  {name:<10} {count:>12,}")
+    print("freeze: N freezes the first N stages; 'backbone' all but the head")
+    return 0
+
+
 def _demo(options: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -176,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--std", type=float, nargs=3)
     weights.add_argument("--crop_pct", type=float)
 
+    inspect = verbs.add_parser("inspect", help="print a model's stages (what finetune.freeze counts)")
+    inspect.add_argument("model", help="timm name, Hub id or local model directory")
+
     demo = verbs.add_parser("demo", help="fine-tune pretrained EfficientNet-Lite0 on real food photos, offline")
     demo.add_argument("--output_dir", default="outputs/demo")
     demo.add_argument("--recipe", default="recipes/food-efficientnet-lite0.yaml")
@@ -206,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _data(options)
         if options.verb == "import-weights":
             return _import_weights(options)
+        if options.verb == "inspect":
+            return _inspect(options)
         return _demo(options)
     except UserError as exc:
         print(f"hf-cnn-ft: error: {exc}", file=sys.stderr)

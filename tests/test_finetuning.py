@@ -95,3 +95,9 @@ def test_linear_probe_trains_only_the_head(tmp_path, shapes_dir):
             assert torch.count_nonzero(value) > 0
         else:
             assert torch.equal(value, original[key]), key
+
+
+def test_inspect_prints_the_stages_with_parameter_counts(capsys):
+    assert main(["inspect", "test_convnext"]) == 0
+    out = capsys.readouterr().out
+    assert "0  stem" in out and "head" in out and "parameters" in out

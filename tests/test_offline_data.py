@@ -47,3 +47,14 @@ def test_elpv_binary_split_keeps_the_defect_ratio(tmp_path_factory):
 def test_unknown_offline_dataset_lists_the_known_ones(tmp_path):
     with pytest.raises(UserError, match="available offline: food, elpv, elpv4, fashion-mnist"):
         prepare_dataset("cifar", tmp_path)
+
+
+def test_fashion_mnist_becomes_a_saved_dataset_with_the_official_test_split(tmp_path_factory):
+    try:
+        folder = prepare_dataset("fashion-mnist", tmp_path_factory.mktemp("data"))
+    except UserError as exc:
+        pytest.skip(f"Debian package unavailable: {exc}")
+    data = load_image_data(DataArguments(dataset=str(folder), check_images=False))
+    assert {n: len(s) for n, s in data.splits.items()} == {"train": 55000, "validation": 5000, "test": 10000}
+    assert data.label_names[0] == "t-shirt_top" and data.splits["test"][0]["image"].size == (28, 28)
+    assert set(data.class_counts("validation").values()) == {500}
