@@ -32,7 +32,7 @@ from .recipe import FinetuneArguments
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("full", "linear_probe", "two_phase")
-BN_POLICIES = ("train", "frozen", "frozen_in_frozen_stages")
+BN_POLICIES = ("auto", "train", "frozen", "frozen_in_frozen_stages")
 _STEM = re.compile(r"(^|\.)(embedder|embeddings|conv_stem|stem|conv1|bn1)(\.|$)")
 _NUMBERED = re.compile(r"(^|\.)(stages|blocks|layer|layers|features)\.(\d+)\.")
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
@@ -102,10 +102,19 @@ def _keep_in_inference_mode(module: nn.Module, _inputs: Any) -> None:
     module.training = False
 
 
-def apply_freezing(model: nn.Module, frozen: list[str], bn_policy: str) -> None:
-    """Freezes the named stages; puts BatchNorm layers in inference mode as the policy says."""
+def resolve_bn_policy(bn_policy: str, pretrained: bool) -> str:
+    """`auto`: pretrained BatchNorm statistics stay (frozen); a random-init model must learn its own."""
     if bn_policy not in BN_POLICIES:
         raise UserError(f"finetune.bn must be one of {', '.join(BN_POLICIES)}, got '{bn_policy}'")
+    if bn_policy == "auto":
+        return "frozen" if pretrained else "train"
+    return bn_policy
+
+
+def apply_freezing(model: nn.Module, frozen: list[str], bn_policy: str) -> None:
+    """Freezes the named stages; puts BatchNorm layers in inference mode as the policy says."""
+    if bn_policy not in BN_POLICIES or bn_policy == "auto":
+        raise UserError(f"finetune.bn must be one of {', '.join(BN_POLICIES[1:])}, got '{bn_policy}'")
     groups = stages(model)
     frozen_params = {name for stage in frozen for name in groups[stage]}
     for name, parameter in model.named_parameters():

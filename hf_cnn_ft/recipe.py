@@ -134,8 +134,11 @@ class FinetuneArguments:
         default="none", metadata={"help": "Stages frozen while the Trainer runs: none, backbone, or the first N."}
     )
     bn: str = field(
-        default="frozen_in_frozen_stages",
-        metadata={"help": "BatchNorm: train, frozen (inference mode everywhere), or frozen_in_frozen_stages."},
+        default="auto",
+        metadata={
+            "help": "BatchNorm: frozen (inference mode everywhere, the Keras rule), frozen_in_frozen_stages, train, "
+            "or auto: frozen for pretrained weights, train for a randomly initialised model."
+        },
     )
     head_epochs: int = field(default=60, metadata={"help": "Linear-probe epochs over the cached features."})
     head_learning_rate: float = field(default=3e-3, metadata={"help": "Linear-probe learning rate (AdamW)."})

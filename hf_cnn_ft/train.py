@@ -18,7 +18,14 @@ from . import artefacts
 from .card import write_model_card
 from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .errors import UserError
-from .finetuning import apply_freezing, class_loss_weights, frozen_stage_names, linear_probe, validate_strategy
+from .finetuning import (
+    apply_freezing,
+    class_loss_weights,
+    frozen_stage_names,
+    linear_probe,
+    resolve_bn_policy,
+    validate_strategy,
+)
 from .metrics import (
     SCALAR_KEYS,
     classification_report,
@@ -213,7 +220,8 @@ def train(recipe: Recipe) -> TrainResult:
             model, data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy,
             seed=args.seed, channels_last=recipe.model.channels_last, loss_weights=loss_weights,
         )
-    apply_freezing(model, frozen, strategy.bn)
+    pretrained = recipe.model.pretrained or recipe.model.weights is not None
+    apply_freezing(model, frozen, resolve_bn_policy(strategy.bn, pretrained))
 
     callbacks = []
     if args.early_stopping_patience is not None and args.load_best_model_at_end:

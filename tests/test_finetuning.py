@@ -11,7 +11,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 from conftest import TINY_SETTINGS, overrides
 from hf_cnn_ft.cli import main
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.finetuning import apply_freezing, frozen_stage_names, stages
+from hf_cnn_ft.finetuning import apply_freezing, class_loss_weights, frozen_stage_names, resolve_bn_policy, stages
 from hf_cnn_ft.models import build_model
 from hf_cnn_ft.recipe import ModelArguments
 
@@ -101,3 +101,34 @@ def test_inspect_prints_the_stages_with_parameter_counts(capsys):
     assert main(["inspect", "test_convnext"]) == 0
     out = capsys.readouterr().out
     assert "0  stem" in out and "head" in out and "parameters" in out
+
+
+def test_auto_class_weights_are_normalised_inverse_frequencies():
+    weights = class_loss_weights("auto", [0, 0, 0, 1], ["common", "rare"])
+    torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
+    assert float((weights * torch.tensor([3.0, 1.0])).sum()) == pytest.approx(4.0)  # mean weight per image is 1
+    explicit = class_loss_weights({"rare": 5}, [0, 1], ["common", "rare"])
+    torch.testing.assert_close(explicit, torch.tensor([1.0, 5.0]))
+    with pytest.raises(UserError, match="unknown classes"):
+        class_loss_weights({"rarest": 5}, [0, 1], ["common", "rare"])
+
+
+def test_class_weights_change_the_trainers_loss(tmp_path):
+    from hf_cnn_ft.recipe import TrainArguments
+    from hf_cnn_ft.trainer import FineTuneTrainer
+
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False, zero_init_head=False), LABELS)
+    inputs = {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 0, 1, 2])}
+    args = TrainArguments(output_dir=str(tmp_path), eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    plain = FineTuneTrainer(model=model, args=args).compute_loss(model, dict(inputs))
+    weighted = FineTuneTrainer(model=model, args=args, loss_weights=torch.tensor([1.0, 1.0, 10.0])).compute_loss(
+        model, dict(inputs)
+    )
+    assert not torch.isclose(plain, weighted)
+
+
+def test_auto_batchnorm_policy_freezes_pretrained_statistics_only():
+    assert resolve_bn_policy("auto", pretrained=True) == "frozen"
+    assert resolve_bn_policy("auto", pretrained=False) == "train"
+    with pytest.raises(UserError, match="finetune.bn must be one of"):
+        resolve_bn_policy("sometimes", pretrained=True)
