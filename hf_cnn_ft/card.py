@@ -34,6 +34,27 @@ def _counts_table(data: ImageData) -> str:
     return "\n".join(rows)
 
 
+def _resize_text(config: DataConfig) -> str:
+    if config.crop_mode == "squash":
+        return f"both edges resized to {config.resize_size}, then centre crop"
+    return f"shorter edge resized to {config.resize_size}, then centre crop"
+
+
+def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
+    finetune = recipe.finetune
+    probe = (
+        f"a linear probe ({finetune.head_epochs} epochs of the new head on cached backbone features)"
+        if finetune.strategy in ("linear_probe", "two_phase")
+        else ""
+    )
+    tuned = f"{summary['epochs_trained']:g} epochs of fine-tuning with the Trainer"
+    if finetune.strategy == "linear_probe":
+        return f"Strategy `linear_probe`: {probe}; the backbone kept its pretrained weights."
+    if finetune.strategy == "two_phase":
+        return f"Strategy `two_phase`: {probe}, then {tuned}."
+    return f"Strategy `full`: {tuned}."
+
+
 def _imbalance_note(data: ImageData) -> str:
     counts = [c for c in data.class_counts("train").values() if c > 0]
     ratio = max(counts) / min(counts)
@@ -90,9 +111,9 @@ Unreadable images skipped: {summary["skipped_images"]}.
 
 ## Training procedure
 
-Input: {data_config.input_size} px, resize to {data_config.resize_size} then centre crop,
-{data_config.interpolation} interpolation, mean {list(data_config.mean)}, std {list(data_config.std)}.
-Trained for {summary["epochs_trained"]} epochs in {summary["train_seconds"]:.0f} s on {summary["hardware"]}.
+Input: {data_config.input_size} px ({_resize_text(data_config)}), {data_config.interpolation} interpolation,
+mean {list(data_config.mean)}, std {list(data_config.std)}.
+{_strategy_text(recipe, summary)} Training took {summary["train_seconds"]:.0f} s on {summary["hardware"]}.
 
 The resolved recipe:
 

@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("full", "linear_probe", "two_phase")
 BN_POLICIES = ("auto", "train", "frozen", "frozen_in_frozen_stages")
-_STEM = re.compile(r"(^|\.)(embedder|embeddings|conv_stem|stem|conv1|bn1)(\.|$)")
 _NUMBERED = re.compile(r"(^|\.)(stages|blocks|layer|layers|features)\.(\d+)\.")
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
 
@@ -65,11 +64,11 @@ def stages(model: nn.Module) -> "OrderedDict[str, list[str]]":
         for name, _ in backbone.named_parameters():
             if name in head_names:
                 continue
+            # Parameters before the first numbered block form the stem; unnumbered ones after a
+            # block (a final conv or norm) join the stage before them.
             numbered = _NUMBERED.search(name)
             if numbered:
                 current = f"stage{int(numbered.group(3)) + 1}"
-            elif _STEM.search(name) and current == "stem":
-                current = "stem"
             groups.setdefault(current, []).append(prefix + name)
     groups["head"] = [prefix + n for n in sorted(head_names)]
     return groups

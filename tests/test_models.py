@@ -137,3 +137,11 @@ def test_unreachable_hub_model_is_one_clear_error():
     with pytest.raises(UserError) as info:
         build_model(ModelArguments(model="microsoft/resnet-50"), LABELS)
     assert "could not load model 'microsoft/resnet-50'" in str(info.value)
+
+
+def test_pretrained_false_on_a_directory_builds_the_architecture_randomly_initialised(tmp_path):
+    model, data_config = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
+    save_model(model, data_config, tmp_path / "m")
+    fresh, _ = build_model(ModelArguments(model=str(tmp_path / "m"), pretrained=False), ["x", "y"])
+    assert type(fresh) is type(model) and fresh.config.num_labels == 2
+    assert not torch.equal(fresh.timm_model.conv1[0].weight, model.timm_model.conv1[0].weight)

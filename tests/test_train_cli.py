@@ -33,6 +33,18 @@ def test_training_reaches_90_percent_and_writes_every_artefact(trained_run):
     assert not (trained_run / ".staging").exists()
 
 
+def test_model_card_describes_data_procedure_and_results(trained_run):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(trained_run / "README.md")
+    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "transformers"
+    for heading in ("## Training data", "## Training procedure", "## Results", "## How to use", "## Limitations"):
+        assert heading in card.text, heading
+    assert "| red_disc |" in card.text and "Strategy `two_phase`" in card.text
+    for picture in ("confusion_matrix.png", "training_curves.png", "linear_probe_curves.png"):
+        assert f"]({picture})" in card.text and (trained_run / picture).is_file()
+
+
 def test_pipeline_on_the_output_directory_predicts_the_users_labels(trained_run, shapes_dir):
     classifier = pipeline("image-classification", model=str(trained_run))
     hits = 0
