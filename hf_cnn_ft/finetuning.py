@@ -97,6 +97,36 @@ def frozen_stage_names(model: nn.Module, freeze: str) -> list[str]:
     return names[:count]
 
 
+def parameter_groups(
+    model: nn.Module, learning_rate: float, weight_decay: float, backbone_multiplier: float = 1.0, lr_decay: float = 1.0
+) -> list[dict[str, Any]]:
+    """Optimizer groups per stage: the head at `learning_rate`, backbone stages at
+    `learning_rate * backbone_multiplier * lr_decay**depth` (depth 1 for the stage below the head),
+    and no weight decay on 1-D parameters (BatchNorm, biases). Frozen parameters are left out.
+    """
+    if not 0 < lr_decay <= 1 or backbone_multiplier < 0:
+        raise UserError("finetune.lr_decay must be in (0, 1] and finetune.backbone_lr_multiplier >= 0")
+    named = dict(model.named_parameters())
+    ordered = list(stages(model).items())
+    groups = []
+    for index, (stage, names) in enumerate(ordered):
+        depth = len(ordered) - 1 - index
+        scale = 1.0 if depth == 0 else backbone_multiplier * lr_decay**depth
+        trainable = [named[n] for n in names if named[n].requires_grad]
+        for decayed in (True, False):
+            chosen = [p for p in trainable if (p.ndim > 1) == decayed]
+            if chosen:
+                groups.append(
+                    {
+                        "params": chosen,
+                        "lr": learning_rate * scale,
+                        "weight_decay": weight_decay if decayed else 0.0,
+                        "stage": stage,
+                    }
+                )
+    return groups
+
+
 def _keep_in_inference_mode(module: nn.Module, _inputs: Any) -> None:
     module.training = False
 

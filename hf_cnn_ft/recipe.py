@@ -147,6 +147,13 @@ class FinetuneArguments:
     feature_views: int = field(
         default=1, metadata={"help": "Cached views per training image: 1 unaugmented + (N-1) augmented."}
     )
+    backbone_lr_multiplier: float = field(
+        default=1.0, metadata={"help": "Backbone learning rate as a multiple of the head's (training.learning_rate)."}
+    )
+    lr_decay: float = field(
+        default=1.0,
+        metadata={"help": "Layer-wise decay: each stage further from the head trains at this multiple of the one above."},
+    )
     class_weights: str | dict[str, float] | None = field(
         default=None,
         metadata={"help": "Loss weight per class: auto (inverse class frequency, normalised) or {label: weight}."},

@@ -235,6 +235,8 @@ def train(recipe: Recipe) -> TrainResult:
         compute_metrics=trainer_compute_metrics(data.label_names),
         callbacks=callbacks,
         loss_weights=loss_weights,
+        backbone_lr_multiplier=strategy.backbone_lr_multiplier,
+        lr_decay=strategy.lr_decay,
     )
     if strategy.strategy != "linear_probe":
         trainer.train(resume_from_checkpoint=resume)

@@ -7,17 +7,40 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from .finetuning import parameter_groups
+
 
 class FineTuneTrainer(Trainer):
-    """`Trainer` with class-weighted loss, and a training loader that drops the last, incomplete batch.
+    """`Trainer` with per-stage learning rates, class-weighted loss, and a training loader that drops
+    the last, incomplete batch.
 
     A BatchNorm layer cannot train on a batch of one image (and a tiny last batch gives a noisy
     step), so, like timm's train.py, training skips the remainder; evaluation never drops images.
     """
 
-    def __init__(self, *args, loss_weights: torch.Tensor | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_weights: torch.Tensor | None = None,
+        backbone_lr_multiplier: float = 1.0,
+        lr_decay: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.loss_weights = loss_weights
+        self.backbone_lr_multiplier = backbone_lr_multiplier
+        self.lr_decay = lr_decay
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """One parameter group per stage and decay kind: per-stage learning rates, no decay on BN/biases."""
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            groups = parameter_groups(
+                model, self.args.learning_rate, self.args.weight_decay, self.backbone_lr_multiplier, self.lr_decay
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
         if self.loss_weights is None:

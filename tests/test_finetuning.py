@@ -132,3 +132,27 @@ def test_auto_batchnorm_policy_freezes_pretrained_statistics_only():
     assert resolve_bn_policy("auto", pretrained=False) == "train"
     with pytest.raises(UserError, match="finetune.bn must be one of"):
         resolve_bn_policy("sometimes", pretrained=True)
+
+
+def test_optimizer_groups_carry_per_stage_learning_rates_and_no_decay_on_norms(tmp_path, shapes_dir):
+    from hf_cnn_ft.recipe import TrainArguments
+    from hf_cnn_ft.trainer import FineTuneTrainer
+
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
+    apply_freezing(model, frozen_stage_names(model, "1"), "frozen_in_frozen_stages")
+    args = TrainArguments(output_dir=str(tmp_path), eval_strategy="no", save_strategy="no",
+                          load_best_model_at_end=False, learning_rate=1e-2, weight_decay=0.05)
+    trainer = FineTuneTrainer(model=model, args=args, backbone_lr_multiplier=0.5, lr_decay=0.7)
+    optimizer = trainer.create_optimizer()
+    by_stage = {}
+    for group in optimizer.param_groups:
+        by_stage.setdefault(group["stage"], []).append(group)
+    names = list(stages(model))
+    assert "stem" not in by_stage  # frozen: not in the optimizer at all
+    assert all(g["lr"] == pytest.approx(1e-2) for g in by_stage["head"])
+    for depth, stage in enumerate(reversed(names[1:-1]), start=1):
+        assert all(g["lr"] == pytest.approx(1e-2 * 0.5 * 0.7**depth) for g in by_stage[stage]), stage
+    for group in optimizer.param_groups:
+        assert group["weight_decay"] == (0.05 if group["params"][0].ndim > 1 else 0.0)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}
