@@ -110,7 +110,8 @@ def plot_training_curves(log_history: list[dict[str, Any]], metric: str, path: P
             loss_ax.plot(xs, ys, marker="o", label=label)
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
-    loss_ax.legend()
+    if loss_ax.lines:
+        loss_ax.legend()
     loss_ax.set_title("loss")
     points = series[f"eval_{metric}"]
     if points:

@@ -1,0 +1,172 @@
+"""Training throughput of `hf-cnn-ft train` against a minimal hand-written PyTorch loop.
+
+Same model (pretrained weights from `data/weights`), same photos, resolution, batch size,
+optimizer (AdamW), threads and memory layout; the two run interleaved A/B/A/B in one process.
+Also measures the input pipeline alone (decode + augment + collate) against the training step
+it feeds, and the peak resident memory. Appends the table to benchmarks/RESULTS.md.
+
+    python benchmarks/speed.py --steps 40 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import default_data_collator
+
+from hf_cnn_ft.data import load_image_data
+from hf_cnn_ft.models import build_model
+from hf_cnn_ft.offline_data import prepare_dataset
+from hf_cnn_ft.recipe import AugmentArguments, DataArguments, ModelArguments, build_recipe
+from hf_cnn_ft.train import train, with_image_transform
+from hf_cnn_ft.transforms import train_transform
+from hf_cnn_ft.weights import import_known_weights
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def settings(args: argparse.Namespace) -> dict:
+    return {
+        "dataset": str(args.data),
+        "model": str(args.model_dir),
+        "strategy": "full",
+        "bn": "train",  # as in the hand-written loop: every BatchNorm layer trains
+        "image_size": args.image_size,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": 1e-4,
+        "max_steps": args.steps,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "early_stopping_patience": None,
+        "logging_strategy": "no",
+        "disable_tqdm": True,
+        "check_images": False,
+        "test_fraction": 0.0,
+        "dataloader_num_workers": 0,
+    }
+
+
+def tool_throughput(args: argparse.Namespace) -> float:
+    """Images per second through `train()`, the code path of `hf-cnn-ft train`.
+
+    Its clock covers `Trainer.train` (loaders, optimizer and all steps), not the dataset loading or
+    the final evaluation before and after it, which the hand-written loop does not do either.
+    """
+    with tempfile.TemporaryDirectory() as out:
+        result = train(build_recipe({**settings(args), "output_dir": out}, "speed benchmark"))
+    return args.steps * args.batch_size / result.train_seconds
+
+
+def hand_written_throughput(args: argparse.Namespace) -> float:
+    """The same training with nothing but PyTorch: DataLoader, AdamW, forward, backward, step."""
+    data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
+    torch.manual_seed(0)
+    model, data_config = build_model(ModelArguments(model=str(args.model_dir), image_size=args.image_size),
+                                     data.label_names)
+    model.to(memory_format=torch.channels_last).train()
+    dataset = with_image_transform(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        collate_fn=default_data_collator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    steps = 0
+    started = time.perf_counter()
+    while steps < args.steps:
+        for batch in loader:
+            loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if steps == args.steps:
+                break
+    return args.steps * args.batch_size / (time.perf_counter() - started)
+
+
+def pipeline_and_step(args: argparse.Namespace) -> tuple[float, float]:
+    """Images/s of decode + augment + collate alone, and of the training step alone."""
+    data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
+    model, data_config = build_model(ModelArguments(model=str(args.model_dir), image_size=args.image_size),
+                                     data.label_names)
+    dataset = with_image_transform(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        collate_fn=default_data_collator)
+    started, images = time.perf_counter(), 0
+    for batch in loader:
+        images += len(batch["labels"])
+    pipeline = images / (time.perf_counter() - started)
+
+    model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    labels = torch.randint(0, len(data.label_names), (args.batch_size,))
+    for _ in range(2):  # warm-up
+        model(pixel_values=pixels, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    started = time.perf_counter()
+    for _ in range(10):
+        model(pixel_values=pixels, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    step = 10 * args.batch_size / (time.perf_counter() - started)
+    return pipeline, step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="efficientnet_lite0")
+    parser.add_argument("--image-size", dest="image_size", type=int, default=224)
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    torch.set_flush_denormal(True)
+    args.data = prepare_dataset("food", Path("data"))
+    args.model_dir = import_known_weights(args.weights, cache_dir=Path("data/weights"))
+
+    tool, hand = [], []
+    for repeat in range(args.repeats):  # interleaved A/B/A/B
+        tool.append(tool_throughput(args))
+        hand.append(hand_written_throughput(args))
+        print(f"round {repeat + 1}: hf-cnn-ft train {tool[-1]:.1f} img/s, hand-written loop {hand[-1]:.1f} img/s",
+              flush=True)
+    pipeline, step = pipeline_and_step(args)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tool_mean, hand_mean = sum(tool) / len(tool), sum(hand) / len(hand)
+    table = "\n".join([
+        "| measurement | value |",
+        "|---|---|",
+        f"| hf-cnn-ft train (Trainer path) | {tool_mean:.1f} img/s ({', '.join(f'{t:.1f}' for t in tool)}) |",
+        f"| hand-written PyTorch loop | {hand_mean:.1f} img/s ({', '.join(f'{h:.1f}' for h in hand)}) |",
+        f"| ratio tool / hand-written | {tool_mean / hand_mean:.2f} |",
+        f"| input pipeline alone (decode + augment + collate) | {pipeline:.1f} img/s |",
+        f"| training step alone | {step:.1f} img/s |",
+        f"| pipeline / step | {pipeline / step:.1f}x |",
+        f"| peak RSS (whole benchmark process) | {peak_mb:.0f} MB |",
+    ])
+    print("\n" + table)
+    if not args.no_record:
+        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
+        with RESULTS.open("a") as handle:
+            handle.write(
+                f"\n### Training throughput, {args.weights} at {args.image_size} px, batch {args.batch_size}, "
+                f"{args.steps} steps ({time.strftime('%Y-%m-%d')})\n\n`{command}`  \nMachine: {machine}\n\n{table}\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
