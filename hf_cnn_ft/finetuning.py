@@ -194,16 +194,38 @@ def extract_features(
     return torch.cat(captured).flatten(1), labels
 
 
+class BackboneFeatures:
+    """Features computed by running the frozen backbone on demand: the uncached reference path.
+
+    Indexing it like the cached tensor (``features[indices]``) runs the backbone on those images,
+    so `train_head` can be run both ways and the cache shown to change nothing but the time.
+    """
+
+    def __init__(self, model: nn.Module, dataset: Dataset, transform: Callable, channels_last: bool = False):
+        self.model, self.dataset, self.transform, self.channels_last = model, dataset, transform, channels_last
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        rows = self.dataset.select(indices.tolist())
+        features, _ = extract_features(self.model, rows, self.transform, len(rows), self.channels_last)
+        return features
+
+
 def train_head(
     head: nn.Linear,
-    features: torch.Tensor,
+    features: torch.Tensor | BackboneFeatures,
     labels: torch.Tensor,
     args: FinetuneArguments,
     seed: int,
     validation: tuple[torch.Tensor, torch.Tensor] | None = None,
     loss_weights: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
-    """Trains the classifier layer on cached features: AdamW, cosine schedule, mini-batches."""
+    """Trains the classifier layer on pooled features: AdamW, cosine schedule, mini-batches.
+
+    `features` is the cached tensor, or `BackboneFeatures` to recompute every batch (same result).
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
     steps_per_epoch = math.ceil(len(features) / args.head_batch_size)

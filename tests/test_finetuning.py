@@ -156,3 +156,29 @@ def test_optimizer_groups_carry_per_stage_learning_rates_and_no_decay_on_norms(t
         assert group["weight_decay"] == (0.05 if group["params"][0].ndim > 1 else 0.0)
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert trained == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_cached_features_train_the_same_head_as_running_the_backbone(shapes_dir):
+    from hf_cnn_ft.data import load_image_data
+    from hf_cnn_ft.finetuning import BackboneFeatures, extract_features, train_head
+    from hf_cnn_ft.models import head_linear
+    from hf_cnn_ft.recipe import DataArguments, FinetuneArguments
+    from hf_cnn_ft.transforms import eval_transform
+
+    data = load_image_data(DataArguments(dataset=str(shapes_dir)))
+    model, data_config = build_model(ModelArguments(model="test_resnet", pretrained=False, image_size=32), LABELS)
+    transform = eval_transform(data_config)
+    train = data.splits["train"]
+    args = FinetuneArguments(head_epochs=3, head_batch_size=16, head_learning_rate=0.05)
+    head = head_linear(model.timm_model, 3)
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+
+    cached, labels = extract_features(model, train, transform)
+    history_cached = train_head(head, cached, labels, args, seed=7)
+    weights_cached = {k: v.clone() for k, v in head.state_dict().items()}
+
+    head.load_state_dict(start)
+    history_uncached = train_head(head, BackboneFeatures(model, train, transform), labels, args, seed=7)
+    for key, value in head.state_dict().items():
+        torch.testing.assert_close(value, weights_cached[key], atol=1e-5, rtol=1e-4)
+    assert [h["loss"] for h in history_uncached] == pytest.approx([h["loss"] for h in history_cached], rel=1e-4)
