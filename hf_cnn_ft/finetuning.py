@@ -302,6 +302,13 @@ def class_loss_weights(setting: str | dict[str, float] | None, labels: list[int]
     raise UserError(f"finetune.class_weights must be auto, none or a mapping of class to weight, got {setting!r}")
 
 
+def balanced_sample_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Per-image draw weights 1 / (images in its class): every class is drawn equally often."""
+    y = torch.tensor(labels)
+    counts = torch.bincount(y, minlength=num_classes).double()
+    return (1.0 / counts.clamp(min=1))[y]
+
+
 def validate_strategy(args: FinetuneArguments) -> None:
     if args.strategy not in STRATEGIES:
         raise UserError(f"finetune.strategy must be one of {', '.join(STRATEGIES)}, got '{args.strategy}'")
@@ -309,4 +316,8 @@ def validate_strategy(args: FinetuneArguments) -> None:
         raise UserError(f"finetune.strategy {args.strategy} needs finetune.head_epochs >= 1")
     if args.feature_views < 1:
         raise UserError("finetune.feature_views must be at least 1")
+    if args.sampler not in ("random", "balanced"):
+        raise UserError(f"finetune.sampler must be random or balanced, got '{args.sampler}'")
+    if args.l2sp_alpha < 0:
+        raise UserError("finetune.l2sp_alpha must be >= 0")
 

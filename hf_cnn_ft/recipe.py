@@ -154,6 +154,14 @@ class FinetuneArguments:
         default=1.0,
         metadata={"help": "Layer-wise decay: each stage further from the head trains at this multiple of the one above."},
     )
+    sampler: str = field(
+        default="random",
+        metadata={"help": "random, or balanced: draw training images with probability 1 / (size of their class)."},
+    )
+    l2sp_alpha: float = field(
+        default=0.0,
+        metadata={"help": "L2-SP: penalise alpha/2 * |w - w_pretrained|^2 over the backbone (Li et al. 2018); 0 is off."},
+    )
     class_weights: str | dict[str, float] | None = field(
         default=None,
         metadata={"help": "Loss weight per class: auto (inverse class frequency, normalised) or {label: weight}."},

@@ -20,6 +20,7 @@ from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .errors import UserError
 from .finetuning import (
     apply_freezing,
+    balanced_sample_weights,
     class_loss_weights,
     frozen_stage_names,
     linear_probe,
@@ -237,6 +238,12 @@ def train(recipe: Recipe) -> TrainResult:
         loss_weights=loss_weights,
         backbone_lr_multiplier=strategy.backbone_lr_multiplier,
         lr_decay=strategy.lr_decay,
+        sample_weights=(
+            balanced_sample_weights(data.splits["train"][LABEL_COLUMN], len(data.label_names))
+            if strategy.sampler == "balanced"
+            else None
+        ),
+        l2sp_alpha=strategy.l2sp_alpha,
     )
     if strategy.strategy != "linear_probe":
         trainer.train(resume_from_checkpoint=resume)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from transformers import Trainer
 
-from .finetuning import parameter_groups
+from .finetuning import parameter_groups, stages
 
 
 class FineTuneTrainer(Trainer):
-    """`Trainer` with per-stage learning rates, class-weighted loss, and a training loader that drops
-    the last, incomplete batch.
+    """`Trainer` with per-stage learning rates, class-weighted loss, L2-SP, a class-balanced sampler,
+    and a training loader that drops the last, incomplete batch.
 
     A BatchNorm layer cannot train on a batch of one image (and a tiny last batch gives a noisy
     step), so, like timm's train.py, training skips the remainder; evaluation never drops images.
@@ -24,12 +24,37 @@ class FineTuneTrainer(Trainer):
         loss_weights: torch.Tensor | None = None,
         backbone_lr_multiplier: float = 1.0,
         lr_decay: float = 1.0,
+        sample_weights: torch.Tensor | None = None,
+        l2sp_alpha: float = 0.0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.loss_weights = loss_weights
         self.backbone_lr_multiplier = backbone_lr_multiplier
         self.lr_decay = lr_decay
+        self.sample_weights = sample_weights
+        self.l2sp_alpha = l2sp_alpha
+        # The starting point L2-SP pulls towards: the pretrained backbone, captured before any
+        # checkpoint is loaded, so a resumed run keeps the same anchor. The new head is not anchored.
+        head = set(stages(self.model)["head"])
+        self.l2sp_anchor = (
+            {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad and n not in head}
+            if l2sp_alpha > 0
+            else {}
+        )
+
+    def l2sp_penalty(self) -> torch.Tensor:
+        """alpha/2 * squared distance of the trainable backbone weights from the pretrained ones."""
+        named = dict(self.model.named_parameters())
+        total = sum(((named[n] - anchor.to(named[n].device)) ** 2).sum() for n, anchor in self.l2sp_anchor.items())
+        return 0.5 * self.l2sp_alpha * total
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.sample_weights is None:
+            return super()._get_train_sampler(train_dataset)
+        # Seeded identically on every process, so DDP shards one shared sequence of draws.
+        generator = torch.Generator().manual_seed(self.args.seed)
+        return WeightedRandomSampler(self.sample_weights, len(self.sample_weights), replacement=True, generator=generator)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """One parameter group per stage and decay kind: per-stage learning rates, no decay on BN/biases."""
@@ -44,13 +69,16 @@ class FineTuneTrainer(Trainer):
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
         if self.loss_weights is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        weights = self.loss_weights.to(outputs.logits.device, outputs.logits.dtype)
-        loss = nn.functional.cross_entropy(
-            outputs.logits, labels, weight=weights, label_smoothing=self.args.label_smoothing_factor
-        )
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        else:
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weights = self.loss_weights.to(outputs.logits.device, outputs.logits.dtype)
+            loss = nn.functional.cross_entropy(
+                outputs.logits, labels, weight=weights, label_smoothing=self.args.label_smoothing_factor
+            )
+        if self.l2sp_anchor and model.training:
+            loss = loss + self.l2sp_penalty()
         return (loss, outputs) if return_outputs else loss
 
     def get_train_dataloader(self) -> DataLoader:

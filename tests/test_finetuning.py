@@ -182,3 +182,47 @@ def test_cached_features_train_the_same_head_as_running_the_backbone(shapes_dir)
     for key, value in head.state_dict().items():
         torch.testing.assert_close(value, weights_cached[key], atol=1e-5, rtol=1e-4)
     assert [h["loss"] for h in history_uncached] == pytest.approx([h["loss"] for h in history_cached], rel=1e-4)
+
+
+def _plain_trainer(tmp_path, model, **kwargs):
+    from hf_cnn_ft.recipe import TrainArguments
+    from hf_cnn_ft.trainer import FineTuneTrainer
+
+    args = TrainArguments(output_dir=str(tmp_path), eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    return FineTuneTrainer(model=model, args=args, **kwargs)
+
+
+def test_l2sp_penalty_is_zero_at_the_start_and_grows_as_the_backbone_moves(tmp_path):
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False, zero_init_head=False), LABELS)
+    trainer = _plain_trainer(tmp_path, model, l2sp_alpha=0.1)
+    assert float(trainer.l2sp_penalty().detach()) == 0.0
+    assert not any(name.startswith("timm_model.fc.") for name in trainer.l2sp_anchor)  # the new head is free
+    with torch.no_grad():
+        model.timm_model.layer1[0].conv1.weight.add_(0.01)
+    small = float(trainer.l2sp_penalty().detach())
+    with torch.no_grad():
+        model.timm_model.layer1[0].conv1.weight.add_(0.01)
+        model.timm_model.fc.weight.add_(5.0)  # moving the head costs nothing
+    assert 0 < small < float(trainer.l2sp_penalty().detach())
+    expected = 0.5 * 0.1 * model.timm_model.layer1[0].conv1.weight.numel() * 0.02**2
+    assert float(trainer.l2sp_penalty().detach()) == pytest.approx(expected, rel=1e-3)
+    inputs = {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 0])}
+    model.train()
+    with_penalty = trainer.compute_loss(model, dict(inputs))
+    plain = _plain_trainer(tmp_path, model).compute_loss(model, dict(inputs))
+    assert float((with_penalty - plain).detach()) == pytest.approx(expected, rel=1e-3)
+
+
+def test_balanced_sampler_draws_every_class_equally_often(tmp_path):
+    import datasets as hf_datasets
+
+    from hf_cnn_ft.finetuning import balanced_sample_weights
+
+    labels = [0] * 90 + [1] * 9 + [2] * 1
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
+    trainer = _plain_trainer(tmp_path, model, sample_weights=balanced_sample_weights(labels, 3))
+    trainer.train_dataset = hf_datasets.Dataset.from_dict({"label": labels})
+    sampler = trainer._get_train_sampler()  # one per training run; each epoch draws afresh
+    draws = [labels[i] for _ in range(30) for i in sampler]
+    shares = torch.bincount(torch.tensor(draws), minlength=3).float() / len(draws)
+    torch.testing.assert_close(shares, torch.full((3,), 1 / 3), atol=0.03, rtol=0)
