@@ -61,6 +61,16 @@ def _train(options: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
+    from .lr_find import find_learning_rate
+    from .recipe import load_recipe
+
+    result = find_learning_rate(load_recipe(options.recipe, extra), options.steps, options.start_lr, options.end_lr)
+    print(f"suggested learning rate: {result.suggestion:.2e} (steepest fall of the loss)")
+    print(f"plot: {result.plot}")
+    return 0
+
+
 def _evaluate(options: argparse.Namespace) -> int:
     from .evaluation import data_arguments_for, evaluate_model
 
@@ -149,6 +159,29 @@ def _demo(options: argparse.Namespace) -> int:
     return 0
 
 
+RECIPE_VERBS = ("train", "lr-find")
+
+
+def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    if verb == "train":
+        parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    else:
+        parser.add_argument("--steps", type=int, default=100)
+        parser.add_argument("--start-lr", type=float, default=1e-7)
+        parser.add_argument("--end-lr", type=float, default=1.0)
+
+
+def _parse_recipe_verb(verb: str, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """train and lr-find take open-ended recipe overrides (--any_recipe_key value): their own few
+    options are parsed here, exactly (no abbreviations), and everything else goes to the recipe."""
+    recipe = args[0] if args and not args[0].startswith("-") else None
+    own = argparse.ArgumentParser(prog=f"hf-cnn-ft {verb}", allow_abbrev=False, add_help=False)
+    _add_recipe_verb_options(own, verb)
+    options, extra = own.parse_known_args(args[1:] if recipe else args)
+    options.verb, options.recipe = verb, recipe
+    return options, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-cnn-ft", description="Fine-tune pretrained CNNs on your own images.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -161,7 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("recipe", nargs="?", help="recipe YAML file (optional if every key comes as an override)")
-    train.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    _add_recipe_verb_options(train, "train")
+
+    lr_find = verbs.add_parser(
+        "lr-find",
+        help="learning-rate range test: plot and a suggested rate",
+        description="Runs the learning-rate range test for the phase the Trainer would run; recipe overrides allowed.",
+    )
+    lr_find.add_argument("recipe", nargs="?")
+    _add_recipe_verb_options(lr_find, "lr-find")
 
     evaluate = verbs.add_parser("evaluate", help="evaluate a fine-tuned model on a labelled dataset")
     evaluate.add_argument("model_dir")
@@ -206,18 +247,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _configure_logging()
     parser = build_parser()
-    if argv and argv[0] == "train" and not {"-h", "--help"} & set(argv):
-        # Recipe overrides are open-ended (--any_recipe_key value), so argparse sees only the verb.
-        rest = argv[1:]
-        recipe = rest.pop(0) if rest and not rest[0].startswith("--") else None
-        resume = "--resume" in rest
-        extra = [arg for arg in rest if arg != "--resume"]
-        options = argparse.Namespace(verb="train", recipe=recipe, resume=resume)
+    if argv and argv[0] in RECIPE_VERBS and not {"-h", "--help"} & set(argv):
+        options, extra = _parse_recipe_verb(argv[0], argv[1:])
     else:
         options, extra = parser.parse_args(argv), []
     try:
         if options.verb == "train":
             return _train(options, extra)
+        if options.verb == "lr-find":
+            return _lr_find(options, extra)
         if options.verb == "evaluate":
             return _evaluate(options)
         if options.verb == "predict":

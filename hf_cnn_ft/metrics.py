@@ -50,7 +50,8 @@ def trainer_compute_metrics(label_names: list[str]) -> Callable[[Any], dict[str,
     return compute
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: pictures are files, never windows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +62,7 @@ def _pyplot():
 
 def plot_confusion_matrix(report: dict[str, Any], label_names: list[str], path: Path, title: str = "") -> None:
     """Row-normalised confusion matrix with the raw counts written in each cell."""
-    plt = _pyplot()
+    plt = pyplot()
     counts = np.asarray(report["confusion_matrix"])
     rows = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
@@ -101,7 +102,7 @@ def epoch_history(log_history: list[dict[str, Any]], metric: str) -> dict[str, l
 
 def plot_training_curves(log_history: list[dict[str, Any]], metric: str, path: Path) -> None:
     """Loss (train and validation) and the validation metric per epoch, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     series = epoch_history(log_history, metric)
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train_loss", "train"), ("eval_loss", "validation")):

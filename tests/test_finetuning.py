@@ -226,3 +226,17 @@ def test_balanced_sampler_draws_every_class_equally_often(tmp_path):
     draws = [labels[i] for _ in range(30) for i in sampler]
     shares = torch.bincount(torch.tensor(draws), minlength=3).float() / len(draws)
     torch.testing.assert_close(shares, torch.full((3,), 1 / 3), atol=0.03, rtol=0)
+
+
+def test_lr_find_sweeps_the_rate_and_suggests_one(tmp_path, shapes_dir, capsys):
+    import json as json_module
+
+    settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": tmp_path / "out", "strategy": "full"}
+    assert main(["lr-find", *overrides(settings), "--steps", "20", "--start-lr", "1e-5", "--end-lr", "10"]) == 0
+    result = json_module.loads((tmp_path / "out" / "lr_find.json").read_text())
+    rates = result["learning_rates"]
+    assert rates[0] == pytest.approx(1e-5) and all(b > a for a, b in zip(rates, rates[1:]))
+    assert len(result["losses"]) == len(rates) <= 20
+    assert 1e-5 <= result["suggested_learning_rate"] <= rates[-1]
+    assert (tmp_path / "out" / "lr_find.png").is_file()
+    assert "suggested learning rate" in capsys.readouterr().out
