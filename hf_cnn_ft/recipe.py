@@ -187,6 +187,11 @@ class AugmentArguments:
     randaugment_ops: int = field(default=2, metadata={"help": "RandAugment: operations per image."})
     randaugment_magnitude: int = field(default=9, metadata={"help": "RandAugment: magnitude (0-30)."})
     random_erasing: float = field(default=0.0, metadata={"help": "Probability of erasing a random rectangle."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "MixUp Beta(alpha, alpha) strength; 0 disables."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha) strength; 0 disables."})
+    mix_prob: float = field(
+        default=1.0, metadata={"help": "Share of training batches mixed (MixUp or CutMix, one at random if both)."}
+    )
 
 
 def _default_num_workers() -> int:

@@ -37,7 +37,7 @@ from .metrics import (
 from .models import DataConfig, build_model, save_model
 from .recipe import Recipe, TrainArguments, recipe_to_yaml
 from .trainer import FineTuneTrainer
-from .transforms import eval_transform, train_transform
+from .transforms import batch_mixer, eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +244,7 @@ def train(recipe: Recipe) -> TrainResult:
             else None
         ),
         l2sp_alpha=strategy.l2sp_alpha,
+        batch_mixer=batch_mixer(recipe.augment, len(data.label_names)),
     )
     if strategy.strategy != "linear_probe":
         trainer.train(resume_from_checkpoint=resume)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
@@ -11,8 +13,8 @@ from .finetuning import parameter_groups, stages
 
 
 class FineTuneTrainer(Trainer):
-    """`Trainer` with per-stage learning rates, class-weighted loss, L2-SP, a class-balanced sampler,
-    and a training loader that drops the last, incomplete batch.
+    """`Trainer` with per-stage learning rates, class-weighted loss, L2-SP, MixUp/CutMix, a class-balanced
+    sampler, and a training loader that drops the last, incomplete batch.
 
     A BatchNorm layer cannot train on a batch of one image (and a tiny last batch gives a noisy
     step), so, like timm's train.py, training skips the remainder; evaluation never drops images.
@@ -26,6 +28,7 @@ class FineTuneTrainer(Trainer):
         lr_decay: float = 1.0,
         sample_weights: torch.Tensor | None = None,
         l2sp_alpha: float = 0.0,
+        batch_mixer: Callable | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -34,6 +37,7 @@ class FineTuneTrainer(Trainer):
         self.lr_decay = lr_decay
         self.sample_weights = sample_weights
         self.l2sp_alpha = l2sp_alpha
+        self.batch_mixer = batch_mixer
         # The starting point L2-SP pulls towards: the pretrained backbone, captured before any
         # checkpoint is loaded, so a resumed run keeps the same anchor. The new head is not anchored.
         head = set(stages(self.model)["head"])
@@ -68,12 +72,17 @@ class FineTuneTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
-        if self.loss_weights is None:
+        mixing = self.batch_mixer is not None and model.training
+        if mixing:
+            # Mixed in training only, right before the forward pass: evaluation always sees clean images.
+            inputs["pixel_values"], inputs["labels"] = self.batch_mixer(inputs["pixel_values"], inputs["labels"])
+        if self.loss_weights is None and not mixing:
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         else:
+            # Class weights or soft (mixed) targets: cross-entropy computed here rather than by the model.
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            weights = self.loss_weights.to(outputs.logits.device, outputs.logits.dtype)
+            weights = None if self.loss_weights is None else self.loss_weights.to(outputs.logits.device, outputs.logits.dtype)
             loss = nn.functional.cross_entropy(
                 outputs.logits, labels, weight=weights, label_smoothing=self.args.label_smoothing_factor
             )

@@ -91,3 +91,18 @@ class ImageClassificationCollator:
         if rows and LABEL_COLUMN in rows[0]:
             batch["labels"] = torch.tensor([row[LABEL_COLUMN] for row in rows], dtype=torch.long)
         return batch
+
+
+def batch_mixer(augment: AugmentArguments, num_classes: int) -> Callable | None:
+    """MixUp and/or CutMix on a whole batch: (pixels, class indices) -> (mixed pixels, soft labels)."""
+    if not 0 <= augment.mix_prob <= 1:
+        raise UserError(f"augment.mix_prob must be in [0, 1], got {augment.mix_prob}")
+    mixers = []
+    if augment.mixup_alpha > 0:
+        mixers.append(v2.MixUp(alpha=augment.mixup_alpha, num_classes=num_classes))
+    if augment.cutmix_alpha > 0:
+        mixers.append(v2.CutMix(alpha=augment.cutmix_alpha, num_classes=num_classes))
+    if not mixers or augment.mix_prob == 0:
+        return None
+    chosen = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+    return v2.RandomApply([chosen], p=augment.mix_prob) if augment.mix_prob < 1 else chosen

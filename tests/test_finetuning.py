@@ -240,3 +240,25 @@ def test_lr_find_sweeps_the_rate_and_suggests_one(tmp_path, shapes_dir, capsys):
     assert 1e-5 <= result["suggested_learning_rate"] <= rates[-1]
     assert (tmp_path / "out" / "lr_find.png").is_file()
     assert "suggested learning rate" in capsys.readouterr().out
+
+
+def test_mixup_and_cutmix_mix_training_batches_only(tmp_path):
+    from hf_cnn_ft.recipe import AugmentArguments
+    from hf_cnn_ft.transforms import batch_mixer
+
+    mixer = batch_mixer(AugmentArguments(mixup_alpha=0.4, cutmix_alpha=1.0), num_classes=3)
+    pixels, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    mixed, soft = mixer(pixels, labels)
+    assert soft.shape == (6, 3) and torch.allclose(soft.sum(1), torch.ones(6))
+    assert not torch.equal(mixed, pixels)
+    assert batch_mixer(AugmentArguments(), 3) is None
+
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False, zero_init_head=False), LABELS)
+    inputs = {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 0])}
+    mixing = _plain_trainer(tmp_path, model, batch_mixer=batch_mixer(AugmentArguments(mixup_alpha=1.0), 3))
+    plain = _plain_trainer(tmp_path, model)
+    model.eval()
+    torch.testing.assert_close(mixing.compute_loss(model, dict(inputs)), plain.compute_loss(model, dict(inputs)))
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.isclose(mixing.compute_loss(model, dict(inputs)), plain.compute_loss(model, dict(inputs)))
