@@ -182,11 +182,12 @@ def _build_timm(args: ModelArguments, architecture: str, label_names: list[str])
     import timm
 
     base, _, _ = architecture.partition(".")
-    config = TimmWrapperConfig(architecture=base, **_label_maps(label_names))
+    model_args = _timm_regularisation(args)
+    config = TimmWrapperConfig(architecture=base, model_args=model_args or None, **_label_maps(label_names))
     model = TimmWrapperForImageClassification(config)
     if args.pretrained and args.weights is None:
         try:
-            pretrained = timm.create_model(architecture, pretrained=True, num_classes=len(label_names))
+            pretrained = timm.create_model(architecture, pretrained=True, num_classes=len(label_names), **model_args)
         except Exception as exc:  # the Hub client raises many types; all mean the same to the user
             raise UserError(
                 f"could not fetch pretrained weights for '{architecture}' ({_first_line(exc)}); offline, set "
@@ -197,6 +198,31 @@ def _build_timm(args: ModelArguments, architecture: str, label_names: list[str])
     pretrained_cfg.pop("num_classes", None)
     model.config.pretrained_cfg = _json_ready(pretrained_cfg)
     return model
+
+
+def _timm_regularisation(args: ModelArguments) -> dict[str, float]:
+    return {k: v for k, v in (("drop_rate", args.drop_rate), ("drop_path_rate", args.drop_path_rate)) if v is not None}
+
+
+_DROPOUT_ATTRIBUTES = ("classifier_dropout_prob", "classifier_dropout", "dropout_rate", "hidden_dropout_prob")
+
+
+def _config_regularisation(args: ModelArguments, config: Any, source: str) -> dict[str, Any]:
+    """Config updates that set the recipe's dropout / drop-path rates on a loaded architecture."""
+    if config.model_type == "timm_wrapper":
+        wanted = _timm_regularisation(args)
+        return {"model_args": {**(config.model_args or {}), **wanted}} if wanted else {}
+    updates: dict[str, Any] = {}
+    if args.drop_path_rate is not None:
+        if not hasattr(config, "drop_path_rate"):
+            raise UserError(f"model '{source}' ({config.model_type}) has no drop-path setting; unset model.drop_path_rate")
+        updates["drop_path_rate"] = args.drop_path_rate
+    if args.drop_rate is not None:
+        attribute = next((a for a in _DROPOUT_ATTRIBUTES if hasattr(config, a)), None)
+        if attribute is None:
+            raise UserError(f"model '{source}' ({config.model_type}) has no dropout setting; unset model.drop_rate")
+        updates[attribute] = args.drop_rate
+    return updates
 
 
 def _json_ready(value: Any) -> Any:
@@ -226,10 +252,12 @@ def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[
         config = AutoConfig.from_pretrained(source, **common)
     except Exception as exc:
         raise UserError(f"could not load model '{source}' ({_first_line(exc)})") from None
+    regularisation = _config_regularisation(args, config, source)
     if not args.pretrained:
         # The architecture alone, randomly initialised: the baseline that shows what pretraining buys.
-        config.update(_label_maps(label_names))
+        config.update({**_label_maps(label_names), **regularisation})
         return AutoModelForImageClassification.from_config(config, trust_remote_code=args.trust_remote_code), True
+    common.update(regularisation)
     existing = [config.id2label.get(i) for i in range(config.num_labels)] if config.id2label else []
     if existing == label_names:
         model = AutoModelForImageClassification.from_pretrained(source, **common)

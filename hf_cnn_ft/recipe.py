@@ -106,6 +106,12 @@ class ModelArguments:
         metadata={"help": "center (keep the aspect ratio, crop the middle) or squash (resize both edges: keeps "
                   "the whole of wide or tall images); unset uses the model's."},
     )
+    drop_rate: float | None = field(
+        default=None, metadata={"help": "Dropout before the classifier; unset keeps the model's own."}
+    )
+    drop_path_rate: float | None = field(
+        default=None, metadata={"help": "Stochastic depth (drop-path) rate, where the backbone has it."}
+    )
     zero_init_head: bool = field(
         default=True,
         metadata={

@@ -145,3 +145,25 @@ def test_pretrained_false_on_a_directory_builds_the_architecture_randomly_initia
     fresh, _ = build_model(ModelArguments(model=str(tmp_path / "m"), pretrained=False), ["x", "y"])
     assert type(fresh) is type(model) and fresh.config.num_labels == 2
     assert not torch.equal(fresh.timm_model.conv1[0].weight, model.timm_model.conv1[0].weight)
+
+
+def test_drop_path_and_dropout_reach_the_backbone_and_survive_saving(tmp_path):
+    model, data_config = build_model(
+        ModelArguments(model="test_efficientnet", pretrained=False, drop_rate=0.3, drop_path_rate=0.2), LABELS
+    )
+    assert model.timm_model.drop_rate == 0.3
+    rates = [m.drop_prob for m in model.timm_model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) > 0
+    save_model(model, data_config, tmp_path / "m")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "m")
+    assert loaded.timm_model.drop_rate == 0.3
+    assert timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True).drop_rate == 0.3
+
+
+def test_drop_path_on_a_native_model_without_it_is_a_clear_error(tmp_path):
+    NATIVE["resnet"]().save_pretrained(tmp_path / "r")
+    with pytest.raises(UserError, match="has no drop-path setting"):
+        build_model(ModelArguments(model=str(tmp_path / "r"), drop_path_rate=0.1), LABELS)
+    NATIVE["convnext"]().save_pretrained(tmp_path / "c")
+    model, _ = build_model(ModelArguments(model=str(tmp_path / "c"), drop_path_rate=0.1), LABELS)
+    assert model.config.drop_path_rate == 0.1
