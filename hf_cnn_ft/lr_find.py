@@ -18,22 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import default_data_collator, set_seed
 
-from .data import LABEL_COLUMN, load_image_data
+from .data import load_image_data
 from .errors import UserError
-from .finetuning import (
-    apply_freezing,
-    class_loss_weights,
-    frozen_stage_names,
-    linear_probe,
-    parameter_groups,
-    resolve_bn_policy,
-    validate_strategy,
-)
+from .finetuning import parameter_groups
 from .metrics import pyplot
-from .models import build_model
 from .recipe import Recipe
-from .train import with_image_transform
-from .transforms import eval_transform, train_transform
+from .train import prepare_model, with_image_transform
 
 
 @dataclass
@@ -67,27 +57,17 @@ def find_learning_rate(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7,
     if not 0 < start_lr < end_lr or steps < 5:
         raise UserError("lr-find needs 0 < start_lr < end_lr and at least 5 steps")
     args, strategy = recipe.training, recipe.finetune
-    validate_strategy(strategy)
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)
     set_seed(args.seed)
     data = load_image_data(recipe.data)
-    model, data_config = build_model(recipe.model, data.label_names)
-    if recipe.model.channels_last:
-        model.to(memory_format=torch.channels_last)
-    augmentation, evaluation = train_transform(data_config, recipe.augment), eval_transform(data_config)
-    labels = data.splits["train"][LABEL_COLUMN]
-    loss_weights = class_loss_weights(strategy.class_weights, labels, data.label_names)
-    if strategy.strategy in ("linear_probe", "two_phase"):
-        linear_probe(model, data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy,
-                     seed=args.seed, channels_last=recipe.model.channels_last, loss_weights=loss_weights)
-    pretrained = recipe.model.pretrained or recipe.model.weights is not None
-    apply_freezing(model, frozen_stage_names(model, strategy.freeze), resolve_bn_policy(strategy.bn, pretrained))
+    prepared = prepare_model(recipe, data)
+    model, loss_weights = prepared.model, prepared.loss_weights
 
     groups = parameter_groups(model, 1.0, args.weight_decay, strategy.backbone_lr_multiplier, strategy.lr_decay)
     scales = [group["lr"] for group in groups]
     optimizer = torch.optim.AdamW(groups, lr=start_lr)
-    loader = DataLoader(with_image_transform(data.splits["train"], augmentation), collate_fn=default_data_collator,
+    loader = DataLoader(with_image_transform(data.splits["train"], prepared.augmentation), collate_fn=default_data_collator,
                         batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True)
     loss_fn = torch.nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=args.label_smoothing_factor)
     factor = (end_lr / start_lr) ** (1 / (steps - 1))

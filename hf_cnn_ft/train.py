@@ -8,11 +8,11 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from datasets import Dataset
-from transformers import EarlyStoppingCallback, Trainer, default_data_collator, set_seed
+from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, default_data_collator, set_seed
 
 from . import artefacts
 from .card import write_model_card
@@ -185,6 +185,44 @@ def _best_eval_entry(trainer: Trainer) -> dict[str, Any] | None:
     return pick(entries, key=lambda e: e[key])
 
 
+@dataclass
+class PreparedModel:
+    """The model as the Trainer phase starts from it, and what was made on the way."""
+
+    model: PreTrainedModel
+    data_config: DataConfig
+    augmentation: Callable
+    evaluation: Callable
+    loss_weights: torch.Tensor | None
+    probe_history: list[dict[str, float]]
+    probe_seconds: float
+
+
+def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> PreparedModel:
+    """Builds the backbone, runs the linear probe if the strategy has one, and freezes as configured."""
+    strategy = recipe.finetune
+    validate_strategy(strategy)
+    model, data_config = build_model(recipe.model, data.label_names)
+    frozen = frozen_stage_names(model, strategy.freeze)
+    if recipe.model.channels_last:
+        model.to(memory_format=torch.channels_last)
+    evaluation = eval_transform(data_config)
+    augmentation = train_transform(data_config, recipe.augment)
+    loss_weights = class_loss_weights(strategy.class_weights, data.splits["train"][LABEL_COLUMN], data.label_names)
+    started = time.perf_counter()
+    probe_history: list[dict[str, float]] = []
+    if run_probe and strategy.strategy in ("linear_probe", "two_phase"):
+        # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
+        probe_history = linear_probe(
+            model, data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy,
+            seed=recipe.training.seed, channels_last=recipe.model.channels_last, loss_weights=loss_weights,
+        )
+    probe_seconds = time.perf_counter() - started
+    pretrained = recipe.model.pretrained or recipe.model.weights is not None
+    apply_freezing(model, frozen, resolve_bn_policy(strategy.bn, pretrained))
+    return PreparedModel(model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds)
+
+
 def train(recipe: Recipe) -> TrainResult:
     """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`."""
     args = recipe.training
@@ -198,31 +236,16 @@ def train(recipe: Recipe) -> TrainResult:
 
     with args.main_process_first(desc="loading the dataset"):
         data = load_image_data(recipe.data)
-    model, data_config = build_model(recipe.model, data.label_names)
-    strategy = recipe.finetune
-    validate_strategy(strategy)
-    frozen = frozen_stage_names(model, strategy.freeze)
-    if recipe.model.channels_last:
-        model.to(memory_format=torch.channels_last)
+    for item in data.skipped:
+        logger.warning("skipped unreadable image %s (%s)", item.path, item.reason)
     resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
     if is_main:
         artefacts.mark_incomplete(output_dir)
-    for item in data.skipped:
-        logger.warning("skipped unreadable image %s (%s)", item.path, item.reason)
-
-    evaluation = eval_transform(data_config)
-    augmentation = train_transform(data_config, recipe.augment)
-    loss_weights = class_loss_weights(strategy.class_weights, data.splits["train"][LABEL_COLUMN], data.label_names)
-    started = time.perf_counter()
-    probe_history: list[dict[str, float]] = []
-    if strategy.strategy in ("linear_probe", "two_phase") and resume is None:
-        # Deterministic and identical on every process, so DDP ranks start phase 2 in step.
-        probe_history = linear_probe(
-            model, data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy,
-            seed=args.seed, channels_last=recipe.model.channels_last, loss_weights=loss_weights,
-        )
-    pretrained = recipe.model.pretrained or recipe.model.weights is not None
-    apply_freezing(model, frozen, resolve_bn_policy(strategy.bn, pretrained))
+    # A resumed run's checkpoint already holds the probed head.
+    prepared = prepare_model(recipe, data, run_probe=resume is None)
+    model, data_config, strategy = prepared.model, prepared.data_config, recipe.finetune
+    augmentation, evaluation, loss_weights = prepared.augmentation, prepared.evaluation, prepared.loss_weights
+    probe_history = prepared.probe_history
 
     callbacks = []
     if args.early_stopping_patience is not None and args.load_best_model_at_end:
@@ -246,9 +269,10 @@ def train(recipe: Recipe) -> TrainResult:
         l2sp_alpha=strategy.l2sp_alpha,
         batch_mixer=batch_mixer(recipe.augment, len(data.label_names)),
     )
+    started = time.perf_counter()
     if strategy.strategy != "linear_probe":
         trainer.train(resume_from_checkpoint=resume)
-    train_seconds = time.perf_counter() - started
+    train_seconds = prepared.probe_seconds + time.perf_counter() - started
 
     evaluated_on = data.evaluation_split
     # predict() gathers across processes without the padding duplicates of the last batch.

@@ -1,6 +1,5 @@
 """The exploration notebook runs end to end (on a tiny configuration), so it cannot rot."""
 
-import os
 from pathlib import Path
 
 import nbformat
