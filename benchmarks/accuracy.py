@@ -31,7 +31,8 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} threads"
 
 
 def ensure_offline_inputs(recipe_path: Path) -> None:
@@ -68,8 +69,9 @@ def main() -> None:
         accuracy, f1, class_f1, seconds = [], [], [], []
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as out:
-                recipe = load_recipe(recipe_path, [*overrides, "--seed", str(seed), "--output_dir", out,
-                                                   "--disable_tqdm", "true"])
+                recipe = load_recipe(
+                    recipe_path, [*overrides, "--seed", str(seed), "--output_dir", out, "--disable_tqdm", "true"]
+                )
                 result = train(recipe)
             report = result.report
             accuracy.append(report["accuracy"])
@@ -77,8 +79,11 @@ def main() -> None:
             seconds.append(result.train_seconds)
             if args.class_name:
                 class_f1.append(report["per_class"][args.class_name]["f1"])
-            print(f"{recipe_path.name} seed {seed}: accuracy {report['accuracy']:.3f}, "
-                  f"macro-F1 {report['f1_macro']:.3f}, {result.train_seconds:.0f} s", flush=True)
+            print(
+                f"{recipe_path.name} seed {seed}: accuracy {report['accuracy']:.3f}, "
+                f"macro-F1 {report['f1_macro']:.3f}, {result.train_seconds:.0f} s",
+                flush=True,
+            )
         row = f"| {recipe_path.name} {args.label} | {mean_std(accuracy)} | {mean_std(f1)} |"
         row += f" {mean_std(class_f1)} |" if args.class_name else " – |"
         row += f" {statistics.mean(seconds):.0f} s |"
@@ -93,7 +98,9 @@ def main() -> None:
         command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
         stamp = time.strftime("%Y-%m-%d")
         with RESULTS.open("a") as handle:
-            handle.write(f"\n### Accuracy, {args.seeds} seeds ({stamp})\n\n`{command}`  \nMachine: {machine()}\n\n{table}\n")
+            handle.write(
+                f"\n### Accuracy, {args.seeds} seeds ({stamp})\n\n`{command}`  \nMachine: {machine()}\n\n{table}\n"
+            )
 
 
 if __name__ == "__main__":

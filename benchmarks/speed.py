@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import resource
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
+from accuracy import machine  # benchmarks/ is on the path when run as a script
 from hf_cnn_ft.data import load_image_data
 from hf_cnn_ft.models import build_model
 from hf_cnn_ft.offline_data import prepare_dataset
@@ -72,12 +71,14 @@ def hand_written_throughput(args: argparse.Namespace) -> float:
     """The same training with nothing but PyTorch: DataLoader, AdamW, forward, backward, step."""
     data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
     torch.manual_seed(0)
-    model, data_config = build_model(ModelArguments(model=str(args.model_dir), image_size=args.image_size),
-                                     data.label_names)
+    model, data_config = build_model(
+        ModelArguments(model=str(args.model_dir), image_size=args.image_size), data.label_names
+    )
     model.to(memory_format=torch.channels_last).train()
     dataset = with_image_transform(data.splits["train"], train_transform(data_config, AugmentArguments()))
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=default_data_collator)
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_data_collator
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     steps = 0
     started = time.perf_counter()
@@ -96,11 +97,13 @@ def hand_written_throughput(args: argparse.Namespace) -> float:
 def pipeline_and_step(args: argparse.Namespace) -> tuple[float, float]:
     """Images/s of decode + augment + collate alone, and of the training step alone."""
     data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
-    model, data_config = build_model(ModelArguments(model=str(args.model_dir), image_size=args.image_size),
-                                     data.label_names)
+    model, data_config = build_model(
+        ModelArguments(model=str(args.model_dir), image_size=args.image_size), data.label_names
+    )
     dataset = with_image_transform(data.splits["train"], train_transform(data_config, AugmentArguments()))
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=default_data_collator)
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_data_collator
+    )
     started, images = time.perf_counter(), 0
     for batch in loader:
         images += len(batch["labels"])
@@ -132,8 +135,9 @@ def feature_cache_epochs(args: argparse.Namespace) -> tuple[float, float, float]
     from hf_cnn_ft.transforms import eval_transform
 
     data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
-    model, data_config = build_model(ModelArguments(model=str(args.model_dir), image_size=args.image_size),
-                                     data.label_names)
+    model, data_config = build_model(
+        ModelArguments(model=str(args.model_dir), image_size=args.image_size), data.label_names
+    )
     model.to(memory_format=torch.channels_last)
     transform = eval_transform(data_config)
     head = head_linear(model.timm_model, len(data.label_names))
@@ -168,34 +172,37 @@ def main() -> None:
     for repeat in range(args.repeats):  # interleaved A/B/A/B
         tool.append(tool_throughput(args))
         hand.append(hand_written_throughput(args))
-        print(f"round {repeat + 1}: hf-cnn-ft train {tool[-1]:.1f} img/s, hand-written loop {hand[-1]:.1f} img/s",
-              flush=True)
+        print(
+            f"round {repeat + 1}: hf-cnn-ft train {tool[-1]:.1f} img/s, hand-written loop {hand[-1]:.1f} img/s",
+            flush=True,
+        )
     pipeline, step = pipeline_and_step(args)
     cached, uncached, extraction = feature_cache_epochs(args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tool_mean, hand_mean = sum(tool) / len(tool), sum(hand) / len(hand)
-    table = "\n".join([
-        "| measurement | value |",
-        "|---|---|",
-        f"| hf-cnn-ft train (Trainer path) | {tool_mean:.1f} img/s ({', '.join(f'{t:.1f}' for t in tool)}) |",
-        f"| hand-written PyTorch loop | {hand_mean:.1f} img/s ({', '.join(f'{h:.1f}' for h in hand)}) |",
-        f"| ratio tool / hand-written | {tool_mean / hand_mean:.2f} |",
-        f"| input pipeline alone (decode + augment + collate) | {pipeline:.1f} img/s |",
-        f"| training step alone | {step:.1f} img/s |",
-        f"| pipeline / step | {pipeline / step:.1f}x |",
-        f"| head-only epoch, cached features | {cached * 1000:.1f} ms (one-off extraction {extraction:.1f} s) |",
-        f"| head-only epoch, frozen backbone run every batch | {uncached:.1f} s |",
-        f"| feature cache speed-up per head-only epoch | {uncached / cached:.0f}x |",
-        f"| peak RSS (whole benchmark process) | {peak_mb:.0f} MB |",
-    ])
+    table = "\n".join(
+        [
+            "| measurement | value |",
+            "|---|---|",
+            f"| hf-cnn-ft train (Trainer path) | {tool_mean:.1f} img/s ({', '.join(f'{t:.1f}' for t in tool)}) |",
+            f"| hand-written PyTorch loop | {hand_mean:.1f} img/s ({', '.join(f'{h:.1f}' for h in hand)}) |",
+            f"| ratio tool / hand-written | {tool_mean / hand_mean:.2f} |",
+            f"| input pipeline alone (decode + augment + collate) | {pipeline:.1f} img/s |",
+            f"| training step alone | {step:.1f} img/s |",
+            f"| pipeline / step | {pipeline / step:.1f}x |",
+            f"| head-only epoch, cached features | {cached * 1000:.1f} ms (one-off extraction {extraction:.1f} s) |",
+            f"| head-only epoch, frozen backbone run every batch | {uncached:.1f} s |",
+            f"| feature cache speed-up per head-only epoch | {uncached / cached:.0f}x |",
+            f"| peak RSS (whole benchmark process) | {peak_mb:.0f} MB |",
+        ]
+    )
     print("\n" + table)
     if not args.no_record:
-        machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
         command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
         with RESULTS.open("a") as handle:
             handle.write(
                 f"\n### Training throughput, {args.weights} at {args.image_size} px, batch {args.batch_size}, "
-                f"{args.steps} steps ({time.strftime('%Y-%m-%d')})\n\n`{command}`  \nMachine: {machine}\n\n{table}\n"
+                f"{args.steps} steps ({time.strftime('%Y-%m-%d')})\n\n`{command}`  \nMachine: {machine()}\n\n{table}\n"
             )
 
 

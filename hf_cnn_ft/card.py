@@ -20,7 +20,8 @@ def _metrics_table(report: dict[str, Any]) -> str:
     rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, values in report["per_class"].items():
         rows.append(
-            f"| {name} | {values['precision']:.3f} | {values['recall']:.3f} | {values['f1']:.3f} | {values['support']} |"
+            f"| {name} | {values['precision']:.3f} | {values['recall']:.3f} | {values['f1']:.3f} "
+            f"| {values['support']} |"
         )
     return "\n".join(rows)
 

@@ -26,7 +26,17 @@ logger = logging.getLogger(__name__)
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
-IMAGE_COLUMN_CANDIDATES = ("image", "img", "image_path", "path", "file", "filepath", "file_path", "file_name", "filename")
+IMAGE_COLUMN_CANDIDATES = (
+    "image",
+    "img",
+    "image_path",
+    "path",
+    "file",
+    "filepath",
+    "file_path",
+    "file_name",
+    "filename",
+)
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_name", "category", "target", "fine_label")
 VALIDATION_SPLIT_CANDIDATES = ("validation", "valid", "val", "dev")
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -89,7 +99,8 @@ def _looks_like_local_path(source: str) -> bool:
         source.startswith(("/", ".", "~"))
         or Path(source).suffix.lower() in TABLE_SUFFIXES
         or source.count("/") > 1
-        or os.sep != "/" and os.sep in source
+        or os.sep != "/"
+        and os.sep in source
     )
 
 
@@ -281,8 +292,10 @@ def _arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
         )
     for wanted, key in ((args.validation_split, "validation_split"), (args.test_split, "test_split")):
         if wanted is not None and wanted not in raw:
-            raise UserError(f"split '{wanted}' not found in {args.dataset}; splits there are: {', '.join(available)} "
-                            f"(set data.{key})")
+            raise UserError(
+                f"split '{wanted}' not found in {args.dataset}; splits there are: {', '.join(available)} "
+                f"(set data.{key})"
+            )
     for key in ("validation_fraction", "test_fraction"):
         value = getattr(args, key)
         if not 0.0 <= value < 1.0:
@@ -381,7 +394,9 @@ def load_image_data(args: DataArguments) -> ImageData:
         splits, skipped = drop_unreadable_images(splits)
     splits = DatasetDict(
         {
-            name: _truncate(split, args.max_train_samples if name == "train" else args.max_eval_samples, args.split_seed)
+            name: _truncate(
+                split, args.max_train_samples if name == "train" else args.max_eval_samples, args.split_seed
+            )
             for name, split in splits.items()
         }
     )

@@ -46,7 +46,12 @@ def stages(model: nn.Module) -> "OrderedDict[str, list[str]]":
     backbone = _backbone(model)
     prefix = "timm_model." if is_timm_model(model) else ""
     head = head_linear(backbone, model.config.num_labels)
-    head_names = {f"{name}.{p}" for name, module in backbone.named_modules() if module is head for p, _ in module.named_parameters()}
+    head_names = {
+        f"{name}.{p}"
+        for name, module in backbone.named_modules()
+        if module is head
+        for p, _ in module.named_parameters()
+    }
     groups: OrderedDict[str, list[str]] = OrderedDict()
     if is_timm_model(model) and hasattr(backbone, "group_matcher"):
         from timm.models import group_parameters
@@ -286,7 +291,9 @@ def linear_probe(
     return history
 
 
-def class_loss_weights(setting: str | dict[str, float] | None, labels: list[int], label_names: list[str]) -> torch.Tensor | None:
+def class_loss_weights(
+    setting: str | dict[str, float] | None, labels: list[int], label_names: list[str]
+) -> torch.Tensor | None:
     """Per-class loss weights: `auto` gives n / (k * n_c), so the average weight per image is 1."""
     if setting is None or setting == "none":
         return None
@@ -297,7 +304,9 @@ def class_loss_weights(setting: str | dict[str, float] | None, labels: list[int]
     if isinstance(setting, dict):
         unknown = [name for name in setting if name not in label_names]
         if unknown:
-            raise UserError(f"finetune.class_weights names unknown classes {unknown}; classes: {', '.join(label_names)}")
+            raise UserError(
+                f"finetune.class_weights names unknown classes {unknown}; classes: {', '.join(label_names)}"
+            )
         return torch.tensor([float(setting.get(name, 1.0)) for name in label_names])
     raise UserError(f"finetune.class_weights must be auto, none or a mapping of class to weight, got {setting!r}")
 
@@ -320,4 +329,3 @@ def validate_strategy(args: FinetuneArguments) -> None:
         raise UserError(f"finetune.sampler must be random or balanced, got '{args.sampler}'")
     if args.l2sp_alpha < 0:
         raise UserError("finetune.l2sp_alpha must be >= 0")
-

@@ -67,12 +67,19 @@ def find_learning_rate(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7,
     groups = parameter_groups(model, 1.0, args.weight_decay, strategy.backbone_lr_multiplier, strategy.lr_decay)
     scales = [group["lr"] for group in groups]
     optimizer = torch.optim.AdamW(groups, lr=start_lr)
-    loader = DataLoader(with_image_transform(data.splits["train"], prepared.augmentation), collate_fn=default_data_collator,
-                        batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True)
+    loader = DataLoader(
+        with_image_transform(data.splits["train"], prepared.augmentation),
+        collate_fn=default_data_collator,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,
+    )
     loss_fn = torch.nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=args.label_smoothing_factor)
     factor = (end_lr / start_lr) ** (1 / (steps - 1))
     if len(loader) == 0:
-        raise UserError("lr-find: the training split holds fewer images than one batch; lower per_device_train_batch_size")
+        raise UserError(
+            "lr-find: the training split holds fewer images than one batch; lower per_device_train_batch_size"
+        )
     learning_rates, losses = [], []
     model.train()
     for step, batch in zip(range(steps), _endless(loader)):
@@ -94,7 +101,9 @@ def find_learning_rate(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7,
     plot = output_dir / "lr_find.png"
     _plot(learning_rates, losses, suggestion, plot)
     (output_dir / "lr_find.json").write_text(
-        json.dumps({"suggested_learning_rate": suggestion, "learning_rates": learning_rates, "losses": losses}, indent=2)
+        json.dumps(
+            {"suggested_learning_rate": suggestion, "learning_rates": learning_rates, "losses": losses}, indent=2
+        )
     )
     return RangeTest(learning_rates, losses, suggestion, plot)
 

@@ -129,7 +129,9 @@ def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[
     return state
 
 
-def state_dict_mismatch(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], ignore: set[str] = frozenset()) -> str | None:
+def state_dict_mismatch(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], ignore: set[str] = frozenset()
+) -> str | None:
     """Describes the first tensor of `state` that does not fit `target`, or None if all fit."""
     for key, tensor in state.items():
         if key in ignore:
@@ -215,7 +217,9 @@ def _config_regularisation(args: ModelArguments, config: Any, source: str) -> di
     updates: dict[str, Any] = {}
     if args.drop_path_rate is not None:
         if not hasattr(config, "drop_path_rate"):
-            raise UserError(f"model '{source}' ({config.model_type}) has no drop-path setting; unset model.drop_path_rate")
+            raise UserError(
+                f"model '{source}' ({config.model_type}) has no drop-path setting; unset model.drop_path_rate"
+            )
         updates["drop_path_rate"] = args.drop_path_rate
     if args.drop_rate is not None:
         attribute = next((a for a in _DROPOUT_ATTRIBUTES if hasattr(config, a)), None)

@@ -38,14 +38,35 @@ COMPLETE = ".complete"
 
 # IFCT 2017 food codes: the first letter of a photo's file name is its food group.
 FOOD_GROUPS = {
-    "A": "grains_legumes", "B": "grains_legumes", "C": "leafy_vegetables", "D": "vegetables",
-    "F": "vegetables", "E": "fruits", "G": "spices_nuts", "H": "spices_nuts", "N": "meat_poultry",
-    "O": "meat_poultry", "P": "fish_seafood", "Q": "fish_seafood", "R": "fish_seafood", "S": "fish_seafood",
+    "A": "grains_legumes",
+    "B": "grains_legumes",
+    "C": "leafy_vegetables",
+    "D": "vegetables",
+    "F": "vegetables",
+    "E": "fruits",
+    "G": "spices_nuts",
+    "H": "spices_nuts",
+    "N": "meat_poultry",
+    "O": "meat_poultry",
+    "P": "fish_seafood",
+    "Q": "fish_seafood",
+    "R": "fish_seafood",
+    "S": "fish_seafood",
 }
 ELPV_BINARY = {0.0: "functional", 1 / 3: "functional", 2 / 3: "defective", 1.0: "defective"}
 ELPV_LEVELS = {0.0: "functional", 1 / 3: "possibly_functional", 2 / 3: "possibly_defective", 1.0: "defective"}
-FASHION_CLASSES = ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                   "ankle_boot"]
+FASHION_CLASSES = [
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+]
 
 
 @dataclass(frozen=True)
@@ -99,8 +120,21 @@ def _elpv_files(downloads: Path) -> tuple[Path, list[tuple[Path, float, str]]]:
     found = sorted(wheels.glob("elpv_dataset-*.whl"))
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-              "-d", str(wheels), "elpv-dataset==1.0.0.post1"], what="the ELPV scans (PyPI)")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+                str(wheels),
+                "elpv-dataset==1.0.0.post1",
+            ],
+            what="the ELPV scans (PyPI)",
+        )
         found = sorted(wheels.glob("elpv_dataset-*.whl"))
     unpacked = downloads / "elpv"
     if not (unpacked / "elpv_dataset" / "data" / "labels.csv").is_file():
@@ -159,7 +193,9 @@ def _prepare_fashion_mnist(target: Path, downloads: Path) -> None:
         {
             "train": build(train_images[kept], train_labels[kept]),
             "validation": build(train_images[validation], train_labels[validation]),
-            "test": build(_read_idx(folder / "t10k-images-idx3-ubyte.gz"), _read_idx(folder / "t10k-labels-idx1-ubyte.gz")),
+            "test": build(
+                _read_idx(folder / "t10k-images-idx3-ubyte.gz"), _read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+            ),
         }
     )
     splits.save_to_disk(str(target))

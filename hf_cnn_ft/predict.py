@@ -45,7 +45,9 @@ def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
         yield items[start : start + size]
 
 
-def predict_files(model_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+def predict_files(
+    model_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 3, batch_size: int = 32
+) -> list[Prediction]:
     """Top-k labels and probabilities for each image; unreadable files get an error, not a crash."""
     model, data_config = load_model(model_dir)
     transform = eval_transform(data_config)
@@ -77,7 +79,11 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
     """Writes predictions as .json (a list of records) or .csv (one row per image)."""
     if path.suffix.lower() == ".json":
         records = [
-            {"path": p.path, "predictions": [{"label": l, "score": s} for l, s in zip(p.labels, p.scores)], "error": p.error}
+            {
+                "path": p.path,
+                "predictions": [{"label": l, "score": s} for l, s in zip(p.labels, p.scores)],
+                "error": p.error,
+            }
             for p in predictions
         ]
         path.write_text(json.dumps(records, indent=2) + "\n")

@@ -88,7 +88,8 @@ class ModelArguments:
         },
     )
     pretrained: bool = field(
-        default=True, metadata={"help": "Start from pretrained weights; false builds the architecture randomly initialised."}
+        default=True,
+        metadata={"help": "Start from pretrained weights; false builds the architecture randomly initialised."},
     )
     weights: str | None = field(
         default=None,
@@ -99,12 +100,15 @@ class ModelArguments:
         default=None, metadata={"help": "Training/eval resolution; unset uses the model's own input size."}
     )
     crop_pct: float | None = field(
-        default=None, metadata={"help": "Eval crop: resize to image_size / crop_pct, then crop; unset uses the model's."}
+        default=None,
+        metadata={"help": "Eval crop: resize to image_size / crop_pct, then crop; unset uses the model's."},
     )
     crop_mode: str | None = field(
         default=None,
-        metadata={"help": "center (keep the aspect ratio, crop the middle) or squash (resize both edges: keeps "
-                  "the whole of wide or tall images); unset uses the model's."},
+        metadata={
+            "help": "center (keep the aspect ratio, crop the middle) or squash (resize both edges: keeps "
+            "the whole of wide or tall images); unset uses the model's."
+        },
     )
     drop_rate: float | None = field(
         default=None, metadata={"help": "Dropout before the classifier; unset keeps the model's own."}
@@ -158,7 +162,9 @@ class FinetuneArguments:
     )
     lr_decay: float = field(
         default=1.0,
-        metadata={"help": "Layer-wise decay: each stage further from the head trains at this multiple of the one above."},
+        metadata={
+            "help": "Layer-wise decay: each stage further from the head trains at this multiple of the one above."
+        },
     )
     sampler: str = field(
         default="random",
@@ -166,7 +172,9 @@ class FinetuneArguments:
     )
     l2sp_alpha: float = field(
         default=0.0,
-        metadata={"help": "L2-SP: penalise alpha/2 * |w - w_pretrained|^2 over the backbone (Li et al. 2018); 0 is off."},
+        metadata={
+            "help": "L2-SP: penalise alpha/2 * |w - w_pretrained|^2 over the backbone (Li et al. 2018); 0 is off."
+        },
     )
     class_weights: str | dict[str, float] | None = field(
         default=None,

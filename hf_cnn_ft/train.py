@@ -214,8 +214,15 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
     if run_probe and strategy.strategy in ("linear_probe", "two_phase"):
         # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
         probe_history = linear_probe(
-            model, data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy,
-            seed=recipe.training.seed, channels_last=recipe.model.channels_last, loss_weights=loss_weights,
+            model,
+            data.splits["train"],
+            data.splits["validation"],
+            augmentation,
+            evaluation,
+            strategy,
+            seed=recipe.training.seed,
+            channels_last=recipe.model.channels_last,
+            loss_weights=loss_weights,
         )
     probe_seconds = time.perf_counter() - started
     pretrained = recipe.model.pretrained or recipe.model.weights is not None

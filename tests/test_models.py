@@ -23,7 +23,9 @@ LABELS = ["cat", "dog", "fox"]
 
 NATIVE = {
     "resnet": lambda: ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])),
-    "convnext": lambda: ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)),
+    "convnext": lambda: ConvNextForImageClassification(
+        ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
+    ),
     "efficientnet": lambda: EfficientNetForImageClassification(
         EfficientNetConfig(width_coefficient=0.1, depth_coefficient=0.1, image_size=32, hidden_dim=128)
     ),
@@ -46,7 +48,13 @@ def train_step_changes_weights(model, size: int) -> None:
 
 @pytest.mark.parametrize(
     "name, size",
-    [("test_resnet", 32), ("resnet18", 32), ("test_convnext", 32), ("test_efficientnet", 32), ("mobilenetv3_small_050", 32)],
+    [
+        ("test_resnet", 32),
+        ("resnet18", 32),
+        ("test_convnext", 32),
+        ("test_efficientnet", 32),
+        ("mobilenetv3_small_050", 32),
+    ],
 )
 def test_timm_backbones_get_a_fresh_head_and_train(name, size):
     model, data_config = build_model(ModelArguments(model=name, pretrained=False, image_size=size), LABELS)
@@ -117,7 +125,9 @@ def test_pretrained_download_failure_says_what_to_do_offline():
 
 
 def test_a_fine_tuned_directory_with_the_same_labels_keeps_its_head(tmp_path):
-    model, data_config = build_model(ModelArguments(model="test_resnet", pretrained=False, zero_init_head=False), LABELS)
+    model, data_config = build_model(
+        ModelArguments(model="test_resnet", pretrained=False, zero_init_head=False), LABELS
+    )
     save_model(model, data_config, tmp_path / "m")
     again, _ = build_model(ModelArguments(model=str(tmp_path / "m")), LABELS)
     torch.testing.assert_close(again.timm_model.fc.weight, model.timm_model.fc.weight)

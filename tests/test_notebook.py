@@ -14,7 +14,9 @@ def test_notebook_executes_and_shows_the_mistakes(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_CNN_FT_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("HF_CNN_FT_NOTEBOOK_WORK", str(tmp_path))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)

@@ -39,7 +39,16 @@ def test_command_line_overrides_win_and_are_typed(tmp_path):
     path = write(tmp_path, "training: {learning_rate: 0.1}\ndata: {dataset: d}\nmodel: {model: m}\n")
     recipe = load_recipe(
         path,
-        ["--learning_rate", "3e-4", "--model.image_size=96", "--hflip", "0", "--crop_scale", "0.3,1", "--gradient_checkpointing"],
+        [
+            "--learning_rate",
+            "3e-4",
+            "--model.image_size=96",
+            "--hflip",
+            "0",
+            "--crop_scale",
+            "0.3,1",
+            "--gradient_checkpointing",
+        ],
     )
     assert recipe.training.learning_rate == pytest.approx(3e-4)
     assert recipe.model.image_size == 96
@@ -51,7 +60,10 @@ def test_command_line_overrides_win_and_are_typed(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("training: {learning_rat: 0.1}", "unknown key 'learning_rat' in section 'training'; did you mean 'learning_rate'?"),
+        (
+            "training: {learning_rat: 0.1}",
+            "unknown key 'learning_rat' in section 'training'; did you mean 'learning_rate'?",
+        ),
         ("modle: {model: x}", "unknown key 'modle'; did you mean 'model'?"),
         ("data: {learning_rate: 0.1}", "'learning_rate' belongs in section 'training'"),
         ("training: {num_train_epochs: lots}", "training.num_train_epochs: expected a number, got 'lots'"),
@@ -74,7 +86,9 @@ def test_unknown_override_suggests_the_closest_key():
 
 
 def test_saved_recipe_round_trips_and_never_holds_tokens(tmp_path):
-    path = write(tmp_path, "data: {dataset: d}\nmodel: {model: m}\ntraining: {output_dir: o, hub_token: hf_secret123}\n")
+    path = write(
+        tmp_path, "data: {dataset: d}\nmodel: {model: m}\ntraining: {output_dir: o, hub_token: hf_secret123}\n"
+    )
     recipe = load_recipe(path, ["--learning_rate", "5e-4", "--resume_from_checkpoint", "latest"])
     text = recipe_to_yaml(recipe)
     assert "hf_secret123" not in text and "token" not in text

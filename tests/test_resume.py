@@ -16,8 +16,14 @@ pytestmark = pytest.mark.slow
 
 def test_killed_run_resumes_with_one_flag_and_finishes(tmp_path, shapes_dir):
     out = tmp_path / "out"
-    settings = {**TINY_SETTINGS, "num_train_epochs": 40, "dataset": shapes_dir, "output_dir": out,
-                "early_stopping_patience": "null", "save_total_limit": 3}
+    settings = {
+        **TINY_SETTINGS,
+        "num_train_epochs": 40,
+        "dataset": shapes_dir,
+        "output_dir": out,
+        "early_stopping_patience": "null",
+        "save_total_limit": 3,
+    }
     command = [sys.executable, "-m", "hf_cnn_ft", "train", *overrides(settings)]
     process = subprocess.Popen(command, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -44,6 +50,11 @@ def test_killed_run_resumes_with_one_flag_and_finishes(tmp_path, shapes_dir):
     assert not (out / "checkpoint-999999").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 40
-    final_state = json.loads(sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
-                             .joinpath("trainer_state.json").read_text())
-    assert final_state["global_step"] == 40 * (metrics["split_sizes"]["train"] // TINY_SETTINGS["per_device_train_batch_size"])
+    final_state = json.loads(
+        sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+        .joinpath("trainer_state.json")
+        .read_text()
+    )
+    assert final_state["global_step"] == 40 * (
+        metrics["split_sizes"]["train"] // TINY_SETTINGS["per_device_train_batch_size"]
+    )

