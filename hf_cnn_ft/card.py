@@ -1,18 +1,27 @@
-"""The model card (README.md) written beside every fine-tuned model."""
+"""The model card (README.md) written beside every fine-tuned model and pushed with it to the Hub.
+
+The card is rendered from the run's resolved recipe and its `metrics.json` summary alone, so
+`hf-cnn-ft push` can render it again for the repo it pushes to.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .data import ImageData
-from .models import DataConfig
 from .recipe import Recipe, recipe_to_yaml
 
+PICTURES = {
+    "confusion_matrix.png": "confusion matrix",
+    "training_curves.png": "training curves",
+    "linear_probe_curves.png": "linear-probe curves",
+}
+TOOL_URL = "https://github.com/hf-cnn-ft/hf-cnn-ft"
 
-def _is_hub_id(value: str | None) -> bool:
+
+def is_hub_id(value: str | None) -> bool:
     return bool(value) and value.count("/") == 1 and not value.startswith((".", "/", "~")) and not Path(value).exists()
 
 
@@ -26,38 +35,57 @@ def _metrics_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _counts_table(data: ImageData) -> str:
-    splits = list(data.splits)
+def _counts_table(summary: dict[str, Any]) -> str:
+    counts = summary["class_counts"]
+    splits = list(counts)
     rows = ["| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
-    counts = {split: data.class_counts(split) for split in splits}
-    for name in data.label_names:
-        rows.append(f"| {name} | " + " | ".join(str(counts[s][name]) for s in splits) + " |")
+    for name in summary["label_names"]:
+        rows.append(f"| {name} | " + " | ".join(str(counts[s].get(name, 0)) for s in splits) + " |")
     return "\n".join(rows)
 
 
-def _resize_text(config: DataConfig) -> str:
-    if config.crop_mode == "squash":
-        return f"both edges resized to {config.resize_size}, then centre crop"
-    return f"shorter edge resized to {config.resize_size}, then centre crop"
+def _preprocessing_text(preprocessing: dict[str, Any]) -> str:
+    size = preprocessing["input_size"]
+    resize = int(size / preprocessing["crop_pct"])
+    how = "both edges" if preprocessing["crop_mode"] == "squash" else "shorter edge"
+    return (
+        f"{size} px ({how} resized to {resize}, then centre crop), {preprocessing['interpolation']} interpolation, "
+        f"mean {list(preprocessing['mean'])}, std {list(preprocessing['std'])}"
+    )
 
 
 def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
     finetune = recipe.finetune
-    probe = (
-        f"a linear probe ({finetune.head_epochs} epochs of the new head on cached backbone features)"
-        if finetune.strategy in ("linear_probe", "two_phase")
-        else ""
-    )
+    probe = f"a linear probe ({finetune.head_epochs} epochs of the new head on cached backbone features)"
     tuned = f"{summary['epochs_trained']:g} epochs of fine-tuning with the Trainer"
     if finetune.strategy == "linear_probe":
         return f"Strategy `linear_probe`: {probe}; the backbone kept its pretrained weights."
     if finetune.strategy == "two_phase":
         return f"Strategy `two_phase`: {probe}, then {tuned}."
-    return f"Strategy `full`: {tuned}."
+    return f"Strategy `{finetune.strategy}`: {tuned}."
 
 
-def _imbalance_note(data: ImageData) -> str:
-    counts = [c for c in data.class_counts("train").values() if c > 0]
+def _hyperparameters_table(recipe: Recipe) -> str:
+    t, f = recipe.training, recipe.finetune
+    rows = {
+        "learning rate (head)": f"{t.learning_rate:g}",
+        "backbone learning rate": f"{f.backbone_lr_multiplier:g}x head, layer decay {f.lr_decay:g}",
+        "schedule": f"{t.lr_scheduler_type}, warmup {t.warmup_steps:g}",
+        "epochs (max)": f"{t.num_train_epochs:g}",
+        "batch size per device": str(t.per_device_train_batch_size),
+        "optimizer": f"{t.optim}, weight decay {t.weight_decay:g}",
+        "label smoothing": f"{t.label_smoothing_factor:g}",
+        "frozen stages": f.freeze,
+        "BatchNorm": f.bn,
+        "class weights": str(f.class_weights),
+        "sampler": f.sampler,
+        "seed": str(t.seed),
+    }
+    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+
+
+def _imbalance_note(summary: dict[str, Any]) -> str:
+    counts = [c for c in summary["class_counts"]["train"].values() if c > 0]
     ratio = max(counts) / min(counts)
     if ratio < 2:
         return "The training classes are roughly balanced."
@@ -67,62 +95,117 @@ def _imbalance_note(data: ImageData) -> str:
     )
 
 
-PICTURES = {
-    "confusion_matrix.png": "confusion matrix",
-    "training_curves.png": "training curves",
-    "linear_probe_curves.png": "linear-probe curves",
-}
+def _usage(repo_id: str | None, summary: dict[str, Any]) -> str:
+    where = repo_id or "PATH_TO_THIS_FOLDER"
+    text = f"""```python
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{where}")
+classifier("image.jpg")
+```
+"""
+    if summary.get("library") == "timm":
+        timm_source = f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH_TO_THIS_FOLDER"
+        text += f"""
+The weights are in timm's own layout, so timm loads them directly, label names included:
+
+```python
+import timm
+
+model = timm.create_model("{timm_source}", pretrained=True).eval()
+config = timm.data.resolve_data_config(model=model)
+transform = timm.data.create_transform(**config)
+```
+"""
+    return text
+
+
+def _card_data(recipe: Recipe, summary: dict[str, Any], repo_id: str | None) -> ModelCardData:
+    evaluated_on = summary["evaluated_on"]
+    report = summary[evaluated_on]
+    dataset = recipe.data.dataset
+    dataset_name = dataset if is_hub_id(dataset) else Path(str(dataset)).name or str(dataset)
+    common = {
+        "task_type": "image-classification",
+        "task_name": "Image Classification",
+        "dataset_type": dataset if is_hub_id(dataset) else "imagefolder",
+        "dataset_name": dataset_name,
+        "dataset_split": evaluated_on,
+        "dataset_revision": recipe.data.dataset_revision,
+    }
+    eval_results = [
+        EvalResult(metric_type="accuracy", metric_name="Accuracy", metric_value=report["accuracy"], **common),
+        EvalResult(metric_type="f1", metric_name="Macro F1", metric_value=report["f1_macro"], **common),
+        EvalResult(
+            metric_type="precision", metric_name="Macro precision", metric_value=report["precision_macro"], **common
+        ),
+        EvalResult(metric_type="recall", metric_name="Macro recall", metric_value=report["recall_macro"], **common),
+    ]
+    base_model = summary.get("base_model")
+    return ModelCardData(
+        license=recipe.hub.license,
+        library_name="timm" if summary.get("library") == "timm" else "transformers",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "hf-cnn-ft", "cnn", f"strategy-{recipe.finetune.strategy}"],
+        base_model=base_model if is_hub_id(base_model) else None,
+        datasets=[dataset] if is_hub_id(dataset) else None,
+        metrics=["accuracy", "f1", "precision", "recall"],
+        model_name=(repo_id or "fine-tuned-cnn").split("/")[-1],
+        eval_results=eval_results,
+    )
 
 
 def build_model_card(
-    recipe: Recipe, data: ImageData, summary: dict[str, Any], data_config: DataConfig, pictures: list[str]
+    recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None, pictures: list[str] = ()
 ) -> ModelCard:
     evaluated_on = summary["evaluated_on"]
     report = summary[evaluated_on]
-    base_model = recipe.model.model
-    dataset = recipe.data.dataset
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        tags=["image-classification", "hf-cnn-ft", "cnn"],
-        base_model=base_model if _is_hub_id(base_model) else None,
-        datasets=[dataset] if _is_hub_id(dataset) else None,
-        metrics=["accuracy", "f1"],
-    )
+    labels = summary["label_names"]
+    base_model = summary.get("base_model") or recipe.model.model
     overall = "\n".join(
         f"| {key} | {report[key]:.4f} |"
         for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "top5_accuracy")
         if key in report
     )
+    images = "\n".join(f"![{PICTURES[name]}]({name})\n" for name in pictures)
     text = f"""---
-{card_data.to_yaml()}
+{_card_data(recipe, summary, repo_id).to_yaml()}
 ---
 
-# Image classifier fine-tuned from `{base_model}`
+# {repo_id or "Image classifier"}: `{base_model}` fine-tuned for {len(labels)} classes
 
-Fine-tuned with hf-cnn-ft to sort images into {len(data.label_names)} classes:
-{", ".join(f"`{name}`" for name in data.label_names)}.
+This model sorts an image into one of {len(labels)} classes: {", ".join(f"`{name}`" for name in labels)}.
+It is `{base_model}`, pretrained on ImageNet, with a new classification head, fine-tuned with
+[hf-cnn-ft]({TOOL_URL}).
 
 ## Training data
 
-Source: `{dataset}`. Split sizes: {", ".join(f"{k} {v}" for k, v in summary["split_sizes"].items())}.
+Source: `{recipe.data.dataset}`{f" (revision `{recipe.data.dataset_revision}`)" if recipe.data.dataset_revision else ""}.
+Split sizes: {", ".join(f"{k} {v}" for k, v in summary["split_sizes"].items())}.
 Unreadable images skipped: {summary["skipped_images"]}.
 
-{_counts_table(data)}
+{_counts_table(summary)}
 
 ## Training procedure
 
-Input: {data_config.input_size} px ({_resize_text(data_config)}), {data_config.interpolation} interpolation,
-mean {list(data_config.mean)}, std {list(data_config.std)}.
-{_strategy_text(recipe, summary)} Training took {summary["train_seconds"]:.0f} s on {summary["hardware"]}.
+Input: {_preprocessing_text(summary["preprocessing"])}.
+{_strategy_text(recipe, summary)} Training took {summary["train_seconds"]:.0f} s on {summary["hardware"]}
+({summary.get("processes", 1)} process(es)).
 
-The resolved recipe:
+{_hyperparameters_table(recipe)}
+
+<details>
+<summary>The resolved recipe (reproduces the run with <code>hf-cnn-ft train recipe.yaml</code>)</summary>
 
 ```yaml
 {recipe_to_yaml(recipe).strip()}
 ```
 
-## Results ({evaluated_on} split, {report["num_samples"]} images)
+</details>
+
+## Results
+
+On the {evaluated_on} split ({report["num_samples"]} images, never seen in training or model selection):
 
 | metric | value |
 |---|---|
@@ -130,26 +213,24 @@ The resolved recipe:
 
 {_metrics_table(report)}
 
-{chr(10).join(f"![{PICTURES.get(name, name)}]({name})" + chr(10) for name in pictures)}
+{images}
 ## How to use
 
-```python
-from transformers import pipeline
-
-classifier = pipeline("image-classification", model="PATH_OR_REPO_ID")
-classifier("image.jpg")
-```
-
+{_usage(repo_id, summary)}
 ## Limitations
 
-{_imbalance_note(data)} The model only knows the classes above and was evaluated on
-{report["num_samples"]} held-out images from the same source as its training data.
+{_imbalance_note(summary)} The model only knows the classes above and was evaluated on
+{report["num_samples"]} held-out images from the same source as its training data; expect lower accuracy
+on images from another camera, scanner or setting.
 """
     return ModelCard(text)
 
 
-def write_model_card(
-    path: Path, recipe: Recipe, data: ImageData, summary: dict[str, Any], data_config: DataConfig
-) -> None:
-    pictures = [name for name in PICTURES if (path.parent / name).is_file()]
-    build_model_card(recipe, data, summary, data_config, pictures).save(path)
+def write_model_card(directory: Path, recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None) -> Path:
+    """Writes README.md into `directory`, referencing the pictures that are there."""
+    pictures = [name for name in PICTURES if (directory / name).is_file()]
+    path = directory / "README.md"
+    temporary = path.with_name(".README.md.tmp")
+    build_model_card(recipe, summary, repo_id, pictures).save(temporary)
+    temporary.replace(path)
+    return path

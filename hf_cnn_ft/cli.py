@@ -58,6 +58,8 @@ def _train(options: argparse.Namespace, extra: list[str]) -> int:
         print(f"\nmodel:            {out}")
         print(f"model card:       {out / 'README.md'}")
         print(f"confusion matrix: {out / 'confusion_matrix.png'}")
+        if result.push is not None:
+            print(f"pushed to:        {result.push.repo_url} ({result.push.revision})")
     return 0
 
 
@@ -95,6 +97,19 @@ def _predict(options: argparse.Namespace) -> int:
             print(p.path + "\t" + "\t".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores)))
     if options.output:
         write_predictions(predictions, Path(options.output))
+    return 0
+
+
+def _push(options: argparse.Namespace) -> int:
+    from .hub import push_model_dir
+
+    result = push_model_dir(
+        options.model_dir, options.repo_id, options.private, options.branch, options.commit_message
+    )
+    if result.changed:
+        print(f"pushed {options.model_dir} to {result.repo_url} ({result.revision}): {result.commit_url}")
+    else:
+        print(f"{result.repo_url} ({result.revision}) already holds these files: nothing uploaded")
     return 0
 
 
@@ -216,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
     predict.add_argument("--output", help="write predictions to a .csv or .json file")
 
+    push = verbs.add_parser("push", help="push a fine-tuned model directory, with its model card, to the Hub")
+    push.add_argument("model_dir")
+    push.add_argument("repo_id", help="namespace/name (or just name: under the token's user)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--branch", help="push to this branch (created if missing)")
+    push.add_argument("--commit-message", "--commit_message", dest="commit_message")
+
     data = verbs.add_parser("data", help="fetch a real offline dataset into data/ with fixed splits")
     data.add_argument("name", help="food, elpv, elpv4 or fashion-mnist")
     data.add_argument("--root", default="data")
@@ -260,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(options)
         if options.verb == "predict":
             return _predict(options)
+        if options.verb == "push":
+            return _push(options)
         if options.verb == "data":
             return _data(options)
         if options.verb == "import-weights":

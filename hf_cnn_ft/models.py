@@ -313,6 +313,16 @@ def build_model(args: ModelArguments, label_names: list[str]) -> tuple[PreTraine
     return model, data_config
 
 
+def base_model_id(args: ModelArguments, model: PreTrainedModel) -> str | None:
+    """The Hub repo the pretrained weights came from, for the model card's `base_model`."""
+    source = args.model or ""
+    if not args.pretrained or args.weights is not None or Path(source).expanduser().exists():
+        return None
+    if is_timm_model(model) and _timm_architecture(source) is not None:
+        return (model.config.pretrained_cfg or {}).get("hf_hub_id") or None
+    return source.removeprefix("hf-hub:") if source.count("/") == 1 else None
+
+
 def _size_field(size: Any, key: str) -> int | None:
     value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
     return int(value) if value else None

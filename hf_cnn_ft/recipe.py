@@ -1,7 +1,8 @@
 """The recipe: one YAML file that describes a whole fine-tuning run.
 
-A recipe has five sections, each a dataclass below: ``data``, ``model``, ``augment``,
-``finetune`` and ``training`` (transformers' ``TrainingArguments`` with defaults chosen for fine-tuning).
+A recipe has six sections, each a dataclass below: ``data``, ``model``, ``augment``,
+``finetune``, ``hub`` and ``training`` (transformers' ``TrainingArguments`` with defaults chosen for
+fine-tuning).
 Every key name is unique across the sections, so a command-line override names it plainly
 (``--learning_rate 3e-4``) or with its section (``--training.learning_rate 3e-4``).
 
@@ -208,6 +209,39 @@ class AugmentArguments:
     )
 
 
+PUSH_STRATEGIES = ("end", "every_save", "best")
+
+
+@dataclass
+class HubArguments:
+    """Pushing the fine-tuned model to the Hugging Face Hub. The token comes from HF_TOKEN or
+    `hf auth login`, never from the recipe, so that no saved recipe can leak it."""
+
+    repo_id: str | None = field(
+        default=None, metadata={"help": "Push the model to this Hub repo (namespace/name); unset: no push."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the repo private (an existing repo keeps its own)."})
+    branch: str | None = field(default=None, metadata={"help": "Push to this branch (created if missing); unset: main."})
+    commit_message: str | None = field(default=None, metadata={"help": "Message of the final commit."})
+    push_strategy: str = field(
+        default="end",
+        metadata={
+            "help": "end: push once, when training is done; every_save: also push the model at every checkpoint; "
+            "best: also push whenever the validation metric improves."
+        },
+    )
+    license: str = field(
+        default="other",
+        metadata={"help": "Licence id for the model card; the base weights' and the data's licences bound it."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.push_strategy not in PUSH_STRATEGIES:
+            raise ValueError(
+                f"hub.push_strategy: {self.push_strategy!r} is not one of {', '.join(PUSH_STRATEGIES)}"
+            )
+
+
 def _default_num_workers() -> int:
     # Decoding and augmenting a small image costs ~1-2 ms per core, far less than a CNN training
     # step; on a machine with two cores, workers only steal cores from the compute threads.
@@ -259,6 +293,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "augment": AugmentArguments,
     "finetune": FinetuneArguments,
+    "hub": HubArguments,
     "training": TrainArguments,
 }
 
@@ -272,6 +307,7 @@ class Recipe:
     model: ModelArguments
     augment: AugmentArguments
     finetune: FinetuneArguments
+    hub: HubArguments
     training: TrainArguments
 
 
@@ -503,7 +539,7 @@ def _training_changes(args: TrainArguments) -> dict[str, Any]:
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """The resolved recipe as plain data: every data/model/augment key, changed training keys."""
     result: dict[str, dict[str, Any]] = {}
-    for section in ("data", "model", "augment", "finetune"):
+    for section in ("data", "model", "augment", "finetune", "hub"):
         obj = getattr(recipe, section)
         result[section] = {f: _plain(getattr(obj, f)) for f in _init_fields(type(obj))}
     result["training"] = _training_changes(recipe.training)

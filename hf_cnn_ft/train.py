@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -18,6 +19,7 @@ from . import artefacts
 from .card import write_model_card
 from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .errors import UserError
+from .hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
 from .finetuning import (
     apply_freezing,
     balanced_sample_weights,
@@ -34,7 +36,7 @@ from .metrics import (
     plot_training_curves,
     trainer_compute_metrics,
 )
-from .models import DataConfig, build_model, save_model
+from .models import DataConfig, base_model_id, build_model, is_timm_model, save_model
 from .recipe import Recipe, TrainArguments, recipe_to_yaml
 from .trainer import FineTuneTrainer
 from .transforms import batch_mixer, eval_transform, train_transform
@@ -50,6 +52,7 @@ class TrainResult:
     report: dict[str, Any]
     evaluated_on: str
     train_seconds: float
+    push: PushResult | None = None
 
 
 def with_image_transform(dataset: Dataset, transform) -> Dataset:
@@ -73,6 +76,11 @@ def validate_training_arguments(args: TrainArguments) -> None:
                 f"training.metric_for_best_model '{metric}' is not a metric this tool computes; "
                 f"use one of: loss, {', '.join(SCALAR_KEYS)}"
             )
+    if args.push_to_hub or args.hub_model_id:
+        raise UserError(
+            "set hub.repo_id instead of training.push_to_hub / hub_model_id: the hub section pushes the model "
+            "card and a layout that both transformers and timm load"
+        )
     if args.remove_unused_columns:
         raise UserError(
             "training.remove_unused_columns must stay false: the transforms need the raw image column "
@@ -134,6 +142,7 @@ def _write_artefacts(
     evaluated_on: str,
     train_seconds: float,
     probe_history: list[dict[str, float]],
+    repo_id: str | None,
 ) -> None:
     output_dir = Path(recipe.training.output_dir)
     staging = artefacts.staging_dir(output_dir)
@@ -157,6 +166,9 @@ def _write_artefacts(
             if k.removeprefix("eval_") in (*SCALAR_KEYS, "loss")
         },
         "label_names": data.label_names,
+        "base_model": base_model_id(recipe.model, trainer.model),
+        "library": "timm" if is_timm_model(trainer.model) else "transformers",
+        "preprocessing": dataclasses.asdict(data_config),
         "split_sizes": {name: len(split) for name, split in data.splits.items()},
         "class_counts": {name: data.class_counts(name) for name in data.splits},
         "skipped_images": len(data.skipped),
@@ -168,7 +180,7 @@ def _write_artefacts(
         "hardware": hardware_description(),
         "processes": trainer.args.world_size,
     }
-    write_model_card(staging / "README.md", recipe, data, summary, data_config)
+    write_model_card(staging, recipe, summary, repo_id=repo_id)
     artefacts.write_json(staging / artefacts.COMPLETION_MARKER, summary)
     artefacts.publish(staging, output_dir)
 
@@ -245,6 +257,8 @@ def train(recipe: Recipe) -> TrainResult:
         data = load_image_data(recipe.data)
     for item in data.skipped:
         logger.warning("skipped unreadable image %s (%s)", item.path, item.reason)
+    # A push that cannot work fails now, not after hours of training. Only the main process pushes.
+    repo_id = check_push_access(recipe.hub) if recipe.hub.repo_id and is_main else None
     resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
     if is_main:
         artefacts.mark_incomplete(output_dir)
@@ -257,6 +271,8 @@ def train(recipe: Recipe) -> TrainResult:
     callbacks = []
     if args.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
+    if repo_id and recipe.hub.push_strategy != "end":
+        callbacks.append(PushDuringTrainingCallback(recipe.hub, repo_id, data_config))
     trainer = FineTuneTrainer(
         model=model,
         args=args,
@@ -287,7 +303,13 @@ def train(recipe: Recipe) -> TrainResult:
         with_image_transform(data.splits[evaluated_on], evaluation), metric_key_prefix=evaluated_on
     )
     report = classification_report(prediction.predictions, prediction.label_ids, data.label_names)
+    push = None
     if trainer.is_world_process_zero():
-        _write_artefacts(recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history)
+        _write_artefacts(
+            recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history, repo_id
+        )
     trainer.accelerator.wait_for_everyone()
-    return TrainResult(output_dir=output_dir, report=report, evaluated_on=evaluated_on, train_seconds=train_seconds)
+    if repo_id:
+        hub = recipe.hub
+        push = push_model_dir(output_dir, repo_id, hub.private, hub.branch, hub.commit_message)
+    return TrainResult(output_dir, report, evaluated_on, train_seconds, push)

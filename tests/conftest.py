@@ -5,13 +5,23 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-# Nothing in the suite may reach the Hub; tests that need a Hub run their own loopback server.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from hub_server import HubServer  # noqa: E402
+
+# Nothing in the suite may reach the real Hub: every Hub call, in this process and in the CLI
+# subprocesses, goes to a Hub-compatible server on 127.0.0.1. These variables are read when
+# huggingface_hub is first imported, so they are set before anything imports it.
+HUB = HubServer().start()
+os.environ["HF_ENDPOINT"] = HUB.endpoint
+os.environ["HF_HUB_DISABLE_XET"] = "1"  # the Xet protocol is not something a loopback server offers
+os.environ.pop("HF_TOKEN", None)
+for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.pop(variable, None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from hf_cnn_ft.synthetic import make_shapes_folder  # noqa: E402
@@ -80,6 +90,50 @@ def python() -> str:
     return sys.executable
 
 
+def accelerate_launch(processes: int, *cli_args: str) -> list[str]:
+    """`accelerate launch` of the CLI with several CPU processes.
+
+    On a machine without GPUs, --multi_gpu runs torchrun and the processes form a gloo group on the
+    CPU (`--cpu` alone would start one process: accelerate needs MPI for several CPU processes).
+    """
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "hf_cnn_ft",
+        *cli_args,
+    ]
+
+
+@dataclass
+class HubUser:
+    server: HubServer
+    name: str
+    token: str
+
+    def repo_id(self, stem: str) -> str:
+        return f"{self.name}/{stem}"
+
+
+@pytest.fixture
+def hub(monkeypatch) -> HubUser:
+    """A fresh user on the loopback Hub, logged in through HF_TOKEN like a real user would be."""
+    name = f"user-{uuid.uuid4().hex[:8]}"
+    token = HUB.state.add_user(name)
+    monkeypatch.setenv("HF_TOKEN", token)
+    return HubUser(HUB, name, token)
+
+
 @pytest.fixture
 def copy_of(tmp_path):
     def copy(folder: Path) -> Path:
@@ -88,3 +142,9 @@ def copy_of(tmp_path):
         return target
 
     return copy
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A Hub call the loopback server does not implement shows up here instead of vanishing in a 404."""
+    if HUB.state.unhandled:
+        terminalreporter.write_line("loopback Hub: unimplemented requests: " + ", ".join(sorted(set(HUB.state.unhandled))))

@@ -2,11 +2,10 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from conftest import TINY_SETTINGS, cli_env, overrides
+from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
 from hf_cnn_ft.evaluation import data_arguments_for, evaluate_model
 
 pytestmark = pytest.mark.slow
@@ -24,26 +23,7 @@ def test_two_process_run_counts_every_test_image_once(tmp_path, shapes_dir):
         "validation_fraction": 0.12,
         "per_device_eval_batch_size": 4,
     }
-    # On a machine without GPUs, --multi_gpu runs torchrun and the processes form a gloo group on the
-    # CPU (`--cpu` alone would start one process: accelerate needs MPI for several CPU processes).
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "hf_cnn_ft",
-        "train",
-        *overrides(settings),
-    ]
+    command = accelerate_launch(2, "train", *overrides(settings))
     result = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test results (15 images)") == 1  # only the main process reports

@@ -44,7 +44,11 @@ def test_model_card_describes_data_procedure_and_results(trained_run):
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(trained_run / "README.md")
-    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "transformers"
+    # A timm backbone is saved in timm's layout: the Hub shows timm's snippet, transformers loads it too.
+    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "timm"
+    test_accuracy = json.loads((trained_run / "metrics.json").read_text())["test"]["accuracy"]
+    accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+    assert accuracy.metric_value == pytest.approx(test_accuracy) and accuracy.dataset_split == "test"
     for heading in ("## Training data", "## Training procedure", "## Results", "## How to use", "## Limitations"):
         assert heading in card.text, heading
     assert "| red_disc |" in card.text and "Strategy `two_phase`" in card.text

@@ -1,0 +1,266 @@
+"""Push and pull against the loopback Hub (tests/hub_server.py), driven by the real client libraries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from datasets import load_dataset
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.errors import RepositoryNotFoundError
+from transformers import AutoModelForImageClassification, pipeline
+
+from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
+from hf_cnn_ft.cli import main
+from hf_cnn_ft.models import load_model
+from hf_cnn_ft.predict import predict_files
+
+CARD_HEADINGS = ("## Training data", "## Training procedure", "## Results", "## How to use", "## Limitations")
+
+
+@pytest.fixture
+def finished_run(tmp_path, trained_run) -> Path:
+    """A copy of the shared tiny run, so that pushing (which renders the card for the repo) leaves it alone."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("checkpoint-*"))
+    return copy
+
+
+def _commits(repo_id: str, revision: str = "main") -> list:
+    return HfApi().list_repo_commits(repo_id, revision=revision)
+
+
+def _logits(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        output = model.eval()(pixels)
+    return getattr(output, "logits", output)
+
+
+def _files_mentioning(root: Path, secret: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_train_pushes_model_card_and_weights_that_both_libraries_load(tmp_path, shapes_dir, hub, capfd):
+    out, repo_id = tmp_path / "out", hub.repo_id("shapes-resnet")
+    settings = {**TINY_SETTINGS, "num_train_epochs": 3, "dataset": shapes_dir, "output_dir": out}
+    assert main(["train", *overrides(settings), "--repo_id", repo_id]) == 0
+    printed = capfd.readouterr()
+    assert f"pushed to:        {hub.server.endpoint}/{repo_id} (main)" in printed.out
+
+    api = HfApi()
+    files = set(api.list_repo_files(repo_id))
+    assert {"README.md", "config.json", "model.safetensors", "recipe.yaml", "metrics.json"} <= files
+    assert not any(name.startswith(("checkpoint-", ".")) and name != ".gitattributes" for name in files)
+    assert len(_commits(repo_id)) == 2  # the repo's initial commit, then exactly one push
+
+    card = ModelCard.load(repo_id)
+    card.validate()  # the Hub's metadata check (POST /api/validate-yaml)
+    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "timm"
+    assert card.data.license == "other" and "hf-cnn-ft" in card.data.tags
+    metrics = json.loads((out / "metrics.json").read_text())
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert results["accuracy"].metric_value == pytest.approx(metrics["test"]["accuracy"])
+    assert results["f1"].metric_value == pytest.approx(metrics["test"]["f1_macro"])
+    assert card.data.model_name == "shapes-resnet"
+    for heading in CARD_HEADINGS:
+        assert heading in card.text, heading
+    assert f'pipeline("image-classification", model="{repo_id}")' in card.text
+    assert f'timm.create_model("hf-hub:{repo_id}", pretrained=True)' in card.text
+    assert "| red_disc | 0.9" in card.text or "| red_disc |" in card.text  # per-class table
+    for picture in ("confusion_matrix.png", "training_curves.png"):
+        assert f"]({picture})" in card.text and picture in files  # every picture the card shows was uploaded
+
+    # Loadable everywhere, with the labels, predicting exactly what the local model predicts.
+    local, _ = load_model(out)
+    pulled = AutoModelForImageClassification.from_pretrained(repo_id)
+    with_timm = timm.create_model(f"hf-hub:{repo_id}", pretrained=True)
+    assert pulled.config.id2label == local.config.id2label
+    assert with_timm.pretrained_cfg["label_names"] == metrics["label_names"]
+    torch.testing.assert_close(_logits(pulled), _logits(local))
+    torch.testing.assert_close(_logits(with_timm), _logits(local))
+
+    # The token is nowhere: not in what was printed, not in any file written or pushed.
+    assert hub.token not in printed.out + printed.err
+    assert not _files_mentioning(out, hub.token)
+    for name in files:
+        assert hub.token.encode() not in Path(api.hf_hub_download(repo_id, name)).read_bytes()
+
+
+def test_push_command_and_a_repush_that_uploads_nothing(finished_run, hub, capsys):
+    repo_id = hub.repo_id("standalone")
+    assert main(["push", str(finished_run), repo_id]) == 0
+    assert "pushed" in capsys.readouterr().out
+    commits = len(_commits(repo_id))
+    requests_before = len(hub.server.state.requests)
+
+    assert main(["push", str(finished_run), repo_id]) == 0
+    assert "nothing uploaded" in capsys.readouterr().out
+    assert len(_commits(repo_id)) == commits
+    # The client still asks the LFS batch endpoint, which answers "already stored": no bytes move.
+    uploads = [
+        path
+        for method, path, _ in hub.server.state.requests[requests_before:]
+        if (method == "PUT" and "/lfs-upload/" in path) or (method == "POST" and "/commit/" in path)
+    ]
+    assert uploads == []
+
+
+def test_pull_by_id_predicts_the_same_as_the_local_model(finished_run, hub, shapes_dir):
+    repo_id = hub.repo_id("pull-me")
+    assert main(["push", str(finished_run), repo_id]) == 0
+    images = sorted(shapes_dir.rglob("*.png"))[:6]
+    local = predict_files(finished_run, images)
+    pulled = predict_files(repo_id, images)
+    assert [(p.labels, p.scores) for p in pulled] == [(p.labels, p.scores) for p in local]
+    classifier = pipeline("image-classification", model=repo_id)
+    assert classifier(str(images[0]))[0]["label"] == local[0].labels[0]
+
+
+def test_push_to_a_branch_and_load_that_revision(finished_run, hub):
+    repo_id = hub.repo_id("branched")
+    assert main(["push", str(finished_run), repo_id, "--branch", "experiment"]) == 0
+    api = HfApi()
+    assert "model.safetensors" in api.list_repo_files(repo_id, revision="experiment")
+    assert "model.safetensors" not in api.list_repo_files(repo_id)  # main keeps only its initial commit
+    model = AutoModelForImageClassification.from_pretrained(repo_id, revision="experiment")
+    torch.testing.assert_close(_logits(model), _logits(load_model(finished_run)[0]))
+
+
+def test_private_repo_is_invisible_without_the_token(finished_run, hub):
+    repo_id = hub.repo_id("secret")
+    assert main(["push", str(finished_run), repo_id, "--private"]) == 0
+    api = HfApi()
+    assert api.model_info(repo_id).private is True
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info(repo_id, token=False)
+
+
+def test_train_from_hub_dataset_and_model_ids_with_revisions(tmp_path, shapes_dir, finished_run, hub):
+    """Pull side: a dataset pushed with Dataset.push_to_hub and a pushed model, both by id and revision."""
+    dataset_id, model_id = hub.repo_id("shapes-data"), hub.repo_id("shapes-model")
+    shapes = load_dataset("imagefolder", data_dir=str(shapes_dir), split="train")
+    shapes.push_to_hub(dataset_id)
+    first_revision = HfApi().dataset_info(dataset_id).sha
+    shapes.select(range(30)).push_to_hub(dataset_id)  # a later, smaller version on main
+    assert main(["push", str(finished_run), model_id]) == 0
+    model_revision = HfApi().model_info(model_id).sha
+
+    out = tmp_path / "out"
+    settings = {
+        **TINY_SETTINGS,
+        "model": model_id,
+        "model_revision": model_revision,
+        "pretrained": True,
+        "num_train_epochs": 1,
+        "dataset": dataset_id,
+        "dataset_revision": first_revision,
+        "output_dir": out,
+    }
+    assert main(["train", *overrides(settings)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(metrics["split_sizes"].values()) == 120  # the pinned revision, not the 30-image main
+    assert metrics["base_model"] == model_id
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == model_id and card.data.datasets == [dataset_id]
+    assert f"revision `{first_revision}`" in card.text
+
+
+@pytest.mark.slow
+def test_two_process_train_with_push_makes_exactly_one_commit(tmp_path, shapes_dir, hub):
+    out, repo_id = tmp_path / "out", hub.repo_id("ddp-push")
+    settings = {**TINY_SETTINGS, "num_train_epochs": 2, "dataset": shapes_dir, "output_dir": out}
+    command = accelerate_launch(2, "train", *overrides(settings), "--repo_id", repo_id)
+    env = {**cli_env(), "HF_TOKEN": hub.token}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["processes"] == 2
+    commits = _commits(repo_id)
+    assert len(commits) == 2 and commits[0].title.startswith("Upload fine-tuned")
+    # Only the main process pushed: one upload negotiation, not one per process.
+    preuploads = [p for m, p, _ in hub.server.state.requests if m == "POST" and p.endswith(f"{repo_id}/preupload/main")]
+    assert len(preuploads) == 1
+    assert hub.token not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("strategy", ["every_save", "best"])
+def test_push_strategies_push_during_training(tmp_path, shapes_dir, hub, strategy):
+    out, repo_id = tmp_path / "out", hub.repo_id(f"pushes-{strategy}")
+    settings = {**TINY_SETTINGS, "num_train_epochs": 4, "dataset": shapes_dir, "output_dir": out}
+    assert main(["train", *overrides(settings), "--repo_id", repo_id, "--push_strategy", strategy]) == 0
+    titles = [c.title for c in _commits(repo_id)]
+    assert titles[0].startswith("Upload fine-tuned")  # the final push, with the card, comes last
+    last_checkpoint = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    history = json.loads((last_checkpoint / "trainer_state.json").read_text())["log_history"]
+    accuracies = [entry["eval_accuracy"] for entry in history if "eval_accuracy" in entry]
+    improvements = sum(a > max(accuracies[:i], default=-1.0) for i, a in enumerate(accuracies))
+    expected = len(accuracies) if strategy == "every_save" else improvements
+    assert sum(t.startswith("Training in progress, epoch") for t in titles) == expected
+
+
+# -- bad input: one clear line, the local directory intact, nothing reported as pushed ----------------
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "pushed" not in captured.out
+    lines = [line for line in captured.err.splitlines() if line.startswith("hf-cnn-ft: error:")]
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_wrong_token_is_one_clear_line_before_any_training(tmp_path, shapes_dir, hub, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    out = tmp_path / "out"
+    settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": out}
+    assert main(["train", *overrides(settings), "--repo_id", hub.repo_id("x")]) == 2
+    line = _one_line_error(capsys)
+    assert "401" in line and "HF_TOKEN" in line and "hf_not_a_real_token" not in line
+    assert not (out / "metrics.json").exists()  # failed before training, not after
+
+
+def test_malformed_repo_id_and_unfinished_run_are_refused(finished_run, hub, capsys):
+    assert main(["push", str(finished_run), "not/a/repo"]) == 2
+    assert "not a valid Hub repo id" in _one_line_error(capsys)
+    (finished_run / "metrics.json").unlink()
+    assert main(["push", str(finished_run), hub.repo_id("unfinished")]) == 2
+    assert "not a finished run" in _one_line_error(capsys)
+
+
+def test_connection_dropped_mid_upload(finished_run, hub, capsys):
+    repo_id = hub.repo_id("dropped")
+    before = _tree_digest(finished_run)
+    hub.server.state.drop_connection_on = r"/commit/"
+    try:
+        assert main(["push", str(finished_run), repo_id]) == 2
+    finally:
+        hub.server.state.drop_connection_on = None
+    line = _one_line_error(capsys)
+    assert "could not reach the Hub" in line and "nothing was pushed" in line and f"push {finished_run}" in line
+    after = _tree_digest(finished_run)
+    assert after.keys() == before.keys() and after["metrics.json"] == before["metrics.json"]
+    assert "model.safetensors" not in HfApi().list_repo_files(repo_id)
+
+
+def test_server_down(finished_run, hub, monkeypatch, capsys):
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    assert main(["push", str(finished_run), hub.repo_id("down")]) == 2
+    line = _one_line_error(capsys)
+    assert f"could not reach the Hub at {closed}" in line and "nothing was pushed" in line
