@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from accuracy import machine  # benchmarks/ is on the path when run as a script
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from accuracy import machine  # benchmarks/ is on the path when run as a script
 from hf_cnn_ft.data import load_image_data
 from hf_cnn_ft.models import build_model
 from hf_cnn_ft.offline_data import prepare_dataset

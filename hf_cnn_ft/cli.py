@@ -103,9 +103,7 @@ def _predict(options: argparse.Namespace) -> int:
 def _push(options: argparse.Namespace) -> int:
     from .hub import push_model_dir
 
-    result = push_model_dir(
-        options.model_dir, options.repo_id, options.private, options.branch, options.commit_message
-    )
+    result = push_model_dir(options.model_dir, options.repo_id, options.private, options.branch, options.commit_message)
     if result.changed:
         print(f"pushed {options.model_dir} to {result.repo_url} ({result.revision}): {result.commit_url}")
     else:

@@ -221,7 +221,9 @@ class HubArguments:
         default=None, metadata={"help": "Push the model to this Hub repo (namespace/name); unset: no push."}
     )
     private: bool = field(default=False, metadata={"help": "Create the repo private (an existing repo keeps its own)."})
-    branch: str | None = field(default=None, metadata={"help": "Push to this branch (created if missing); unset: main."})
+    branch: str | None = field(
+        default=None, metadata={"help": "Push to this branch (created if missing); unset: main."}
+    )
     commit_message: str | None = field(default=None, metadata={"help": "Message of the final commit."})
     push_strategy: str = field(
         default="end",
@@ -237,9 +239,7 @@ class HubArguments:
 
     def __post_init__(self) -> None:
         if self.push_strategy not in PUSH_STRATEGIES:
-            raise ValueError(
-                f"hub.push_strategy: {self.push_strategy!r} is not one of {', '.join(PUSH_STRATEGIES)}"
-            )
+            raise ValueError(f"hub.push_strategy: {self.push_strategy!r} is not one of {', '.join(PUSH_STRATEGIES)}")
 
 
 def _default_num_workers() -> int:

@@ -19,7 +19,6 @@ from . import artefacts
 from .card import write_model_card
 from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .errors import UserError
-from .hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
 from .finetuning import (
     apply_freezing,
     balanced_sample_weights,
@@ -29,6 +28,7 @@ from .finetuning import (
     resolve_bn_policy,
     validate_strategy,
 )
+from .hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
 from .metrics import (
     SCALAR_KEYS,
     classification_report,

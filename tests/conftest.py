@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from hub_server import HubServer  # noqa: E402
 
 # Nothing in the suite may reach the real Hub: every Hub call, in this process and in the CLI
@@ -20,6 +20,7 @@ HUB = HubServer().start()
 os.environ["HF_ENDPOINT"] = HUB.endpoint
 os.environ["HF_HUB_DISABLE_XET"] = "1"  # the Xet protocol is not something a loopback server offers
 os.environ.pop("HF_TOKEN", None)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf_home_")  # no developer's login token reaches the tests
 for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.pop(variable, None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -147,4 +148,6 @@ def copy_of(tmp_path):
 def pytest_terminal_summary(terminalreporter):
     """A Hub call the loopback server does not implement shows up here instead of vanishing in a 404."""
     if HUB.state.unhandled:
-        terminalreporter.write_line("loopback Hub: unimplemented requests: " + ", ".join(sorted(set(HUB.state.unhandled))))
+        terminalreporter.write_line(
+            "loopback Hub: unimplemented requests: " + ", ".join(sorted(set(HUB.state.unhandled)))
+        )

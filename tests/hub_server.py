@@ -43,7 +43,9 @@ class StoredFile:
 
     @property
     def pointer(self) -> bytes:
-        return f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self.content)}\n".encode()
+        return (
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self.content)}\n".encode()
+        )
 
     @property
     def oid(self) -> str:
@@ -337,7 +339,9 @@ class HubHandler(BaseHTTPRequestHandler):
         found = self._repo(type, repo)
         self._json(
             {
-                "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o} for n, o in found.branches.items()],
+                "branches": [
+                    {"name": n, "ref": f"refs/heads/{n}", "targetCommit": o} for n, o in found.branches.items()
+                ],
                 "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": o} for n, o in found.tags.items()],
                 "converts": [],
             }
@@ -348,7 +352,13 @@ class HubHandler(BaseHTTPRequestHandler):
         history = found.history(self._commit(found, rev))
         self._json(
             [
-                {"id": c.oid, "title": c.title, "message": c.message, "date": c.date, "authors": [{"user": found.owner}]}
+                {
+                    "id": c.oid,
+                    "title": c.title,
+                    "message": c.message,
+                    "date": c.date,
+                    "authors": [{"user": found.owner}],
+                }
                 for c in history
             ]
         )
@@ -392,7 +402,12 @@ class HubHandler(BaseHTTPRequestHandler):
             if existing is not None:
                 remote_oid = existing.sha256 if lfs else git_blob_oid(existing.content)
             answers.append(
-                {"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": remote_oid}
+                {
+                    "path": item["path"],
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": remote_oid,
+                }
             )
         self._json({"files": answers})
 
@@ -478,7 +493,9 @@ def _tree_entries(commit: Commit, prefix: str, recursive: bool) -> list[dict[str
         rest = path[len(base) :].split("/")
         for depth in range(1, len(rest)):
             directory = base + "/".join(rest[:depth])
-            entries.setdefault(directory, {"type": "directory", "oid": git_blob_oid(directory.encode()), "size": 0, "path": directory})
+            entries.setdefault(
+                directory, {"type": "directory", "oid": git_blob_oid(directory.encode()), "size": 0, "path": directory}
+            )
             if not recursive:
                 break
         if len(rest) == 1 or recursive:

@@ -4,8 +4,8 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
+
 from hf_cnn_ft.evaluation import data_arguments_for, evaluate_model
 
 pytestmark = pytest.mark.slow

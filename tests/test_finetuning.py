@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import set_seed
-from transformers import ResNetConfig, ResNetForImageClassification
-
 from conftest import TINY_SETTINGS, overrides
+from safetensors.torch import load_file
+from transformers import ResNetConfig, ResNetForImageClassification, set_seed
+
 from hf_cnn_ft.cli import main
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.finetuning import apply_freezing, class_loss_weights, frozen_stage_names, resolve_bn_policy, stages

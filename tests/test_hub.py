@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
 from datasets import load_dataset
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForImageClassification, pipeline
 
-from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
 from hf_cnn_ft.cli import main
 from hf_cnn_ft.models import load_model
 from hf_cnn_ft.predict import predict_files
@@ -93,6 +93,24 @@ def test_train_pushes_model_card_and_weights_that_both_libraries_load(tmp_path, 
         assert hub.token.encode() not in Path(api.hf_hub_download(repo_id, name)).read_bytes()
 
 
+def test_native_transformers_model_round_trips_through_the_hub(tmp_path, shapes_dir, hub):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    base = tmp_path / "tiny-resnet"
+    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(
+        base
+    )
+    out, repo_id = tmp_path / "out", hub.repo_id("native-resnet")
+    settings = {**TINY_SETTINGS, "model": base, "num_train_epochs": 1, "dataset": shapes_dir, "output_dir": out}
+    assert main(["train", *overrides(settings), "--repo_id", repo_id]) == 0
+    assert "preprocessor_config.json" in HfApi().list_repo_files(repo_id)
+    card = ModelCard.load(repo_id)
+    assert card.data.library_name == "transformers" and "timm.create_model" not in card.text
+    pulled = AutoModelForImageClassification.from_pretrained(repo_id)
+    assert type(pulled).__name__ == "ResNetForImageClassification"
+    torch.testing.assert_close(_logits(pulled), _logits(load_model(out)[0]))
+
+
 def test_push_command_and_a_repush_that_uploads_nothing(finished_run, hub, capsys):
     repo_id = hub.repo_id("standalone")
     assert main(["push", str(finished_run), repo_id]) == 0
@@ -129,6 +147,7 @@ def test_push_to_a_branch_and_load_that_revision(finished_run, hub):
     api = HfApi()
     assert "model.safetensors" in api.list_repo_files(repo_id, revision="experiment")
     assert "model.safetensors" not in api.list_repo_files(repo_id)  # main keeps only its initial commit
+    assert {branch.name for branch in api.list_repo_refs(repo_id).branches} == {"main", "experiment"}
     model = AutoModelForImageClassification.from_pretrained(repo_id, revision="experiment")
     torch.testing.assert_close(_logits(model), _logits(load_model(finished_run)[0]))
 
@@ -208,7 +227,9 @@ def test_push_strategies_push_during_training(tmp_path, shapes_dir, hub, strateg
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 def _one_line_error(capsys) -> str:

@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import TINY_SETTINGS, cli_env, overrides
+
 from hf_cnn_ft.artefacts import is_complete_checkpoint
 
 pytestmark = pytest.mark.slow

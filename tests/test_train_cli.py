@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_SETTINGS, cli_env, overrides
 from PIL import Image
 from transformers import pipeline
 
-from conftest import TINY_SETTINGS, cli_env, overrides
 from hf_cnn_ft.cli import main
 from hf_cnn_ft.synthetic import CLASSES
 
