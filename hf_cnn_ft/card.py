@@ -95,6 +95,36 @@ def _imbalance_note(summary: dict[str, Any]) -> str:
     )
 
 
+def _is_adapter(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("peft")) and not summary["peft"].get("merged")
+
+
+def _peft_text(recipe: Recipe, summary: dict[str, Any]) -> str:
+    peft = summary.get("peft")
+    if not peft:
+        return ""
+    share = 100 * peft["trainable_parameters"] / peft["total_parameters"]
+    merged = " The adapter has been merged into the weights of this model." if peft.get("merged") else ""
+    return (
+        f"\nParameter-efficient: a {peft['method']} adapter of rank {recipe.peft.lora_rank} (alpha "
+        f"{recipe.peft.lora_alpha:g}) on the convolutions; the new head and the BatchNorm layers trained too, "
+        f"{peft['trainable_parameters']:,} of {peft['total_parameters']:,} parameters ({share:.1f}%).{merged}\n"
+    )
+
+
+def _adapter_usage(repo_id: str | None, recipe: Recipe) -> str:
+    where = repo_id or "PATH_TO_THIS_FOLDER"
+    return f"""This repository holds a {recipe.peft.peft_method} adapter for the base model `{recipe.model.model}`
+(with the new head and the BatchNorm layers), not full weights. hf-cnn-ft rebuilds the base model
+from `recipe.yaml` and loads the adapter onto it:
+
+```bash
+hf-cnn-ft predict {where} image.jpg
+hf-cnn-ft merge {where} merged/      # a plain model directory for transformers, timm or export
+```
+"""
+
+
 def _usage(repo_id: str | None, summary: dict[str, Any]) -> str:
     where = repo_id or "PATH_TO_THIS_FOLDER"
     text = f"""```python
@@ -142,9 +172,10 @@ def _card_data(recipe: Recipe, summary: dict[str, Any], repo_id: str | None) -> 
         EvalResult(metric_type="recall", metric_name="Macro recall", metric_value=report["recall_macro"], **common),
     ]
     base_model = summary.get("base_model")
+    library = "timm" if summary.get("library") == "timm" else "transformers"
     return ModelCardData(
         license=recipe.hub.license,
-        library_name="timm" if summary.get("library") == "timm" else "transformers",
+        library_name="peft" if _is_adapter(summary) else library,
         pipeline_tag="image-classification",
         tags=["image-classification", "hf-cnn-ft", "cnn", f"strategy-{recipe.finetune.strategy}"],
         base_model=base_model if is_hub_id(base_model) else None,
@@ -191,7 +222,7 @@ Unreadable images skipped: {summary["skipped_images"]}.
 Input: {_preprocessing_text(summary["preprocessing"])}.
 {_strategy_text(recipe, summary)} Training took {summary["train_seconds"]:.0f} s on {summary["hardware"]}
 ({summary.get("processes", 1)} process(es)).
-
+{_peft_text(recipe, summary)}
 {_hyperparameters_table(recipe)}
 
 <details>
@@ -216,7 +247,7 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 {images}
 ## How to use
 
-{_usage(repo_id, summary)}
+{_adapter_usage(repo_id, recipe) if _is_adapter(summary) else _usage(repo_id, summary)}
 ## Limitations
 
 {_imbalance_note(summary)} The model only knows the classes above and was evaluated on

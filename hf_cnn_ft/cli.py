@@ -111,6 +111,14 @@ def _push(options: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(options: argparse.Namespace) -> int:
+    from .lora import merge_adapter_dir
+
+    output = merge_adapter_dir(options.adapter_dir, options.output_dir)
+    print(f"merged model directory: {output}")
+    return 0
+
+
 def _data(options: argparse.Namespace) -> int:
     from .offline_data import OFFLINE_DATASETS, prepare_dataset
 
@@ -159,6 +167,15 @@ def _inspect(options: argparse.Namespace) -> int:
     rows = describe_stages(model)
     total = sum(count for _, count in rows)
     print(f"{options.model}: {type(model).__name__}, input {data_config.input_size} px, {total:,} parameters")
+    if options.modules:
+        from .lora import default_target_modules
+
+        targets = set(default_target_modules(model))
+        for name, module in model.named_modules():
+            if name and not list(module.children()):
+                mark = "  (peft default target)" if name in targets else ""
+                print(f"  {name:<50} {type(module).__name__}{mark}")
+        return 0
     for position, (name, count) in enumerate(rows):
         print(f"  {position:>2}  {name:<10} {count:>12,}")
     print("freeze: N freezes the first N stages; 'backbone' all but the head")
@@ -256,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = verbs.add_parser("inspect", help="print a model's stages (what finetune.freeze counts)")
     inspect.add_argument("model", help="timm name, Hub id or local model directory")
+    inspect.add_argument("--modules", action="store_true", help="list the layers (peft.target_modules names)")
+
+    merge = verbs.add_parser("merge", help="merge a peft adapter run into a plain model directory")
+    merge.add_argument("adapter_dir")
+    merge.add_argument("output_dir")
 
     demo = verbs.add_parser("demo", help="fine-tune pretrained EfficientNet-Lite0 on real food photos, offline")
     demo.add_argument("--output_dir", default="outputs/demo")
@@ -280,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(options)
         if options.verb == "predict":
             return _predict(options)
+        if options.verb == "merge":
+            return _merge(options)
         if options.verb == "push":
             return _push(options)
         if options.verb == "data":

@@ -132,6 +132,17 @@ def parameter_groups(
     return groups
 
 
+def adapter_parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:
+    """A peft-wrapped model trains only its adapter, head and BatchNorm: one learning rate, and no
+    weight decay on 1-D parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim > 1], "lr": learning_rate, "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "lr": learning_rate, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def _keep_in_inference_mode(module: nn.Module, _inputs: Any) -> None:
     module.training = False
 

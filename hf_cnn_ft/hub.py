@@ -135,8 +135,8 @@ def push_model_dir(
 ) -> PushResult:
     """Pushes a finished run's output directory, with its model card rendered for `repo_id`."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir} is not a model directory (no config.json)")
+    if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
+        raise UserError(f"{model_dir} is not a model directory (no config.json or adapter_config.json)")
     if not (model_dir / artefacts.COMPLETION_MARKER).is_file():
         raise UserError(
             f"{model_dir} is not a finished run (no {artefacts.COMPLETION_MARKER}): finish it with "

@@ -412,6 +412,9 @@ def save_model(model: PreTrainedModel, data_config: DataConfig, directory: Path)
     transformers' TimmWrapper reads that layout as well.
     """
     set_data_config(model, data_config)
+    if is_timm_model(model):
+        # A config loaded from a timm directory keeps that directory's label_names unless told otherwise.
+        model.config.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
     model.save_pretrained(directory, safe_serialization=True)
     if is_timm_model(model):
@@ -435,8 +438,14 @@ def _make_timm_loadable(directory: Path) -> None:
 
 
 def load_model(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
-    """Loads a fine-tuned model directory (or Hub repo) for evaluation or prediction."""
+    """Loads a fine-tuned model directory (or Hub repo) for evaluation or prediction. An adapter
+    directory is loaded onto its base model and merged."""
     source = str(directory)
+    from .lora import is_adapter_dir, load_adapter_dir
+
+    if is_adapter_dir(source):
+        adapted, data_config = load_adapter_dir(source)
+        return adapted.merge_and_unload().eval(), data_config
     try:
         model = AutoModelForImageClassification.from_pretrained(source)
     except Exception as exc:

@@ -1,7 +1,7 @@
 """The recipe: one YAML file that describes a whole fine-tuning run.
 
-A recipe has six sections, each a dataclass below: ``data``, ``model``, ``augment``,
-``finetune``, ``hub`` and ``training`` (transformers' ``TrainingArguments`` with defaults chosen for
+A recipe has seven sections, each a dataclass below: ``data``, ``model``, ``augment``,
+``finetune``, ``peft``, ``hub`` and ``training`` (transformers' ``TrainingArguments`` with defaults chosen for
 fine-tuning).
 Every key name is unique across the sections, so a command-line override names it plainly
 (``--learning_rate 3e-4``) or with its section (``--training.learning_rate 3e-4``).
@@ -209,6 +209,32 @@ class AugmentArguments:
     )
 
 
+PEFT_METHODS = ("lora", "loha")
+
+
+@dataclass
+class PeftArguments:
+    """Parameter-efficient fine-tuning with peft: a low-rank adapter on the convolutions instead of
+    updating every weight. The head and the BatchNorm layers train and are saved with the adapter."""
+
+    peft_method: str | None = field(
+        default=None, metadata={"help": "lora or loha (peft's conv-capable methods); unset trains the weights."}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "Rank of the low-rank update."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: the update is scaled by alpha/rank."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input (LoHa: module dropout)."})
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt; unset: every dense Conv2d and every Linear but the classifier."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.peft_method is not None and self.peft_method not in PEFT_METHODS:
+            raise ValueError(f"peft.peft_method: {self.peft_method!r} is not one of {', '.join(PEFT_METHODS)}")
+        if self.lora_rank < 1:
+            raise ValueError("peft.lora_rank must be at least 1")
+
+
 PUSH_STRATEGIES = ("end", "every_save", "best")
 
 
@@ -293,6 +319,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "augment": AugmentArguments,
     "finetune": FinetuneArguments,
+    "peft": PeftArguments,
     "hub": HubArguments,
     "training": TrainArguments,
 }
@@ -307,6 +334,7 @@ class Recipe:
     model: ModelArguments
     augment: AugmentArguments
     finetune: FinetuneArguments
+    peft: PeftArguments
     hub: HubArguments
     training: TrainArguments
 
@@ -539,7 +567,7 @@ def _training_changes(args: TrainArguments) -> dict[str, Any]:
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """The resolved recipe as plain data: every data/model/augment key, changed training keys."""
     result: dict[str, dict[str, Any]] = {}
-    for section in ("data", "model", "augment", "finetune", "hub"):
+    for section in ("data", "model", "augment", "finetune", "peft", "hub"):
         obj = getattr(recipe, section)
         result[section] = {f: _plain(getattr(obj, f)) for f in _init_fields(type(obj))}
     result["training"] = _training_changes(recipe.training)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 from datasets import Dataset
+from peft import PeftModel
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, default_data_collator, set_seed
 
 from . import artefacts
@@ -28,6 +29,7 @@ from .finetuning import (
     resolve_bn_policy,
     validate_strategy,
 )
+from .lora import apply_adapter, parameter_counts, save_adapter
 from .hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
 from .metrics import (
     SCALAR_KEYS,
@@ -146,7 +148,15 @@ def _write_artefacts(
 ) -> None:
     output_dir = Path(recipe.training.output_dir)
     staging = artefacts.staging_dir(output_dir)
-    save_model(trainer.model, data_config, staging)
+    plain_model = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
+    base_model = base_model_id(recipe.model, plain_model)
+    peft_summary = None
+    if recipe.peft.peft_method:
+        save_adapter(trainer.model, base_model or recipe.model.model, staging)
+        trainable, total = parameter_counts(trainer.model)
+        peft_summary = {"method": recipe.peft.peft_method, "trainable_parameters": trainable, "total_parameters": total}
+    else:
+        save_model(trainer.model, data_config, staging)
     metric = (recipe.training.metric_for_best_model or "loss").removeprefix("eval_")
     plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
     if trainer.state.log_history:
@@ -166,8 +176,9 @@ def _write_artefacts(
             if k.removeprefix("eval_") in (*SCALAR_KEYS, "loss")
         },
         "label_names": data.label_names,
-        "base_model": base_model_id(recipe.model, trainer.model),
-        "library": "timm" if is_timm_model(trainer.model) else "transformers",
+        "base_model": base_model,
+        "peft": peft_summary,
+        "library": "timm" if is_timm_model(plain_model) else "transformers",
         "preprocessing": dataclasses.asdict(data_config),
         "split_sizes": {name: len(split) for name, split in data.splits.items()},
         "class_counts": {name: data.class_counts(name) for name in data.splits},
@@ -210,10 +221,25 @@ class PreparedModel:
     probe_seconds: float
 
 
+def validate_peft(recipe: Recipe) -> None:
+    if not recipe.peft.peft_method:
+        return
+    if not (recipe.model.pretrained or recipe.model.weights):
+        raise UserError("peft adapts pretrained weights: with model.pretrained false use strategy full instead")
+    if recipe.finetune.strategy == "linear_probe":
+        raise UserError("peft needs a Trainer phase: use finetune.strategy two_phase or full with peft.peft_method")
+    if recipe.finetune.freeze not in ("none", "0", ""):
+        raise UserError("finetune.freeze does not combine with peft: the adapter already keeps the base weights")
+    if recipe.finetune.l2sp_alpha or recipe.finetune.backbone_lr_multiplier != 1 or recipe.finetune.lr_decay != 1:
+        raise UserError("l2sp_alpha, backbone_lr_multiplier and lr_decay apply to full weights, not to a peft adapter")
+
+
 def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> PreparedModel:
-    """Builds the backbone, runs the linear probe if the strategy has one, and freezes as configured."""
+    """Builds the backbone, runs the linear probe if the strategy has one, and freezes as configured
+    (or wraps the model in a peft adapter)."""
     strategy = recipe.finetune
     validate_strategy(strategy)
+    validate_peft(recipe)
     model, data_config = build_model(recipe.model, data.label_names)
     frozen = frozen_stage_names(model, strategy.freeze)
     if recipe.model.channels_last:
@@ -238,7 +264,16 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
         )
     probe_seconds = time.perf_counter() - started
     pretrained = recipe.model.pretrained or recipe.model.weights is not None
-    apply_freezing(model, frozen, resolve_bn_policy(strategy.bn, pretrained))
+    if recipe.peft.peft_method:
+        # An adapter replaces freezing: the base weights stay, adapter + head (+ BatchNorm) train.
+        model = apply_adapter(model, recipe.peft, train_batchnorm=strategy.bn in ("auto", "train"))
+        trainable, total = parameter_counts(model)
+        logger.info(
+            "%s: training %s of %s parameters (%.2f%%)", recipe.peft.peft_method, f"{trainable:,}", f"{total:,}",
+            100 * trainable / total,
+        )
+    else:
+        apply_freezing(model, frozen, resolve_bn_policy(strategy.bn, pretrained))
     return PreparedModel(model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from peft import PeftModel
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from transformers import Trainer
 
-from .finetuning import parameter_groups, stages
+from .finetuning import adapter_parameter_groups, parameter_groups, stages
 
 
 class FineTuneTrainer(Trainer):
@@ -40,12 +41,12 @@ class FineTuneTrainer(Trainer):
         self.batch_mixer = batch_mixer
         # The starting point L2-SP pulls towards: the pretrained backbone, captured before any
         # checkpoint is loaded, so a resumed run keeps the same anchor. The new head is not anchored.
-        head = set(stages(self.model)["head"])
-        self.l2sp_anchor = (
-            {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad and n not in head}
-            if l2sp_alpha > 0
-            else {}
-        )
+        self.l2sp_anchor = {}
+        if l2sp_alpha > 0:
+            head = set(stages(self.model)["head"])
+            self.l2sp_anchor = {
+                n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad and n not in head
+            }
 
     def l2sp_penalty(self) -> torch.Tensor:
         """alpha/2 * squared distance of the trainable backbone weights from the pretrained ones."""
@@ -66,9 +67,12 @@ class FineTuneTrainer(Trainer):
         """One parameter group per stage and decay kind: per-stage learning rates, no decay on BN/biases."""
         if self.optimizer is None:
             model = self.model if model is None else model
-            groups = parameter_groups(
-                model, self.args.learning_rate, self.args.weight_decay, self.backbone_lr_multiplier, self.lr_decay
-            )
+            if isinstance(model, PeftModel):
+                groups = adapter_parameter_groups(model, self.args.learning_rate, self.args.weight_decay)
+            else:
+                groups = parameter_groups(
+                    model, self.args.learning_rate, self.args.weight_decay, self.backbone_lr_multiplier, self.lr_decay
+                )
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import timm
 import torch
@@ -131,8 +133,10 @@ def test_a_fine_tuned_directory_with_the_same_labels_keeps_its_head(tmp_path):
     save_model(model, data_config, tmp_path / "m")
     again, _ = build_model(ModelArguments(model=str(tmp_path / "m")), LABELS)
     torch.testing.assert_close(again.timm_model.fc.weight, model.timm_model.fc.weight)
-    relabelled, _ = build_model(ModelArguments(model=str(tmp_path / "m")), ["a", "b"])
+    relabelled, data_config = build_model(ModelArguments(model=str(tmp_path / "m")), ["a", "b"])
     assert relabelled.timm_model.fc.out_features == 2
+    save_model(relabelled, data_config, tmp_path / "relabelled")
+    assert json.loads((tmp_path / "relabelled" / "config.json").read_text())["label_names"] == ["a", "b"]
 
 
 def test_timm_model_directory_loads_with_auto_classes(tmp_path):
