@@ -111,6 +111,28 @@ def _push(options: argparse.Namespace) -> int:
     return 0
 
 
+def _export(options: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    images = [Path(p) for p in options.images] if options.images else None
+    result = export_onnx(options.model_dir, options.output, options.opset, options.quantize, options.tolerance, images)
+    print(
+        f"onnx model:        {result.onnx_path}\n"
+        f"check:             max |logit difference| {result.max_abs_diff:.2e} on {result.checked_images} images "
+        f"(onnxruntime vs PyTorch, tolerance {options.tolerance:g})\n"
+        f"preprocessing:     {result.directory / 'preprocessing.json'}"
+    )
+    if result.quantized_path:
+        print(f"int8 model:        {result.quantized_path}")
+        if result.accuracy:
+            acc = result.accuracy
+            print(
+                f"validation accuracy: PyTorch {acc['torch']:.4f}, ONNX {acc['onnx']:.4f}, "
+                f"int8 {acc['int8']:.4f} ({acc['int8'] - acc['onnx']:+.4f})"
+            )
+    return 0
+
+
 def _merge(options: argparse.Namespace) -> int:
     from .lora import merge_adapter_dir
 
@@ -275,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", help="timm name, Hub id or local model directory")
     inspect.add_argument("--modules", action="store_true", help="list the layers (peft.target_modules names)")
 
+    export = verbs.add_parser("export", help="export to ONNX (checked with onnxruntime), optionally int8")
+    export.add_argument("model_dir", help="a model directory, adapter run or Hub repo id")
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--quantize", choices=["int8"], help="also write a static int8 (QDQ) model")
+    export.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit difference| accepted")
+    export.add_argument("--output", help="export directory (default: MODEL_DIR/onnx)")
+    export.add_argument("--images", nargs="+", help="check on these images (default: the run's validation split)")
+
     merge = verbs.add_parser("merge", help="merge a peft adapter run into a plain model directory")
     merge.add_argument("adapter_dir")
     merge.add_argument("output_dir")
@@ -302,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(options)
         if options.verb == "predict":
             return _predict(options)
+        if options.verb == "export":
+            return _export(options)
         if options.verb == "merge":
             return _merge(options)
         if options.verb == "push":
