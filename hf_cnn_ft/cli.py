@@ -63,6 +63,26 @@ def _train(options: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _compare(options: argparse.Namespace, extra: list[str]) -> int:
+    from .compare import compare_models, ranked
+    from .recipe import load_recipe
+
+    recipe = load_recipe(options.recipe, extra)
+    models = [m.strip() for m in options.models.split(",") if m.strip()]
+    seeds = [recipe.training.seed + i for i in range(options.seeds)]
+    output_dir = Path(recipe.training.output_dir)
+    candidates = compare_models(recipe, models, seeds, output_dir)
+    print(f"\n{'model':<32} {'accuracy':>8} {'macro-F1':>8} {'train s':>8}")
+    for c in ranked(candidates):
+        if c.ok:
+            mean = lambda values: sum(values) / len(values)  # noqa: E731
+            print(f"{c.model:<32} {mean(c.accuracy):8.4f} {mean(c.f1_macro):8.4f} {mean(c.train_seconds):8.1f}")
+        else:
+            print(f"{c.model:<32} failed: {c.error}")
+    print(f"\nleaderboard: {output_dir / 'leaderboard.md'} (.csv, .png)")
+    return 0 if any(c.ok for c in candidates) else EXIT_USER_ERROR
+
+
 def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
     from .lr_find import find_learning_rate
     from .recipe import load_recipe
@@ -211,12 +231,15 @@ def _demo(options: argparse.Namespace) -> int:
     return 0
 
 
-RECIPE_VERBS = ("train", "lr-find")
+RECIPE_VERBS = ("train", "lr-find", "compare")
 
 
 def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None:
     if verb == "train":
         parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    elif verb == "compare":
+        parser.add_argument("--models", required=True, help="comma-separated backbones: resnet50,convnext_tiny,...")
+        parser.add_argument("--seeds", type=int, default=1, help="runs per backbone (seeds seed, seed+1, ...)")
     else:
         parser.add_argument("--steps", type=int, default=100)
         parser.add_argument("--start-lr", type=float, default=1e-7)
@@ -224,7 +247,7 @@ def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None
 
 
 def _parse_recipe_verb(verb: str, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """train and lr-find take open-ended recipe overrides (--any_recipe_key value): their own few
+    """train, lr-find and compare take open-ended recipe overrides (--any_recipe_key value): their own few
     options are parsed here, exactly (no abbreviations), and everything else goes to the recipe."""
     recipe = args[0] if args and not args[0].startswith("-") else None
     own = argparse.ArgumentParser(prog=f"hf-cnn-ft {verb}", allow_abbrev=False, add_help=False)
@@ -255,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lr_find.add_argument("recipe", nargs="?")
     _add_recipe_verb_options(lr_find, "lr-find")
+
+    compare = verbs.add_parser(
+        "compare",
+        help="fine-tune several backbones with one recipe; leaderboard.md/.csv/.png",
+        description="Fine-tunes each of --models with RECIPE (same data, splits and seeds) and ranks them. "
+        "Recipe overrides allowed; each candidate runs in OUTPUT_DIR/MODEL/seedN.",
+    )
+    compare.add_argument("recipe", nargs="?")
+    _add_recipe_verb_options(compare, "compare")
 
     evaluate = verbs.add_parser("evaluate", help="evaluate a fine-tuned model on a labelled dataset")
     evaluate.add_argument("model_dir")
@@ -327,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.verb == "train":
             return _train(options, extra)
+        if options.verb == "compare":
+            return _compare(options, extra)
         if options.verb == "lr-find":
             return _lr_find(options, extra)
         if options.verb == "evaluate":

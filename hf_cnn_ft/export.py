@@ -10,7 +10,6 @@ costs on the validation split. Files appear only once their check passed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -113,7 +112,9 @@ def _pixels(dataset: Dataset, data_config: DataConfig) -> tuple[np.ndarray, np.n
 
 
 def _run(session, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    return np.concatenate([session.run(None, {"pixel_values": pixels[i : i + batch_size]})[0] for i in range(0, len(pixels), batch_size)])
+    return np.concatenate(
+        [session.run(None, {"pixel_values": pixels[i : i + batch_size]})[0] for i in range(0, len(pixels), batch_size)]
+    )
 
 
 def _torch_logits(module: nn.Module, pixels: np.ndarray) -> np.ndarray:
@@ -205,7 +206,12 @@ def export_onnx(
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     write_json(
         output_dir / "preprocessing.json",
-        {**dataclasses.asdict(data_config), "resize_size": data_config.resize_size, "input": "pixel_values, NCHW float32 RGB", "labels": labels},
+        {
+            **dataclasses.asdict(data_config),
+            "resize_size": data_config.resize_size,
+            "input": "pixel_values, NCHW float32 RGB",
+            "labels": labels,
+        },
     )
     result = ExportResult(output_dir, onnx_path, difference, len(check_pixels))
 

@@ -120,7 +120,9 @@ def load_adapter_dir(directory: str | Path) -> tuple[PeftModel, DataConfig]:
     try:
         model = PeftModel.from_pretrained(base, directory)
     except Exception as exc:  # peft raises several types for an adapter that does not fit the base
-        raise UserError(f"the adapter in {directory} does not fit its base model '{recipe.model.model}' ({exc})") from None
+        raise UserError(
+            f"the adapter in {directory} does not fit its base model '{recipe.model.model}' ({exc})"
+        ) from None
     return model.eval(), data_config
 
 

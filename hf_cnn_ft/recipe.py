@@ -222,7 +222,9 @@ class PeftArguments:
     )
     lora_rank: int = field(default=8, metadata={"help": "Rank of the low-rank update."})
     lora_alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: the update is scaled by alpha/rank."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input (LoHa: module dropout)."})
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on the adapter's input (LoHa: module dropout)."}
+    )
     target_modules: list[str] | None = field(
         default=None,
         metadata={"help": "Module names to adapt; unset: every dense Conv2d and every Linear but the classifier."},

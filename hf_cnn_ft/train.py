@@ -29,8 +29,8 @@ from .finetuning import (
     resolve_bn_policy,
     validate_strategy,
 )
-from .lora import apply_adapter, parameter_counts, save_adapter
 from .hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
+from .lora import apply_adapter, parameter_counts, save_adapter
 from .metrics import (
     SCALAR_KEYS,
     classification_report,
@@ -269,7 +269,10 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
         model = apply_adapter(model, recipe.peft, train_batchnorm=strategy.bn in ("auto", "train"))
         trainable, total = parameter_counts(model)
         logger.info(
-            "%s: training %s of %s parameters (%.2f%%)", recipe.peft.peft_method, f"{trainable:,}", f"{total:,}",
+            "%s: training %s of %s parameters (%.2f%%)",
+            recipe.peft.peft_method,
+            f"{trainable:,}",
+            f"{total:,}",
             100 * trainable / total,
         )
     else:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_SETTINGS, overrides
 from huggingface_hub import HfApi, ModelCard
 from peft import PeftModel
 
-from conftest import TINY_SETTINGS, overrides
 from hf_cnn_ft.cli import main
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.lora import apply_adapter, batchnorm_names, load_adapter_dir, parameter_counts, save_adapter
@@ -85,7 +85,10 @@ def test_saved_adapter_predicts_exactly_as_before_saving_and_merges(tmp_path):
         name
         for name, buffer in fresh.named_buffers()
         if name.endswith("running_mean")
-        and not torch.equal(buffer, trained_bn[f"base_model.model.{name.replace('.running_mean', '')}.modules_to_save.default.running_mean"])
+        and not torch.equal(
+            buffer,
+            trained_bn[f"base_model.model.{name.replace('.running_mean', '')}.modules_to_save.default.running_mean"],
+        )
     ]
     assert moved
 
@@ -152,9 +155,10 @@ def test_pushed_adapter_card_names_the_base_model(tmp_path, shapes_dir, hub):
     assert "adapter_model.safetensors" in HfApi().list_repo_files(repo_id)
     card = ModelCard.load(repo_id)
     assert card.data.library_name == "peft" and card.data.base_model == base_repo
-    assert json.loads(Path(HfApi().hf_hub_download(repo_id, "adapter_config.json")).read_text())[
-        "base_model_name_or_path"
-    ] == base_repo
+    assert (
+        json.loads(Path(HfApi().hf_hub_download(repo_id, "adapter_config.json")).read_text())["base_model_name_or_path"]
+        == base_repo
+    )
     torch.testing.assert_close(_logits(load_model(out)[0]), _logits(load_adapter_dir(out)[0].merge_and_unload()))
 
 
