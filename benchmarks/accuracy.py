@@ -11,6 +11,7 @@ the machine to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -66,14 +67,17 @@ def main() -> None:
     rows = []
     for recipe_path in args.recipes:
         ensure_offline_inputs(recipe_path)
-        accuracy, f1, class_f1, seconds = [], [], [], []
+        accuracy, f1, class_f1, seconds, trainable = [], [], [], [], []
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as out:
                 recipe = load_recipe(
                     recipe_path, [*overrides, "--seed", str(seed), "--output_dir", out, "--disable_tqdm", "true"]
                 )
                 result = train(recipe)
+                peft = json.loads((Path(out) / "metrics.json").read_text()).get("peft")
             report = result.report
+            if peft:
+                trainable.append(peft["trainable_parameters"] / peft["total_parameters"])
             accuracy.append(report["accuracy"])
             f1.append(report["f1_macro"])
             seconds.append(result.train_seconds)
@@ -87,6 +91,8 @@ def main() -> None:
         row = f"| {recipe_path.name} {args.label} | {mean_std(accuracy)} | {mean_std(f1)} |"
         row += f" {mean_std(class_f1)} |" if args.class_name else " – |"
         row += f" {statistics.mean(seconds):.0f} s |"
+        if trainable:
+            row += f" {100 * statistics.mean(trainable):.1f}% trainable (peft) |"
         rows.append(row)
 
     class_header = f"{args.class_name} F1" if args.class_name else "class F1"

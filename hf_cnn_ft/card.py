@@ -62,6 +62,11 @@ def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
         return f"Strategy `linear_probe`: {probe}; the backbone kept its pretrained weights."
     if finetune.strategy == "two_phase":
         return f"Strategy `two_phase`: {probe}, then {tuned}."
+    if finetune.strategy == "gradual":
+        return (
+            f"Strategy `gradual`: {probe}, then {tuned}, unfreezing stages from the top ({finetune.unfreeze}, "
+            f"every {finetune.unfreeze_epochs} epoch(s)) with layer-wise learning-rate decay {finetune.lr_decay:g}."
+        )
     return f"Strategy `{finetune.strategy}`: {tuned}."
 
 

@@ -31,7 +31,8 @@ from .recipe import FinetuneArguments
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("full", "linear_probe", "two_phase")
+STRATEGIES = ("full", "linear_probe", "two_phase", "gradual")
+PROBING_STRATEGIES = ("linear_probe", "two_phase", "gradual")
 BN_POLICIES = ("auto", "train", "frozen", "frozen_in_frozen_stages")
 _NUMBERED = re.compile(r"(^|\.)(stages|blocks|layer|layers|features)\.(\d+)\.")
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
@@ -103,11 +104,18 @@ def frozen_stage_names(model: nn.Module, freeze: str) -> list[str]:
 
 
 def parameter_groups(
-    model: nn.Module, learning_rate: float, weight_decay: float, backbone_multiplier: float = 1.0, lr_decay: float = 1.0
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    backbone_multiplier: float = 1.0,
+    lr_decay: float = 1.0,
+    include_frozen: bool = False,
 ) -> list[dict[str, Any]]:
     """Optimizer groups per stage: the head at `learning_rate`, backbone stages at
     `learning_rate * backbone_multiplier * lr_decay**depth` (depth 1 for the stage below the head),
-    and no weight decay on 1-D parameters (BatchNorm, biases). Frozen parameters are left out.
+    and no weight decay on 1-D parameters (BatchNorm, biases). Frozen parameters are left out unless
+    `include_frozen` (a schedule will unfreeze them: until then they have no gradient, so the
+    optimizer skips them — no update, no decay, no state).
     """
     if not 0 < lr_decay <= 1 or backbone_multiplier < 0:
         raise UserError("finetune.lr_decay must be in (0, 1] and finetune.backbone_lr_multiplier >= 0")
@@ -117,7 +125,7 @@ def parameter_groups(
     for index, (stage, names) in enumerate(ordered):
         depth = len(ordered) - 1 - index
         scale = 1.0 if depth == 0 else backbone_multiplier * lr_decay**depth
-        trainable = [named[n] for n in names if named[n].requires_grad]
+        trainable = [named[n] for n in names if named[n].requires_grad or include_frozen]
         for decayed in (True, False):
             chosen = [p for p in trainable if (p.ndim > 1) == decayed]
             if chosen:
@@ -156,14 +164,18 @@ def resolve_bn_policy(bn_policy: str, pretrained: bool) -> str:
     return bn_policy
 
 
-def apply_freezing(model: nn.Module, frozen: list[str], bn_policy: str) -> None:
-    """Freezes the named stages; puts BatchNorm layers in inference mode as the policy says."""
+def apply_freezing(model: nn.Module, frozen: list[str], bn_policy: str, keep_requires_grad: bool = False) -> set[str]:
+    """Freezes the named stages; puts BatchNorm layers in inference mode as the policy says.
+
+    Returns the names of the frozen parameters. With `keep_requires_grad` (a schedule under DDP,
+    see unfreezing.py) the stages' parameters keep requires_grad and the caller drops their gradients.
+    """
     if bn_policy not in BN_POLICIES or bn_policy == "auto":
         raise UserError(f"finetune.bn must be one of {', '.join(BN_POLICIES[1:])}, got '{bn_policy}'")
     groups = stages(model)
     frozen_params = {name for stage in frozen for name in groups[stage]}
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name not in frozen_params)
+        parameter.requires_grad_(keep_requires_grad or name not in frozen_params)
     for handle in getattr(model, "_hf_cnn_ft_bn_hooks", []):
         handle.remove()
     hooks = []
@@ -174,9 +186,11 @@ def apply_freezing(model: nn.Module, frozen: list[str], bn_policy: str) -> None:
         in_frozen_stage = bool(own) and own <= frozen_params
         if bn_policy == "frozen" or (bn_policy == "frozen_in_frozen_stages" and in_frozen_stage):
             hooks.append(module.register_forward_pre_hook(_keep_in_inference_mode))
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
+            if bn_policy == "frozen" or not keep_requires_grad:
+                for parameter in module.parameters():
+                    parameter.requires_grad_(False)
     model._hf_cnn_ft_bn_hooks = hooks
+    return frozen_params
 
 
 @dataclass
@@ -329,9 +343,19 @@ def balanced_sample_weights(labels: list[int], num_classes: int) -> torch.Tensor
     return (1.0 / counts.clamp(min=1))[y]
 
 
-def validate_strategy(args: FinetuneArguments) -> None:
+def resolve_strategy(args: FinetuneArguments) -> None:
+    """Fills the settings a strategy presets and the recipe left unset (the saved recipe shows them)."""
     if args.strategy not in STRATEGIES:
         raise UserError(f"finetune.strategy must be one of {', '.join(STRATEGIES)}, got '{args.strategy}'")
+    gradual = args.strategy == "gradual"
+    if args.unfreeze is None:
+        args.unfreeze = "one_per_epochs" if gradual else "none"
+    if args.lr_decay is None:
+        args.lr_decay = 0.7 if gradual else 1.0
+
+
+def validate_strategy(args: FinetuneArguments) -> None:
+    resolve_strategy(args)
     if args.strategy != "full" and args.head_epochs < 1:
         raise UserError(f"finetune.strategy {args.strategy} needs finetune.head_epochs >= 1")
     if args.feature_views < 1:

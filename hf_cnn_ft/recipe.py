@@ -138,7 +138,9 @@ class FinetuneArguments:
         default="two_phase",
         metadata={
             "help": "full: train everything from the start; linear_probe: train only the new head, on cached "
-            "frozen features; two_phase: linear probe, then fine-tune everything (LP-FT, Kumar et al. 2022)."
+            "frozen features; two_phase: linear probe, then fine-tune everything (LP-FT, Kumar et al. 2022); "
+            "gradual: linear probe, then unfreeze one stage from the top per epoch with layer-wise learning-rate "
+            "decay 0.7 (ULMFiT, Howard & Ruder 2018). Each piece can be overridden."
         },
     )
     freeze: str = field(
@@ -151,6 +153,23 @@ class FinetuneArguments:
             "or auto: frozen for pretrained weights, train for a randomly initialised model."
         },
     )
+    unfreeze: str | None = field(
+        default=None,
+        metadata={
+            "help": "Gradual unfreezing while the Trainer runs: none; head_then_all (the frozen stages train from "
+            "epoch unfreeze_epochs on, fastai's fine_tune); one_per_epochs (one more stage from the top every "
+            "unfreeze_epochs epochs, ULMFiT); milestones (unfreeze_milestones). Unset: the strategy's choice."
+        },
+    )
+    unfreeze_epochs: int = field(default=1, metadata={"help": "Epochs per unfreezing step (see unfreeze)."})
+    unfreeze_milestones: dict[int, str] | None = field(
+        default=None,
+        metadata={"help": "{epoch: freeze}: from that epoch on, freeze that (backbone, N or none). Epoch 0 is freeze."},
+    )
+    lr_restart: bool = field(
+        default=True,
+        metadata={"help": "Warm the learning rate up again (then decay) whenever stages unfreeze."},
+    )
     head_epochs: int = field(default=60, metadata={"help": "Linear-probe epochs over the cached features."})
     head_learning_rate: float = field(default=3e-3, metadata={"help": "Linear-probe learning rate (AdamW)."})
     head_weight_decay: float = field(default=1e-4, metadata={"help": "Linear-probe weight decay."})
@@ -161,10 +180,11 @@ class FinetuneArguments:
     backbone_lr_multiplier: float = field(
         default=1.0, metadata={"help": "Backbone learning rate as a multiple of the head's (training.learning_rate)."}
     )
-    lr_decay: float = field(
-        default=1.0,
+    lr_decay: float | None = field(
+        default=None,
         metadata={
-            "help": "Layer-wise decay: each stage further from the head trains at this multiple of the one above."
+            "help": "Layer-wise decay: each stage further from the head trains at this multiple of the one above. "
+            "Unset: 0.7 for strategy gradual, else 1."
         },
     )
     sampler: str = field(

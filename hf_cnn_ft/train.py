@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import platform
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftModel
 from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, default_data_collator, set_seed
@@ -21,6 +23,7 @@ from .card import write_model_card
 from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .errors import UserError
 from .finetuning import (
+    PROBING_STRATEGIES,
     apply_freezing,
     balanced_sample_weights,
     class_loss_weights,
@@ -42,6 +45,7 @@ from .models import DataConfig, base_model_id, build_model, is_timm_model, save_
 from .recipe import Recipe, TrainArguments, recipe_to_yaml
 from .trainer import FineTuneTrainer
 from .transforms import batch_mixer, eval_transform, train_transform
+from .unfreezing import UnfreezeCallback, build_plan, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +149,7 @@ def _write_artefacts(
     train_seconds: float,
     probe_history: list[dict[str, float]],
     repo_id: str | None,
+    extra: dict[str, Any],
 ) -> None:
     output_dir = Path(recipe.training.output_dir)
     staging = artefacts.staging_dir(output_dir)
@@ -190,6 +195,7 @@ def _write_artefacts(
         "train_seconds": round(train_seconds, 2),
         "hardware": hardware_description(),
         "processes": trainer.args.world_size,
+        **extra,
     }
     write_model_card(staging, recipe, summary, repo_id=repo_id)
     artefacts.write_json(staging / artefacts.COMPLETION_MARKER, summary)
@@ -219,6 +225,7 @@ class PreparedModel:
     loss_weights: torch.Tensor | None
     probe_history: list[dict[str, float]]
     probe_seconds: float
+    unfreeze: UnfreezeCallback | None = None
 
 
 def validate_peft(recipe: Recipe) -> None:
@@ -226,8 +233,10 @@ def validate_peft(recipe: Recipe) -> None:
         return
     if not (recipe.model.pretrained or recipe.model.weights):
         raise UserError("peft adapts pretrained weights: with model.pretrained false use strategy full instead")
-    if recipe.finetune.strategy == "linear_probe":
-        raise UserError("peft needs a Trainer phase: use finetune.strategy two_phase or full with peft.peft_method")
+    if recipe.finetune.strategy not in ("two_phase", "full"):
+        raise UserError("peft trains an adapter in the Trainer phase: use finetune.strategy two_phase or full")
+    if recipe.finetune.unfreeze != "none":
+        raise UserError("finetune.unfreeze does not combine with peft: the adapter keeps every base weight frozen")
     if recipe.finetune.freeze not in ("none", "0", ""):
         raise UserError("finetune.freeze does not combine with peft: the adapter already keeps the base weights")
     if recipe.finetune.l2sp_alpha or recipe.finetune.backbone_lr_multiplier != 1 or recipe.finetune.lr_decay != 1:
@@ -249,7 +258,7 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
     loss_weights = class_loss_weights(strategy.class_weights, data.splits["train"][LABEL_COLUMN], data.label_names)
     started = time.perf_counter()
     probe_history: list[dict[str, float]] = []
-    if run_probe and strategy.strategy in ("linear_probe", "two_phase"):
+    if run_probe and strategy.strategy in PROBING_STRATEGIES:
         # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
         probe_history = linear_probe(
             model,
@@ -275,9 +284,18 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
             f"{total:,}",
             100 * trainable / total,
         )
+        return PreparedModel(model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds)
+    bn_policy = resolve_bn_policy(strategy.bn, pretrained)
+    plan = build_plan(model, strategy, math.ceil(recipe.training.num_train_epochs))
+    if plan is None:
+        apply_freezing(model, frozen, bn_policy)
+        unfreeze = None
     else:
-        apply_freezing(model, frozen, resolve_bn_policy(strategy.bn, pretrained))
-    return PreparedModel(model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds)
+        unfreeze = UnfreezeCallback(plan, bn_policy, masked=recipe.training.world_size > 1)
+        unfreeze.apply(model, 0)  # before the Trainer wraps the model (DDP must see the final trainable set)
+    return PreparedModel(
+        model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds, unfreeze
+    )
 
 
 def train(recipe: Recipe) -> TrainResult:
@@ -329,12 +347,24 @@ def train(recipe: Recipe) -> TrainResult:
         ),
         l2sp_alpha=strategy.l2sp_alpha,
         batch_mixer=batch_mixer(recipe.augment, len(data.label_names)),
+        unfreeze=prepared.unfreeze,
+        lr_restart=strategy.lr_restart,
     )
     started = time.perf_counter()
     if strategy.strategy != "linear_probe":
         trainer.train(resume_from_checkpoint=resume)
     train_seconds = prepared.probe_seconds + time.perf_counter() - started
 
+    # Every rank must end with the same weights; a DDP bug that lets them drift would go unnoticed.
+    if args.world_size > 1:
+        # DDP averages gradients, but BatchNorm statistics move on each rank's own batches and are only
+        # re-broadcast at the next forward pass: take the main process's, as DDP would, so that the
+        # test evaluation (sharded across ranks) and the saved model use one set of statistics.
+        for buffer in trainer.model.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
+    fingerprints = gather_object([fingerprint(trainer.model)])
+    if len(set(fingerprints)) > 1:
+        logger.error("the %d processes ended training with different weights: %s", len(fingerprints), fingerprints)
     evaluated_on = data.evaluation_split
     # predict() gathers across processes without the padding duplicates of the last batch.
     prediction = trainer.predict(
@@ -343,8 +373,12 @@ def train(recipe: Recipe) -> TrainResult:
     report = classification_report(prediction.predictions, prediction.label_ids, data.label_names)
     push = None
     if trainer.is_world_process_zero():
+        extra = {
+            "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
+            "rank_weight_fingerprints": fingerprints,
+        }
         _write_artefacts(
-            recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history, repo_id
+            recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history, repo_id, extra
         )
     trainer.accelerator.wait_for_everyone()
     if repo_id:

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from transformers import Trainer
 
 from .finetuning import adapter_parameter_groups, parameter_groups, stages
+from .unfreezing import UnfreezeCallback, restarting_schedule
 
 
 class FineTuneTrainer(Trainer):
@@ -30,9 +31,14 @@ class FineTuneTrainer(Trainer):
         sample_weights: torch.Tensor | None = None,
         l2sp_alpha: float = 0.0,
         batch_mixer: Callable | None = None,
+        unfreeze: UnfreezeCallback | None = None,
+        lr_restart: bool = True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.unfreeze, self.lr_restart = unfreeze, lr_restart
+        if unfreeze is not None:
+            self.add_callback(unfreeze)
         self.loss_weights = loss_weights
         self.backbone_lr_multiplier = backbone_lr_multiplier
         self.lr_decay = lr_decay
@@ -71,11 +77,38 @@ class FineTuneTrainer(Trainer):
                 groups = adapter_parameter_groups(model, self.args.learning_rate, self.args.weight_decay)
             else:
                 groups = parameter_groups(
-                    model, self.args.learning_rate, self.args.weight_decay, self.backbone_lr_multiplier, self.lr_decay
+                    model,
+                    self.args.learning_rate,
+                    self.args.weight_decay,
+                    self.backbone_lr_multiplier,
+                    self.lr_decay,
+                    include_frozen=self.unfreeze is not None,
                 )
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """With gradual unfreezing, the schedule restarts (warmup, then decay) at every unfreezing epoch."""
+        restart = self.unfreeze is not None and self.unfreeze.plan.changes and self.lr_restart
+        shape = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+        if self.lr_scheduler is None and restart and shape in ("cosine", "linear"):
+            steps_per_epoch = num_training_steps / max(1.0, self.args.num_train_epochs)
+            boundaries = [round(epoch * steps_per_epoch) for epoch in self.unfreeze.plan.changes]
+            self.lr_scheduler = restarting_schedule(
+                optimizer or self.optimizer, num_training_steps, boundaries, self.args.get_warmup_steps, shape
+            )
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.unfreeze is not None:
+            # Scheduled-frozen parameters under DDP (see unfreezing.py): synced, but never updated.
+            for parameter in self.unfreeze.masked_parameters:
+                parameter.grad = None
+        return loss
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
         mixing = self.batch_mixer is not None and model.training

@@ -1,0 +1,142 @@
+"""Gradual unfreezing: the trainable set per epoch, resume across an unfreeze, DDP, the LR restart."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
+from safetensors.torch import load_file
+
+from hf_cnn_ft.cli import main
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.finetuning import stages
+from hf_cnn_ft.models import build_model
+from hf_cnn_ft.recipe import FinetuneArguments, ModelArguments
+from hf_cnn_ft.unfreezing import build_plan, fingerprint, restarting_schedule
+
+SCHEDULE_RUN = {
+    **TINY_SETTINGS,
+    "strategy": "full",
+    "bn": "frozen_in_frozen_stages",
+    "num_train_epochs": 4,
+    "save_total_limit": "null",
+    "load_best_model_at_end": False,
+    "early_stopping_patience": "null",
+}
+
+
+def _checkpoint_weights(out: Path) -> list[dict[str, torch.Tensor]]:
+    found = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [load_file(str(p / "model.safetensors")) for p in found]
+
+
+def _stage_of(names: dict[str, list[str]]) -> dict[str, str]:
+    # Trainer checkpoints keep transformers' names (timm_model. prefix), as `stages` does.
+    return {param: stage for stage, params in names.items() for param in params}
+
+
+def test_one_stage_per_epoch_trains_exactly_the_scheduled_stages(tmp_path, shapes_dir):
+    out = tmp_path / "out"
+    settings = {**SCHEDULE_RUN, "dataset": shapes_dir, "output_dir": out, "unfreeze": "one_per_epochs"}
+    assert main(["train", *overrides(settings)]) == 0
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), ["a", "b", "c"])
+    order = list(stages(model))  # stem ... head
+    stage_of = _stage_of(stages(model))
+    history = json.loads((out / "metrics.json").read_text())["unfreeze_history"]
+    assert [entry["epoch"] for entry in history] == [0, 1, 2, 3]
+    assert [entry["training"] for entry in history] == [order[-k - 2 :] for k in range(4)]
+
+    weights = _checkpoint_weights(out)  # after epochs 1, 2, 3, 4
+    assert len(weights) == 4
+    for epoch in (1, 2, 3):  # what changed during epoch `epoch` (0-based) is what was scheduled to train
+        before, after = weights[epoch - 1], weights[epoch]
+        changed_stages = {stage_of[k] for k in after if k in stage_of and not torch.equal(before[k], after[k])}
+        assert changed_stages == set(order[-epoch - 2 :]), epoch
+        # Frozen stages: parameters AND BatchNorm buffers bit-identical.
+        frozen_prefixes = [k.rsplit(".", 1)[0] for k, stage in stage_of.items() if stage not in order[-epoch - 2 :]]
+        for key in after:
+            if key.endswith(("running_mean", "running_var")) and key.rsplit(".", 1)[0] in frozen_prefixes:
+                assert torch.equal(before[key], after[key]), key
+
+
+def test_resume_across_an_unfreeze_boundary_ends_with_the_same_weights(tmp_path, shapes_dir):
+    settings = {**SCHEDULE_RUN, "dataset": shapes_dir, "unfreeze": "head_then_all", "unfreeze_epochs": 2}
+    uninterrupted = tmp_path / "a"
+    assert main(["train", *overrides({**settings, "output_dir": uninterrupted})]) == 0
+
+    # The same run interrupted after its first epoch (the backbone still frozen), then resumed.
+    interrupted = tmp_path / "b"
+    interrupted.mkdir()
+    first = min(uninterrupted.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    shutil.copytree(first, interrupted / first.name)
+    assert main(["train", *overrides({**settings, "output_dir": interrupted}), "--resume"]) == 0
+
+    a, b = load_file(str(uninterrupted / "model.safetensors")), load_file(str(interrupted / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((interrupted / "metrics.json").read_text())["unfreeze_history"]
+    assert [entry["epoch"] for entry in history] == [0, 2]  # frozen from the start (resumed in epoch 1), unfrozen at 2
+
+
+@pytest.mark.slow
+def test_two_process_gradual_run_keeps_every_rank_identical(tmp_path, shapes_dir):
+    out = tmp_path / "out"
+    settings = {**SCHEDULE_RUN, "strategy": "gradual", "head_epochs": 5, "dataset": shapes_dir, "output_dir": out}
+    result = subprocess.run(
+        accelerate_launch(2, "train", *overrides(settings)), capture_output=True, text=True, env=cli_env(), timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and len(metrics["unfreeze_history"]) == 4  # stages did unfreeze under DDP
+    fingerprints = metrics["rank_weight_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+
+
+def test_fingerprint_sees_a_single_changed_weight():
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), ["a", "b"])
+    before = fingerprint(model)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6
+    assert fingerprint(model) != before
+
+
+def test_gradual_preset_is_resolved_into_the_saved_recipe(tmp_path, shapes_dir):
+    out = tmp_path / "out"
+    settings = {**TINY_SETTINGS, "strategy": "gradual", "num_train_epochs": 2, "dataset": shapes_dir, "output_dir": out}
+    assert main(["train", *overrides(settings)]) == 0
+    finetune = yaml.safe_load((out / "recipe.yaml").read_text())["finetune"]
+    assert finetune["unfreeze"] == "one_per_epochs" and finetune["lr_decay"] == 0.7
+    assert "Strategy `gradual`" in (out / "README.md").read_text()
+
+
+def test_learning_rate_restarts_at_each_unfreeze_and_keeps_stage_ratios():
+    head, stem = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [head], "lr": 1.0}, {"params": [stem], "lr": 0.1}], lr=1.0)
+    schedule = restarting_schedule(optimizer, 40, [20], lambda length: 2, "cosine")
+    rates = []
+    for _ in range(40):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    head_rates = [r[0] for r in rates]
+    assert head_rates[19] < 0.05 and head_rates[20] < head_rates[21] < head_rates[22]  # decayed, then warm again
+    assert max(head_rates[20:]) == pytest.approx(max(head_rates[:20]), rel=0.05)
+    assert all(r[1] == pytest.approx(0.1 * r[0]) for r in rates)
+
+
+def test_bad_schedules_are_one_clear_error():
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), ["a", "b"])
+    with pytest.raises(UserError, match="finetune.unfreeze must be one of"):
+        build_plan(model, FinetuneArguments(unfreeze="slowly"), 4)
+    with pytest.raises(UserError, match="would freeze the head too"):
+        build_plan(model, FinetuneArguments(unfreeze="milestones", unfreeze_milestones={2: 99}), 4)
+    with pytest.raises(UserError, match="unfreeze_milestones"):
+        build_plan(model, FinetuneArguments(unfreeze="milestones"), 4)
+    plan = build_plan(model, FinetuneArguments(unfreeze="milestones", freeze="backbone", unfreeze_milestones={2: 2}), 5)
+    assert plan.changes == [2] and len(plan.frozen_at(1)) > len(plan.frozen_at(2)) == 2
