@@ -84,6 +84,7 @@ def _hyperparameters_table(recipe: Recipe) -> str:
         "BatchNorm": f.bn,
         "class weights": str(f.class_weights),
         "sampler": f.sampler,
+        "weight average (EMA)": f"decay {f.ema_decay:g}" if f.ema_decay else "off",
         "seed": str(t.seed),
     }
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())

@@ -364,3 +364,5 @@ def validate_strategy(args: FinetuneArguments) -> None:
         raise UserError(f"finetune.sampler must be random or balanced, got '{args.sampler}'")
     if args.l2sp_alpha < 0:
         raise UserError("finetune.l2sp_alpha must be >= 0")
+    if args.ema_decay is not None and not 0 < args.ema_decay < 1:
+        raise UserError(f"finetune.ema_decay must be between 0 and 1 (e.g. 0.999), got {args.ema_decay}")

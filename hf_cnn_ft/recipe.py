@@ -197,6 +197,13 @@ class FinetuneArguments:
             "help": "L2-SP: penalise alpha/2 * |w - w_pretrained|^2 over the backbone (Li et al. 2018); 0 is off."
         },
     )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep an exponential moving average of the weights (e.g. 0.999); validation and the final "
+            "model use it. Unset: off."
+        },
+    )
     class_weights: str | dict[str, float] | None = field(
         default=None,
         metadata={"help": "Loss weight per class: auto (inverse class frequency, normalised) or {label: weight}."},

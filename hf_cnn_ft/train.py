@@ -21,6 +21,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, defaul
 from . import artefacts
 from .card import write_model_card
 from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
+from .ema import WeightAverage
 from .errors import UserError
 from .finetuning import (
     PROBING_STRATEGIES,
@@ -349,6 +350,7 @@ def train(recipe: Recipe) -> TrainResult:
         batch_mixer=batch_mixer(recipe.augment, len(data.label_names)),
         unfreeze=prepared.unfreeze,
         lr_restart=strategy.lr_restart,
+        weight_average=WeightAverage(strategy.ema_decay) if strategy.ema_decay else None,
     )
     started = time.perf_counter()
     if strategy.strategy != "linear_probe":

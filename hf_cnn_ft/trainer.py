@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from transformers import Trainer
 
+from .ema import WeightAverage
 from .finetuning import adapter_parameter_groups, parameter_groups, stages
 from .unfreezing import UnfreezeCallback, restarting_schedule
 
@@ -33,12 +34,14 @@ class FineTuneTrainer(Trainer):
         batch_mixer: Callable | None = None,
         unfreeze: UnfreezeCallback | None = None,
         lr_restart: bool = True,
+        weight_average: WeightAverage | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.unfreeze, self.lr_restart = unfreeze, lr_restart
-        if unfreeze is not None:
-            self.add_callback(unfreeze)
+        self.unfreeze, self.lr_restart, self.weight_average = unfreeze, lr_restart, weight_average
+        for callback in (unfreeze, weight_average):
+            if callback is not None:
+                self.add_callback(callback)
         self.loss_weights = loss_weights
         self.backbone_lr_multiplier = backbone_lr_multiplier
         self.lr_decay = lr_decay
@@ -101,6 +104,13 @@ class FineTuneTrainer(Trainer):
             self._created_lr_scheduler = True
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def evaluate(self, *args, **kwargs):
+        """With a weight average, validation (and so best-model selection) judges the averaged weights."""
+        if self.weight_average is None:
+            return super().evaluate(*args, **kwargs)
+        with self.weight_average.swapped_in(self.model):
+            return super().evaluate(*args, **kwargs)
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)

@@ -65,8 +65,11 @@ def test_one_stage_per_epoch_trains_exactly_the_scheduled_stages(tmp_path, shape
                 assert torch.equal(before[key], after[key]), key
 
 
-def test_resume_across_an_unfreeze_boundary_ends_with_the_same_weights(tmp_path, shapes_dir):
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_across_an_unfreeze_boundary_ends_with_the_same_weights(tmp_path, shapes_dir, ema_decay):
     settings = {**SCHEDULE_RUN, "dataset": shapes_dir, "unfreeze": "head_then_all", "unfreeze_epochs": 2}
+    if ema_decay:  # the final model is then the weight average, which must resume too
+        settings["ema_decay"] = ema_decay
     uninterrupted = tmp_path / "a"
     assert main(["train", *overrides({**settings, "output_dir": uninterrupted})]) == 0
 
@@ -140,3 +143,34 @@ def test_bad_schedules_are_one_clear_error():
         build_plan(model, FinetuneArguments(unfreeze="milestones"), 4)
     plan = build_plan(model, FinetuneArguments(unfreeze="milestones", freeze="backbone", unfreeze_milestones={2: 2}), 5)
     assert plan.changes == [2] and len(plan.frozen_at(1)) > len(plan.frozen_at(2)) == 2
+
+
+def test_weight_average_is_what_validation_sees_and_what_is_saved(tmp_path, shapes_dir):
+    from hf_cnn_ft.ema import EMA_FILE, WeightAverage
+
+    out = tmp_path / "out"
+    settings = {**SCHEDULE_RUN, "num_train_epochs": 3, "dataset": shapes_dir, "output_dir": out, "ema_decay": 0.9}
+    assert main(["train", *overrides(settings)]) == 0
+    last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    average = load_file(str(last / EMA_FILE))
+    raw = load_file(str(last / "model.safetensors"))
+    final = load_file(str(out / "model.safetensors"))  # timm layout: no timm_model. prefix
+    moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], average[k])]
+    assert moved  # the average is not the last weights...
+    for key in moved:  # ...and it is what the final model holds
+        assert torch.equal(
+            final[key.removeprefix("timm_model.")], average[key].to(final[key.removeprefix("timm_model.")].dtype)
+        )
+
+    # The update rule, with timm's warm-up of the decay: 1st update 1/10, 2nd 2/11, ... capped at decay.
+    average = WeightAverage(0.9)
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average.update(model)
+    for value, decay in ((1.0, 1 / 10), (2.0, 2 / 11)):
+        expected = average.average["weight"].item() * decay + value * (1 - decay)
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update(model)
+        assert average.average["weight"].item() == pytest.approx(expected)
