@@ -224,6 +224,38 @@ def extract_features(
     return torch.cat(captured).flatten(1), labels
 
 
+def adapt_batchnorm(
+    model: nn.Module, dataset: Dataset, transform: Callable, batch_size: int = 32, channels_last: bool = False
+) -> int:
+    """AdaBN: replaces every BatchNorm layer's running statistics with those of `dataset`.
+
+    The layers average over the whole pass (momentum None) while everything else stays in inference
+    mode (no dropout, no weight changes). Returns the number of layers adapted.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _BATCHNORM) and m.track_running_stats]
+    momenta = [m.momentum for m in layers]
+
+    def collate(rows: list[dict[str, Any]]) -> torch.Tensor:
+        pixels = torch.stack([transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
+        return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
+
+    was_training = model.training
+    model.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over every batch
+        layer.train()
+    try:
+        with torch.no_grad():
+            for pixels in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+                model(pixel_values=pixels)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.train(was_training)
+    return len(layers)
+
+
 class BackboneFeatures:
     """Features computed by running the frozen backbone on demand: the uncached reference path.
 

@@ -153,6 +153,13 @@ class FinetuneArguments:
             "or auto: frozen for pretrained weights, train for a randomly initialised model."
         },
     )
+    bn_adapt: bool = field(
+        default=False,
+        metadata={
+            "help": "Re-estimate every BatchNorm layer's statistics on the training images before training "
+            "(AdaBN, Li et al. 2016): a cheap fix for a domain gap between ImageNet and your images."
+        },
+    )
     unfreeze: str | None = field(
         default=None,
         metadata={

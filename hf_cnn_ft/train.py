@@ -25,6 +25,7 @@ from .ema import WeightAverage
 from .errors import UserError
 from .finetuning import (
     PROBING_STRATEGIES,
+    adapt_batchnorm,
     apply_freezing,
     balanced_sample_weights,
     class_loss_weights,
@@ -258,6 +259,17 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
     augmentation = train_transform(data_config, recipe.augment)
     loss_weights = class_loss_weights(strategy.class_weights, data.splits["train"][LABEL_COLUMN], data.label_names)
     started = time.perf_counter()
+    if strategy.bn_adapt and run_probe:  # a resumed run's checkpoint holds the adapted statistics
+        adapted = adapt_batchnorm(
+            model,
+            data.splits["train"],
+            evaluation,
+            recipe.training.per_device_eval_batch_size,
+            recipe.model.channels_last,
+        )
+        logger.info(
+            "bn_adapt: re-estimated %d BatchNorm layers on %d training images", adapted, len(data.splits["train"])
+        )
     probe_history: list[dict[str, float]] = []
     if run_probe and strategy.strategy in PROBING_STRATEGIES:
         # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.

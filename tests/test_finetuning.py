@@ -286,3 +286,32 @@ def test_mixup_and_cutmix_mix_training_batches_only(tmp_path):
     model.train()
     torch.manual_seed(0)
     assert not torch.isclose(mixing.compute_loss(model, dict(inputs)), plain.compute_loss(model, dict(inputs)))
+
+
+def test_bn_adapt_replaces_the_statistics_with_those_of_the_training_images(shapes_dir):
+    from hf_cnn_ft.data import load_image_data
+    from hf_cnn_ft.finetuning import adapt_batchnorm
+    from hf_cnn_ft.recipe import DataArguments
+    from hf_cnn_ft.transforms import eval_transform
+
+    data = load_image_data(DataArguments(dataset=str(shapes_dir)))
+    model, data_config = build_model(
+        ModelArguments(model="test_resnet", pretrained=False, image_size=32), ["a", "b", "c"]
+    )
+    first_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    weights_before = {k: v.clone() for k, v in model.named_parameters()}
+    inputs = []
+    handle = first_bn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach()))
+    transform = eval_transform(data_config)
+    adapt_batchnorm(model, data.splits["train"], transform, batch_size=16)
+    handle.remove()
+
+    # What the first BatchNorm layer saw: the whole training split, once; its statistics are the
+    # average over those batches (momentum None), as in torch.optim.swa_utils.update_bn.
+    assert sum(len(batch) for batch in inputs) == len(data.splits["train"])
+    batch_means = torch.stack([b.mean(dim=(0, 2, 3)) for b in inputs])
+    batch_vars = torch.stack([b.var(dim=(0, 2, 3), unbiased=True) for b in inputs])
+    torch.testing.assert_close(first_bn.running_mean, batch_means.mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(first_bn.running_var, batch_vars.mean(0), rtol=1e-4, atol=1e-6)
+    assert first_bn.momentum == 0.1 and model.training
+    assert all(torch.equal(v, weights_before[k]) for k, v in model.named_parameters())  # statistics only

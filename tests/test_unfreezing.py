@@ -112,7 +112,7 @@ def test_fingerprint_sees_a_single_changed_weight():
 def test_gradual_preset_is_resolved_into_the_saved_recipe(tmp_path, shapes_dir):
     out = tmp_path / "out"
     settings = {**TINY_SETTINGS, "strategy": "gradual", "num_train_epochs": 2, "dataset": shapes_dir, "output_dir": out}
-    assert main(["train", *overrides(settings)]) == 0
+    assert main(["train", *overrides(settings), "--bn_adapt", "true"]) == 0
     finetune = yaml.safe_load((out / "recipe.yaml").read_text())["finetune"]
     assert finetune["unfreeze"] == "one_per_epochs" and finetune["lr_decay"] == 0.7
     assert "Strategy `gradual`" in (out / "README.md").read_text()
