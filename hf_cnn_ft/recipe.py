@@ -343,6 +343,8 @@ class TrainArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True  # bf16 autocast on the CPU: transformers asks for use_cpu explicitly
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             # Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine
             # without GPUs: accelerate forms a CPU process group (gloo) only when asked for the CPU.

@@ -1,0 +1,40 @@
+"""Speed options (bf16 autocast, torch.compile, channels_last) must leave a normal, loadable model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_SETTINGS, overrides
+from hf_cnn_ft.cli import main
+from hf_cnn_ft.predict import predict_files
+
+
+def _train_and_predict(tmp_path, shapes_dir, extra: dict) -> tuple[dict, list]:
+    out = tmp_path / "out"
+    settings = {**TINY_SETTINGS, "num_train_epochs": 2, "dataset": shapes_dir, "output_dir": out, **extra}
+    assert main(["train", *overrides(settings)]) == 0
+    weights = load_file(str(out / "model.safetensors"))
+    predictions = predict_files(out, sorted(shapes_dir.rglob("*.png"))[:4])
+    return weights, predictions
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"bf16": True, "channels_last": True},
+        pytest.param({"torch_compile": True}, marks=pytest.mark.slow),
+    ],
+    ids=["bf16-channels_last", "torch_compile"],
+)
+def test_speed_options_save_a_plain_float32_model_that_predicts(tmp_path, shapes_dir, options):
+    weights, predictions = _train_and_predict(tmp_path, shapes_dir, options)
+    floats = [t for t in weights.values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float32 and t.is_contiguous() for t in floats)
+    assert not any(k.startswith(("_orig_mod", "timm_model.")) for k in weights)  # no compile wrapper names
+    for prediction in predictions:  # 3 classes, top-3: the probabilities of all of them
+        assert prediction.error is None and sum(prediction.scores) == pytest.approx(1.0, abs=1e-4)
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["test"]["num_samples"] > 0
