@@ -68,7 +68,7 @@ def find_learning_rate(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7,
     scales = [group["lr"] for group in groups]
     optimizer = torch.optim.AdamW(groups, lr=start_lr)
     loader = DataLoader(
-        with_image_transform(data.splits["train"], prepared.augmentation),
+        with_image_transform(prepared.data.splits["train"], prepared.augmentation),
         collate_fn=default_data_collator,
         batch_size=args.per_device_train_batch_size,
         shuffle=True,

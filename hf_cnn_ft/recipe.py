@@ -71,6 +71,13 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Truncate the validation and test splits (debugging)."}
     )
+    decode_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode and resize every image once, into an Arrow cache, instead of every epoch "
+            "(evaluation pixels are unchanged; training crops come from the resized copy)."
+        },
+    )
     check_images: bool = field(
         default=True,
         metadata={"help": "Decode every image once before training and skip (and report) the unreadable ones."},

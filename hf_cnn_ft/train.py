@@ -35,6 +35,7 @@ from .finetuning import (
     validate_strategy,
 )
 from .hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
+from .image_cache import decode_once
 from .lora import apply_adapter, parameter_counts, save_adapter
 from .metrics import (
     SCALAR_KEYS,
@@ -220,6 +221,7 @@ def _best_eval_entry(trainer: Trainer) -> dict[str, Any] | None:
 class PreparedModel:
     """The model as the Trainer phase starts from it, and what was made on the way."""
 
+    data: ImageData  # the splits, read from the decode-once cache when it is on
     model: PreTrainedModel
     data_config: DataConfig
     augmentation: Callable
@@ -252,6 +254,9 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
     validate_strategy(strategy)
     validate_peft(recipe)
     model, data_config = build_model(recipe.model, data.label_names)
+    if recipe.data.decode_cache:
+        with recipe.training.main_process_first(desc="decoding the images once"):
+            data = decode_once(data, data_config)
     frozen = frozen_stage_names(model, strategy.freeze)
     if recipe.model.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -297,7 +302,9 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
             f"{total:,}",
             100 * trainable / total,
         )
-        return PreparedModel(model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds)
+        return PreparedModel(
+            data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds
+        )
     bn_policy = resolve_bn_policy(strategy.bn, pretrained)
     plan = build_plan(model, strategy, math.ceil(recipe.training.num_train_epochs))
     if plan is None:
@@ -307,7 +314,7 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
         unfreeze = UnfreezeCallback(plan, bn_policy, masked=recipe.training.world_size > 1)
         unfreeze.apply(model, 0)  # before the Trainer wraps the model (DDP must see the final trainable set)
     return PreparedModel(
-        model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds, unfreeze
+        data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds, unfreeze
     )
 
 
@@ -333,6 +340,7 @@ def train(recipe: Recipe) -> TrainResult:
         artefacts.mark_incomplete(output_dir)
     # A resumed run's checkpoint already holds the probed head.
     prepared = prepare_model(recipe, data, run_probe=resume is None)
+    data = prepared.data
     model, data_config, strategy = prepared.model, prepared.data_config, recipe.finetune
     augmentation, evaluation, loss_weights = prepared.augmentation, prepared.evaluation, prepared.loss_weights
     probe_history = prepared.probe_history

@@ -26,7 +26,7 @@ _INTERPOLATION = {
 }
 
 
-def _interpolation(name: str) -> v2.InterpolationMode:
+def interpolation_mode(name: str) -> v2.InterpolationMode:
     return _INTERPOLATION.get(name, v2.InterpolationMode.BILINEAR)
 
 
@@ -39,7 +39,7 @@ def eval_transform(config: DataConfig) -> v2.Compose:
     resize = (config.resize_size, config.resize_size) if config.crop_mode == "squash" else config.resize_size
     return v2.Compose(
         [
-            v2.Resize(resize, interpolation=_interpolation(config.interpolation), antialias=True),
+            v2.Resize(resize, interpolation=interpolation_mode(config.interpolation), antialias=True),
             v2.CenterCrop(config.input_size),
             *_to_normalised_tensor(config),
         ]
@@ -53,7 +53,7 @@ def train_transform(config: DataConfig, augment: AugmentArguments) -> v2.Compose
         raise UserError(f"augment.crop_scale must satisfy 0 < low <= high <= 1, got {list(augment.crop_scale)}")
     steps: list[Callable] = [
         v2.RandomResizedCrop(
-            config.input_size, scale=(low, high), interpolation=_interpolation(config.interpolation), antialias=True
+            config.input_size, scale=(low, high), interpolation=interpolation_mode(config.interpolation), antialias=True
         )
     ]
     if augment.hflip > 0:
@@ -61,7 +61,7 @@ def train_transform(config: DataConfig, augment: AugmentArguments) -> v2.Compose
     if augment.vflip > 0:
         steps.append(v2.RandomVerticalFlip(augment.vflip))
     if augment.rotation > 0:
-        steps.append(v2.RandomRotation(augment.rotation, interpolation=_interpolation(config.interpolation)))
+        steps.append(v2.RandomRotation(augment.rotation, interpolation=interpolation_mode(config.interpolation)))
     if augment.color_jitter > 0:
         s = augment.color_jitter
         steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))

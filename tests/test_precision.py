@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_SETTINGS, overrides
 from safetensors.torch import load_file
 
-from conftest import TINY_SETTINGS, overrides
 from hf_cnn_ft.cli import main
 from hf_cnn_ft.predict import predict_files
 
