@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -101,7 +102,7 @@ def main() -> None:
     )
     print("\n" + table)
     if not args.no_record:
-        command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+        command = "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:])
         stamp = time.strftime("%Y-%m-%d")
         with RESULTS.open("a") as handle:
             handle.write(
