@@ -69,32 +69,23 @@ def _require_onnx() -> None:
 
 
 def _export_graph(module: nn.Module, size: int, path: Path, opset: int) -> None:
-    example = torch.randn(2, 3, size, size)
+    common = {"input_names": ["pixel_values"], "output_names": ["logits"], "opset_version": opset}
+    example = (torch.randn(2, 3, size, size),)
     try:
         torch.onnx.export(
             module,
-            (example,),
+            example,
             str(path),
-            input_names=["pixel_values"],
-            output_names=["logits"],
-            opset_version=opset,
             dynamo=True,
             external_data=False,  # one self-contained file (CNNs are far below ONNX's 2 GB limit)
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
             verbose=False,
+            **common,
         )
     except Exception as exc:  # torch.export cannot trace every model: the TorchScript exporter can
         logger.info("torch.export could not trace the model (%s); using the TorchScript exporter", type(exc).__name__)
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=["pixel_values"],
-            output_names=["logits"],
-            opset_version=opset,
-            dynamo=False,
-            dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
-        )
+        dynamic_axes = {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}
+        torch.onnx.export(module, example, str(path), dynamo=False, dynamic_axes=dynamic_axes, **common)
 
 
 def _session(path: Path):

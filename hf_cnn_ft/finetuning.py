@@ -17,7 +17,7 @@ import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from datasets import Dataset
@@ -199,6 +199,18 @@ class HeadPhaseResult:
     seconds: float
 
 
+def pixel_batches(
+    dataset: Dataset, transform: Callable, batch_size: int, channels_last: bool = False
+) -> Iterator[torch.Tensor]:
+    """The dataset's images, transformed and batched in order (no labels, no shuffling)."""
+
+    def collate(rows: list[dict[str, Any]]) -> torch.Tensor:
+        pixels = torch.stack([transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
+        return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
+
+    yield from DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+
+
 def extract_features(
     model: nn.Module, dataset: Dataset, transform: Callable, batch_size: int = 32, channels_last: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,15 +219,11 @@ def extract_features(
     captured: list[torch.Tensor] = []
     handle = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach().float()))
 
-    def collate(rows: list[dict[str, Any]]) -> torch.Tensor:
-        pixels = torch.stack([transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
-        return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
-
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for pixels in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+            for pixels in pixel_batches(dataset, transform, batch_size, channels_last):
                 model(pixel_values=pixels)
     finally:
         handle.remove()
@@ -235,10 +243,6 @@ def adapt_batchnorm(
     layers = [m for m in model.modules() if isinstance(m, _BATCHNORM) and m.track_running_stats]
     momenta = [m.momentum for m in layers]
 
-    def collate(rows: list[dict[str, Any]]) -> torch.Tensor:
-        pixels = torch.stack([transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
-        return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
-
     was_training = model.training
     model.eval()
     for layer in layers:
@@ -247,7 +251,7 @@ def adapt_batchnorm(
         layer.train()
     try:
         with torch.no_grad():
-            for pixels in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+            for pixels in pixel_batches(dataset, transform, batch_size, channels_last):
                 model(pixel_values=pixels)
     finally:
         for layer, momentum in zip(layers, momenta):
