@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -299,6 +300,7 @@ def train_head(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
     loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
     history = []
+    started = time.perf_counter()
     head.train()
     for epoch in range(1, args.head_epochs + 1):
         order = torch.randperm(len(features), generator=generator)
@@ -311,7 +313,7 @@ def train_head(
             optimizer.step()
             schedule.step()
             running += loss.item() * len(batch)
-        entry = {"epoch": float(epoch), "loss": running / len(features)}
+        entry = {"epoch": float(epoch), "loss": running / len(features), "seconds": time.perf_counter() - started}
         if validation is not None:
             with torch.no_grad():
                 logits = head(validation[0])
@@ -334,6 +336,7 @@ def linear_probe(
 ) -> list[dict[str, float]]:
     """Fits the new head on frozen features: one unaugmented view plus `feature_views - 1` augmented ones."""
     torch.manual_seed(seed)
+    started = time.perf_counter()
     views = [extract_features(model, train_split, eval_transform, channels_last=channels_last)]
     for _ in range(max(0, args.feature_views - 1)):
         views.append(extract_features(model, train_split, train_transform, channels_last=channels_last))
@@ -342,6 +345,9 @@ def linear_probe(
     validation = extract_features(model, validation_split, eval_transform, channels_last=channels_last)
     head = head_linear(_backbone(model), model.config.num_labels)
     history = train_head(head, features, labels, args, seed, validation, loss_weights)
+    extraction = time.perf_counter() - started - (history[-1]["seconds"] if history else 0.0)
+    for entry in history:  # seconds since the probe started, feature extraction included
+        entry["seconds"] += extraction
     last = history[-1] if history else {}
     logger.info(
         "linear probe: %d epochs on %d cached feature rows, validation accuracy %.3f",

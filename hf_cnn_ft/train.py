@@ -193,6 +193,7 @@ def _write_artefacts(
         "skipped_images": len(data.skipped),
         "skipped": [item.__dict__ for item in data.skipped],
         "linear_probe": probe_history[-1] if probe_history else None,
+        "linear_probe_history": probe_history,
         "epochs_trained": trainer.state.epoch or 0,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "train_seconds": round(train_seconds, 2),
