@@ -54,6 +54,7 @@ def settings(args: argparse.Namespace) -> dict:
         "logging_strategy": "no",
         "disable_tqdm": True,
         "check_images": False,
+        "decode_cache": False,  # the hand-written loop decodes every epoch too; the cache is measured apart
         "test_fraction": 0.0,
         "dataloader_num_workers": 0,
     }

@@ -340,6 +340,8 @@ class TrainArguments(TrainingArguments):
     # The image column must reach the collator, which does the transforms (transformers #17894).
     remove_unused_columns: bool = False
     dataloader_num_workers: int = field(default_factory=_default_num_workers)
+    # Workers that live across epochs: no re-forking (and re-importing) at every epoch start.
+    dataloader_persistent_workers: bool = field(default_factory=lambda: _default_num_workers() > 0)
     dataloader_pin_memory: bool = field(default_factory=torch.cuda.is_available)
     seed: int = 42
     early_stopping_patience: int | None = field(

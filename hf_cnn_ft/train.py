@@ -16,7 +16,14 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftModel
-from transformers import EarlyStoppingCallback, PreTrainedModel, Trainer, default_data_collator, set_seed
+from transformers import (
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    default_data_collator,
+    set_seed,
+)
 
 from . import artefacts
 from .card import write_model_card
@@ -319,8 +326,11 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
     )
 
 
-def train(recipe: Recipe) -> TrainResult:
-    """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`."""
+def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`.
+
+    `callbacks` join the Trainer's own (early stopping, unfreezing, weight average, Hub pushes).
+    """
     args = recipe.training
     validate_training_arguments(args)
     warn_if_single_process_cpu_launch()
@@ -346,7 +356,7 @@ def train(recipe: Recipe) -> TrainResult:
     augmentation, evaluation, loss_weights = prepared.augmentation, prepared.evaluation, prepared.loss_weights
     probe_history = prepared.probe_history
 
-    callbacks = []
+    callbacks = list(callbacks or [])
     if args.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
     if repo_id and recipe.hub.push_strategy != "end":

@@ -1,0 +1,202 @@
+"""GPU throughput: `hf-cnn-ft train` vs a plain PyTorch loop, bf16 + channels_last, eager and compiled.
+
+For a CUDA machine (one device): ResNet-50, ConvNeXt-T and EfficientNet-B0 at 224 px, randomly
+initialised (throughput does not depend on the weights; the machine needs no Hub), on generated
+JPEG photos decoded by DataLoader workers. Each cell trains `--steps` steps after `--warmup` steps
+(which also absorb torch.compile's compilation) and reports images/s and peak GPU memory. Prints one
+table and appends it, with the command and machine, to benchmarks/RESULTS.md. About 6 minutes on one
+H100/H200 with the defaults; `--models test_resnet --steps 3 --warmup 1 --image-size 64` checks it
+anywhere, CPU included.
+
+    python benchmarks/gpu.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback, default_data_collator
+
+from hf_cnn_ft.data import load_image_data
+from hf_cnn_ft.models import build_model
+from hf_cnn_ft.recipe import AugmentArguments, DataArguments, ModelArguments, build_recipe
+from hf_cnn_ft.train import train, with_image_transform
+from hf_cnn_ft.transforms import train_transform
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def make_photos(root: Path, count: int, size: int = 320) -> Path:
+    """JPEG files of smooth random colour fields, in two class folders (decode cost like photos)."""
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        folder = root / ("a" if index % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        low = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(low).resize((size, size), Image.BICUBIC).save(folder / f"{index}.jpg", quality=90)
+    return root
+
+
+class StepClock(TrainerCallback):
+    """Times the steps after the warm-up, so compilation and the first CUDA kernels are not counted."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.started, self.ended, self.timed_steps = warmup, None, None, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            _sync()
+            self.started = time.perf_counter()
+        elif state.global_step > self.warmup:
+            self.timed_steps += 1
+
+    def on_train_end(self, args, state, control, **kwargs):
+        _sync()
+        self.ended = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def tool(args: argparse.Namespace, model: str, compiled: bool) -> float:
+    clock = StepClock(args.warmup)
+    settings = {
+        "dataset": str(args.photos),
+        "model": model,
+        "pretrained": False,
+        "strategy": "full",
+        "image_size": args.image_size,
+        "per_device_train_batch_size": args.batch_size,
+        "max_steps": args.warmup + args.steps,
+        "bf16": args.bf16,
+        "torch_compile": compiled,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "early_stopping_patience": None,
+        "logging_strategy": "no",
+        "disable_tqdm": True,
+        "check_images": False,
+        "decode_cache": False,
+        "test_fraction": 0.0,
+        "validation_fraction": 0.05,
+        "dataloader_num_workers": args.workers,
+    }
+    with tempfile.TemporaryDirectory() as out:
+        train(build_recipe({**settings, "output_dir": out}, "gpu benchmark"), callbacks=[clock])
+    return clock.timed_steps * args.batch_size / clock.seconds()
+
+
+def plain_loop(args: argparse.Namespace, model_name: str, compiled: bool) -> float:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = load_image_data(DataArguments(dataset=str(args.photos), test_fraction=0.0, check_images=False))
+    model, data_config = build_model(
+        ModelArguments(model=model_name, pretrained=False, image_size=args.image_size), data.label_names
+    )
+    model.to(device, memory_format=torch.channels_last).train()
+    dataset = with_image_transform(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=default_data_collator,
+        num_workers=args.workers,
+        pin_memory=device == "cuda",
+        persistent_workers=args.workers > 0,
+    )
+    forward = torch.compile(model) if compiled else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16)
+    steps, started = 0, None
+    while steps < args.warmup + args.steps:
+        for batch in loader:
+            pixels = batch["pixel_values"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            labels = batch["labels"].to(device, non_blocking=True)
+            with autocast:
+                loss = forward(pixel_values=pixels, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if steps == args.warmup:
+                _sync()
+                started = time.perf_counter()
+            if steps == args.warmup + args.steps:
+                break
+    _sync()
+    return args.steps * args.batch_size / (time.perf_counter() - started)
+
+
+def peak_memory_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet50,convnext_tiny,efficientnet_b0")
+    parser.add_argument("--image-size", dest="image_size", type=int, default=224)
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (no CUDA device)"
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        args.photos = make_photos(Path(scratch) / "photos", count=max(256, 2 * args.batch_size))
+        for model in args.models.split(","):
+            for compiled in (False, True) if args.compile else (False,):
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
+                tool_speed = tool(args, model, compiled)
+                tool_memory = peak_memory_gb()
+                loop_speed = plain_loop(args, model, compiled)
+                row = (
+                    f"| {model} | {'compile' if compiled else 'eager'} | {tool_speed:.0f} | {loop_speed:.0f} "
+                    f"| {tool_speed / loop_speed:.2f} | {tool_memory:.1f} |"
+                )
+                print(row, flush=True)
+                rows.append(row)
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    table = "\n".join(
+        [
+            "| model | mode | hf-cnn-ft train img/s | plain loop img/s | ratio | peak GPU memory (GB, tool) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print("\n" + table)
+    if not args.no_record:
+        command = "python benchmarks/gpu.py " + shlex.join(sys.argv[1:])
+        with RESULTS.open("a") as handle:
+            handle.write(
+                f"\n### GPU training throughput, {args.image_size} px, batch {args.batch_size}, {precision}, "
+                f"channels_last ({time.strftime('%Y-%m-%d')})\n\n`{command}`  \nMachine: {device}, "
+                f"torch {torch.__version__}\n\n{table}\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
