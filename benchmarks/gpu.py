@@ -37,14 +37,17 @@ from hf_cnn_ft.transforms import train_transform
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def make_photos(root: Path, count: int, size: int = 320) -> Path:
-    """JPEG files of smooth random colour fields, in two class folders (decode cost like photos)."""
+def make_photos(root: Path, count: int, size: int = 320, height: int | None = None) -> Path:
+    """JPEG files of smooth random colour fields plus grain, in two class folders (decode cost like photos)."""
     rng = np.random.default_rng(0)
+    height = height or size
     for index in range(count):
         folder = root / ("a" if index % 2 else "b")
         folder.mkdir(parents=True, exist_ok=True)
         low = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(low).resize((size, size), Image.BICUBIC).save(folder / f"{index}.jpg", quality=90)
+        smooth = np.asarray(Image.fromarray(low).resize((size, height), Image.BICUBIC), dtype=np.int16)
+        grain = rng.integers(-12, 13, smooth.shape, dtype=np.int16)
+        Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(folder / f"{index}.jpg", quality=90)
     return root
 
 

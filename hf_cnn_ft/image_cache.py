@@ -5,11 +5,13 @@ Before training, each split is decoded, converted to RGB and resized once with `
 an Arrow file under the datasets cache, so every later epoch (and the linear probe's feature pass)
 pays only for a small PNG and the augmentation.
 
-- Validation and test images are stored exactly as the evaluation transform resizes them (shorter
-  edge, or both edges with crop_mode squash, to input_size / crop_pct, same interpolation): the
-  evaluation then sees bit-identical pixels.
-- Training images keep their aspect ratio, with the shorter edge brought down to that same size (never
-  up), so random-resized crops still choose from the whole image.
+- Only images larger than needed are re-encoded: a validation or test image that the evaluation
+  transform shrinks is stored exactly as it resizes it (shorter edge, or both edges with crop_mode
+  squash, to input_size / crop_pct, same interpolation), so the evaluation sees bit-identical pixels;
+  a training image keeps its aspect ratio with the shorter edge brought down to that size, so
+  random-resized crops still choose from the whole image. Both as fast-compressed PNG.
+- An image already at or below that size keeps its original encoded bytes: re-encoding a small JPEG as
+  PNG would only make it slower to decode (measured on the food photos: benchmarks/RESULTS.md).
 - The cache file is named by a fingerprint of the source (the dataset's fingerprint plus path, size
   and modification time of every image file) and of the resize: a changed image, a new file or
   another input size means a new cache, never a stale one. datasets writes it under a temporary name
@@ -19,10 +21,12 @@ pays only for a small PNG and the augmentation.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import datasets
 from datasets import Dataset, DatasetDict
@@ -35,7 +39,7 @@ from .transforms import interpolation_mode
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def cache_root() -> Path:
@@ -54,14 +58,31 @@ def source_fingerprint(split: Dataset) -> str:
     return digest.hexdigest()
 
 
-def _resizer(config: DataConfig, like_evaluation: bool):
+def _shrinker(config: DataConfig, like_evaluation: bool) -> Callable[[Image.Image], Image.Image | None]:
+    """The resize to store, or None where the image is not larger than needed (kept as it is)."""
     interpolation = interpolation_mode(config.interpolation)
     size = config.resize_size
-    if like_evaluation:
-        exact = v2.Resize((size, size) if config.crop_mode == "squash" else size, interpolation=interpolation)
-        return lambda image: exact(image)
-    shorter = v2.Resize(size, interpolation=interpolation)
-    return lambda image: shorter(image) if min(image.size) > size else image
+    squash = like_evaluation and config.crop_mode == "squash"
+    resize = v2.Resize((size, size) if squash else size, interpolation=interpolation)
+
+    def shrink(image: Image.Image) -> Image.Image | None:
+        larger = min(image.size) > size if not squash else image.size[0] >= size and image.size[1] >= size
+        return resize(to_rgb(image)) if larger and image.size != (size, size) else None
+
+    return shrink
+
+
+def _encoded(item: dict, shrink: Callable[[Image.Image], Image.Image | None]) -> dict:
+    data = item.get("bytes")
+    if data is None:
+        data = Path(item["path"]).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        small = shrink(image)
+    if small is None:
+        return {"bytes": data, "path": None}
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", compress_level=1)  # lossless; level 1 decodes as fast, encodes faster
+    return {"bytes": buffer.getvalue(), "path": None}
 
 
 def _spec(config: DataConfig, like_evaluation: bool) -> str:
@@ -77,17 +98,18 @@ def decode_once(data: ImageData, config: DataConfig, root: Path | None = None) -
     for name, split in data.splits.items():
         like_evaluation = name != "train"
         key = hashlib.sha256(f"{source_fingerprint(split)}-{_spec(config, like_evaluation)}".encode()).hexdigest()
-        resize = _resizer(config, like_evaluation)
+        shrink = _shrinker(config, like_evaluation)
 
-        def decode(batch: dict[str, list], resize=resize) -> dict[str, list[Image.Image]]:
-            return {IMAGE_COLUMN: [resize(to_rgb(image)) for image in batch[IMAGE_COLUMN]]}
+        def encode(batch: dict[str, list], shrink=shrink) -> dict[str, list[dict]]:
+            return {IMAGE_COLUMN: [_encoded(item, shrink) for item in batch[IMAGE_COLUMN]]}
 
-        cached[name] = split.map(
-            decode,
+        raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+        cached[name] = raw.map(
+            encode,
             batched=True,
             batch_size=64,
             cache_file_name=str(root / f"{name}-{key[:32]}.arrow"),
             load_from_cache_file=True,
             desc=f"Decoding the {name} images once",
-        )
+        ).cast_column(IMAGE_COLUMN, datasets.Image())
     return replace(data, splits=DatasetDict(cached))

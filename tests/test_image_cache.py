@@ -75,3 +75,13 @@ def test_cache_is_reused_and_a_changed_image_invalidates_it(photos, tmp_path):
     decode_once(data, DataConfig(**{**CONFIG.__dict__, "input_size": 32}), root)
     assert len(set(root.glob("*.arrow"))) > len(first | new_files)
     shutil.rmtree(root)
+
+
+def test_images_not_larger_than_needed_keep_their_original_bytes(photos, tmp_path):
+    big_input = DataConfig(input_size=224)  # resize size 256 > the 60 px photos: nothing to shrink
+    data = _load(photos)
+    cached = decode_once(data, big_input, tmp_path / "cache")
+    for name in data.splits:
+        stored = cached.splits[name].cast_column(IMAGE_COLUMN, datasets.Image(decode=False))[IMAGE_COLUMN]
+        for path, item in zip(_paths(data.splits[name]), stored):
+            assert item["bytes"] == open(path, "rb").read()
