@@ -26,7 +26,7 @@ from .artefacts import COMPLETION_MARKER, write_json
 from .card import write_model_card
 from .errors import UserError
 from .models import DataConfig, build_model, head_linear, is_timm_model, save_model
-from .recipe import PEFT_METHODS, PeftArguments, load_recipe
+from .recipe import PEFT_METHODS, PeftArguments, Recipe, load_recipe
 
 ADAPTER_CONFIG = "adapter_config.json"
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
@@ -57,6 +57,22 @@ def batchnorm_names(model: nn.Module) -> list[str]:
 
 def _keep_in_inference_mode(module: nn.Module, _inputs) -> None:
     module.training = False
+
+
+def validate_adapter_recipe(recipe: Recipe) -> None:
+    """The recipe settings an adapter run cannot honour, refused with one line each."""
+    if not recipe.peft.peft_method:
+        return
+    if not (recipe.model.pretrained or recipe.model.weights):
+        raise UserError("peft adapts pretrained weights: with model.pretrained false use strategy full instead")
+    if recipe.finetune.strategy not in ("two_phase", "full"):
+        raise UserError("peft trains an adapter in the Trainer phase: use finetune.strategy two_phase or full")
+    if recipe.finetune.unfreeze != "none":
+        raise UserError("finetune.unfreeze does not combine with peft: the adapter keeps every base weight frozen")
+    if recipe.finetune.freeze not in ("none", "0", ""):
+        raise UserError("finetune.freeze does not combine with peft: the adapter already keeps the base weights")
+    if recipe.finetune.l2sp_alpha or recipe.finetune.backbone_lr_multiplier != 1 or recipe.finetune.lr_decay != 1:
+        raise UserError("l2sp_alpha, backbone_lr_multiplier and lr_decay apply to full weights, not to a peft adapter")
 
 
 def apply_adapter(model: PreTrainedModel, args: PeftArguments, train_batchnorm: bool) -> PeftModel:

@@ -43,7 +43,7 @@ from .finetuning import (
 )
 from .hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
 from .image_cache import decode_once
-from .lora import apply_adapter, parameter_counts, save_adapter
+from .lora import apply_adapter, parameter_counts, save_adapter, validate_adapter_recipe
 from .metrics import (
     SCALAR_KEYS,
     classification_report,
@@ -240,27 +240,12 @@ class PreparedModel:
     unfreeze: UnfreezeCallback | None = None
 
 
-def validate_peft(recipe: Recipe) -> None:
-    if not recipe.peft.peft_method:
-        return
-    if not (recipe.model.pretrained or recipe.model.weights):
-        raise UserError("peft adapts pretrained weights: with model.pretrained false use strategy full instead")
-    if recipe.finetune.strategy not in ("two_phase", "full"):
-        raise UserError("peft trains an adapter in the Trainer phase: use finetune.strategy two_phase or full")
-    if recipe.finetune.unfreeze != "none":
-        raise UserError("finetune.unfreeze does not combine with peft: the adapter keeps every base weight frozen")
-    if recipe.finetune.freeze not in ("none", "0", ""):
-        raise UserError("finetune.freeze does not combine with peft: the adapter already keeps the base weights")
-    if recipe.finetune.l2sp_alpha or recipe.finetune.backbone_lr_multiplier != 1 or recipe.finetune.lr_decay != 1:
-        raise UserError("l2sp_alpha, backbone_lr_multiplier and lr_decay apply to full weights, not to a peft adapter")
-
-
 def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> PreparedModel:
     """Builds the backbone, runs the linear probe if the strategy has one, and freezes as configured
     (or wraps the model in a peft adapter)."""
     strategy = recipe.finetune
     validate_strategy(strategy)
-    validate_peft(recipe)
+    validate_adapter_recipe(recipe)
     model, data_config = build_model(recipe.model, data.label_names)
     if recipe.data.decode_cache:
         with recipe.training.main_process_first(desc="decoding the images once"):
