@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from common import TRAINING_ONLY, StepClock, make_photos, sync  # benchmarks/ is on the path as a script
 from torch.utils.data import DataLoader
-from transformers import TrainerCallback, default_data_collator
+from transformers import default_data_collator
 
 from hf_cnn_ft.data import load_image_data
 from hf_cnn_ft.models import build_model
@@ -37,67 +36,18 @@ from hf_cnn_ft.transforms import train_transform
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def make_photos(root: Path, count: int, size: int = 320, height: int | None = None) -> Path:
-    """JPEG files of smooth random colour fields plus grain, in two class folders (decode cost like photos)."""
-    rng = np.random.default_rng(0)
-    height = height or size
-    for index in range(count):
-        folder = root / ("a" if index % 2 else "b")
-        folder.mkdir(parents=True, exist_ok=True)
-        low = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(low).resize((size, height), Image.BICUBIC), dtype=np.int16)
-        grain = rng.integers(-12, 13, smooth.shape, dtype=np.int16)
-        Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(folder / f"{index}.jpg", quality=90)
-    return root
-
-
-class StepClock(TrainerCallback):
-    """Times the steps after the warm-up, so compilation and the first CUDA kernels are not counted."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.started, self.ended, self.timed_steps = warmup, None, None, 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.warmup:
-            _sync()
-            self.started = time.perf_counter()
-        elif state.global_step > self.warmup:
-            self.timed_steps += 1
-
-    def on_train_end(self, args, state, control, **kwargs):
-        _sync()
-        self.ended = time.perf_counter()
-
-    def seconds(self) -> float:
-        return self.ended - self.started
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def tool(args: argparse.Namespace, model: str, compiled: bool) -> float:
     clock = StepClock(args.warmup)
     settings = {
         "dataset": str(args.photos),
         "model": model,
         "pretrained": False,
-        "strategy": "full",
         "image_size": args.image_size,
         "per_device_train_batch_size": args.batch_size,
         "max_steps": args.warmup + args.steps,
         "bf16": args.bf16,
         "torch_compile": compiled,
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "load_best_model_at_end": False,
-        "early_stopping_patience": None,
-        "logging_strategy": "no",
-        "disable_tqdm": True,
-        "check_images": False,
-        "decode_cache": False,
-        "test_fraction": 0.0,
+        **TRAINING_ONLY,
         "validation_fraction": 0.05,
         "dataloader_num_workers": args.workers,
     }
@@ -139,11 +89,11 @@ def plain_loop(args: argparse.Namespace, model_name: str, compiled: bool) -> flo
             optimizer.zero_grad(set_to_none=True)
             steps += 1
             if steps == args.warmup:
-                _sync()
+                sync()
                 started = time.perf_counter()
             if steps == args.warmup + args.steps:
                 break
-    _sync()
+    sync()
     return args.steps * args.batch_size / (time.perf_counter() - started)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from accuracy import machine  # benchmarks/ is on the path when run as a script
-from gpu import StepClock, make_photos
+from common import TRAINING_ONLY, StepClock, make_photos
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
@@ -41,23 +41,14 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 def settings(args: argparse.Namespace) -> dict:
     return {
+        **TRAINING_ONLY,
         "dataset": str(args.data),
         "model": str(args.model_dir),
-        "strategy": "full",
         "bn": "train",  # as in the hand-written loop: every BatchNorm layer trains
         "image_size": args.image_size,
         "per_device_train_batch_size": args.batch_size,
         "learning_rate": 1e-4,
         "max_steps": args.steps,
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "load_best_model_at_end": False,
-        "early_stopping_patience": None,
-        "logging_strategy": "no",
-        "disable_tqdm": True,
-        "check_images": False,
-        "decode_cache": False,  # the hand-written loop decodes every epoch too; the cache is measured apart
-        "test_fraction": 0.0,
         "dataloader_num_workers": 0,
     }
 

@@ -64,6 +64,8 @@ def _train(options: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _compare(options: argparse.Namespace, extra: list[str]) -> int:
+    from statistics import fmean
+
     from .compare import compare_models, ranked
     from .recipe import load_recipe
 
@@ -75,8 +77,7 @@ def _compare(options: argparse.Namespace, extra: list[str]) -> int:
     print(f"\n{'model':<32} {'accuracy':>8} {'macro-F1':>8} {'train s':>8}")
     for c in ranked(candidates):
         if c.ok:
-            mean = lambda values: sum(values) / len(values)  # noqa: E731
-            print(f"{c.model:<32} {mean(c.accuracy):8.4f} {mean(c.f1_macro):8.4f} {mean(c.train_seconds):8.1f}")
+            print(f"{c.model:<32} {fmean(c.accuracy):8.4f} {fmean(c.f1_macro):8.4f} {fmean(c.train_seconds):8.1f}")
         else:
             print(f"{c.model:<32} failed: {c.error}")
     print(f"\nleaderboard: {output_dir / 'leaderboard.md'} (.csv, .png)")

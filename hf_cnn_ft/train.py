@@ -373,16 +373,17 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
         trainer.train(resume_from_checkpoint=resume)
     train_seconds = prepared.probe_seconds + time.perf_counter() - started
 
-    # Every rank must end with the same weights; a DDP bug that lets them drift would go unnoticed.
+    fingerprints = None
     if args.world_size > 1:
         # DDP averages gradients, but BatchNorm statistics move on each rank's own batches and are only
         # re-broadcast at the next forward pass: take the main process's, as DDP would, so that the
         # test evaluation (sharded across ranks) and the saved model use one set of statistics.
         for buffer in trainer.model.buffers():
             torch.distributed.broadcast(buffer.data, src=0)
-    fingerprints = gather_object([fingerprint(trainer.model)])
-    if len(set(fingerprints)) > 1:
-        logger.error("the %d processes ended training with different weights: %s", len(fingerprints), fingerprints)
+        # Every rank must end with the same weights; a DDP bug that lets them drift would go unnoticed.
+        fingerprints = gather_object([fingerprint(trainer.model)])
+        if len(set(fingerprints)) > 1:
+            logger.error("the %d processes ended with different weights: %s", len(fingerprints), fingerprints)
     evaluated_on = data.evaluation_split
     # predict() gathers across processes without the padding duplicates of the last batch.
     prediction = trainer.predict(

@@ -73,7 +73,11 @@ def test_train_pushes_model_card_and_weights_that_both_libraries_load(tmp_path, 
         assert heading in card.text, heading
     assert f'pipeline("image-classification", model="{repo_id}")' in card.text
     assert f'timm.create_model("hf-hub:{repo_id}", pretrained=True)' in card.text
-    assert "| red_disc | 0.9" in card.text or "| red_disc |" in card.text  # per-class table
+    # Data (class counts per split), procedure (hyperparameters, hardware, time, the resolved recipe), results.
+    assert "| class | train | validation | test |" in card.text and "| learning rate (head) | 0.003 |" in card.text
+    assert "Training took" in card.text and "```yaml" in card.text and "model: test_resnet" in card.text
+    assert "| class | precision | recall | F1 | support |" in card.text and "| red_disc |" in card.text
+    assert "`blue_triangle`, `green_square`, `red_disc`" in card.text  # what it classifies into
     for picture in ("confusion_matrix.png", "training_curves.png"):
         assert f"]({picture})" in card.text and picture in files  # every picture the card shows was uploaded
 

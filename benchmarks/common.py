@@ -1,0 +1,67 @@
+"""What the throughput benchmarks share: training settings that time only training, a step clock,
+generated photos."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+
+# `hf-cnn-ft train` doing nothing but training: no evaluation, checkpoints, logging or image checks,
+# and images decoded every epoch, as a hand-written loop does.
+TRAINING_ONLY = {
+    "strategy": "full",
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "load_best_model_at_end": False,
+    "early_stopping_patience": None,
+    "logging_strategy": "no",
+    "disable_tqdm": True,
+    "check_images": False,
+    "decode_cache": False,
+    "test_fraction": 0.0,
+}
+
+
+def make_photos(root: Path, count: int, size: int = 320, height: int | None = None) -> Path:
+    """JPEG files of smooth random colour fields plus grain, in two class folders (decode cost like photos)."""
+    rng = np.random.default_rng(0)
+    height = height or size
+    for index in range(count):
+        folder = root / ("a" if index % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        low = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(low).resize((size, height), Image.BICUBIC), dtype=np.int16)
+        grain = rng.integers(-12, 13, smooth.shape, dtype=np.int16)
+        Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(folder / f"{index}.jpg", quality=90)
+    return root
+
+
+class StepClock(TrainerCallback):
+    """Times the steps after the warm-up, so compilation and the first CUDA kernels are not counted."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.started, self.ended, self.timed_steps = warmup, None, None, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup:
+            sync()
+            self.started = time.perf_counter()
+        elif state.global_step > self.warmup:
+            self.timed_steps += 1
+
+    def on_train_end(self, args, state, control, **kwargs):
+        sync()
+        self.ended = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
