@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .data import load_raw_dataset
 from .errors import UserError
 from .models import load_model
 from .recipe import Recipe
@@ -71,6 +72,7 @@ def compare_models(recipe: Recipe, models: list[str], seeds: list[int], output_d
 
     if not models:
         raise UserError("compare needs at least one model: --models resnet50,convnext_tiny")
+    load_raw_dataset(recipe.data)  # a missing dataset is the recipe's error, not every candidate's
     output_dir.mkdir(parents=True, exist_ok=True)
     candidates = []
     for name in models:

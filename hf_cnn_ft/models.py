@@ -446,6 +446,8 @@ def load_model(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
     if is_adapter_dir(source):
         adapted, data_config = load_adapter_dir(source)
         return adapted.merge_and_unload().eval(), data_config
+    if not Path(source).expanduser().exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise UserError(f"model directory {source} does not exist")
     try:
         model = AutoModelForImageClassification.from_pretrained(source)
     except Exception as exc:

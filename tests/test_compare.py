@@ -34,3 +34,8 @@ def test_compare_two_models_and_a_failing_third(tmp_path, shapes_dir, capsys):
     assert "| 1 | `" in board and "failed: UserError: unknown model 'no_such_backbone'" in board
     assert (out / "leaderboard.png").stat().st_size > 10_000
     assert "leaderboard:" in capsys.readouterr().out
+
+
+def test_compare_without_a_dataset_is_one_error_not_a_failed_row_per_model(tmp_path, capsys):
+    assert main(["compare", "--output_dir", str(tmp_path / "c"), "--models", "test_resnet,test_efficientnet"]) == 2
+    assert "no dataset given" in capsys.readouterr().err and not (tmp_path / "c").exists()

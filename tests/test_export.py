@@ -79,3 +79,8 @@ def test_export_command_with_int8_reports_the_accuracy_change(trained_run, tmp_p
     assert accuracy["torch"] == pytest.approx(metrics["best_validation"]["accuracy"])
     assert accuracy["onnx"] == pytest.approx(accuracy["torch"])
     assert 0.0 <= accuracy["int8"] <= 1.0
+
+
+def test_a_missing_model_directory_is_one_clear_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nowhere")]) == 2
+    assert f"model directory {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
