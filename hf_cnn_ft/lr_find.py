@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import default_data_collator, set_seed
 
+from .cpu_process import prepare_cpu_process
 from .data import load_image_data
 from .errors import UserError
 from .finetuning import parameter_groups
@@ -58,7 +59,7 @@ def find_learning_rate(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7,
         raise UserError("lr-find needs 0 < start_lr < end_lr and at least 5 steps")
     args, strategy = recipe.training, recipe.finetune
     if not torch.cuda.is_available():
-        torch.set_flush_denormal(True)
+        prepare_cpu_process(args.keep_freed_memory)
     set_seed(args.seed)
     data = load_image_data(recipe.data)
     prepared = prepare_model(recipe, data)

@@ -27,6 +27,7 @@ from transformers import (
 
 from . import artefacts
 from .card import write_model_card
+from .cpu_process import prepare_cpu_process
 from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .ema import WeightAverage
 from .errors import UserError
@@ -320,7 +321,7 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
     validate_training_arguments(args)
     warn_if_single_process_cpu_launch()
     if not torch.cuda.is_available():
-        torch.set_flush_denormal(True)  # denormal floats cost 20-30x on some CPUs
+        prepare_cpu_process(args.keep_freed_memory)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     is_main = args.process_index == 0
