@@ -55,6 +55,18 @@ def _preprocessing_text(preprocessing: dict[str, Any]) -> str:
 
 
 def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
+    text = _strategy_phases(recipe, summary)
+    interpolation = summary.get("weight_interpolation")
+    if interpolation:
+        how = f", chosen on the validation {interpolation['chosen_by']}" if "chosen_by" in interpolation else ""
+        text += (
+            f" The final weights lie at {interpolation['alpha']:g} of the way from the probed model to the "
+            f"fine-tuned one (WiSE-FT{how})."
+        )
+    return text
+
+
+def _strategy_phases(recipe: Recipe, summary: dict[str, Any]) -> str:
     finetune = recipe.finetune
     probe = f"a linear probe ({finetune.head_epochs} epochs of the new head on cached backbone features)"
     tuned = f"{summary['epochs_trained']:g} epochs of fine-tuning with the Trainer"
@@ -85,6 +97,7 @@ def _hyperparameters_table(recipe: Recipe) -> str:
         "class weights": str(f.class_weights),
         "sampler": f.sampler,
         "weight average (EMA)": f"decay {f.ema_decay:g}" if f.ema_decay else "off",
+        "weight interpolation (WiSE-FT)": "off" if f.wise_alpha is None else str(f.wise_alpha),
         "seed": str(t.seed),
     }
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())

@@ -408,3 +408,11 @@ def validate_strategy(args: FinetuneArguments) -> None:
         raise UserError("finetune.l2sp_alpha must be >= 0")
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         raise UserError(f"finetune.ema_decay must be between 0 and 1 (e.g. 0.999), got {args.ema_decay}")
+    if args.wise_alpha is not None:
+        if args.strategy not in ("two_phase", "gradual"):
+            raise UserError(
+                f"finetune.wise_alpha interpolates from the linear-probed start, which strategy {args.strategy} "
+                "does not have: use two_phase or gradual"
+            )
+        if args.wise_alpha != "auto" and not 0 <= args.wise_alpha <= 1:
+            raise UserError(f"finetune.wise_alpha must be auto or between 0 and 1, got {args.wise_alpha}")

@@ -73,6 +73,8 @@ def validate_adapter_recipe(recipe: Recipe) -> None:
         raise UserError("finetune.freeze does not combine with peft: the adapter already keeps the base weights")
     if recipe.finetune.l2sp_alpha or recipe.finetune.backbone_lr_multiplier != 1 or recipe.finetune.lr_decay != 1:
         raise UserError("l2sp_alpha, backbone_lr_multiplier and lr_decay apply to full weights, not to a peft adapter")
+    if recipe.finetune.wise_alpha is not None:
+        raise UserError("finetune.wise_alpha does not combine with peft: it interpolates full weights, not an adapter")
 
 
 def apply_adapter(model: PreTrainedModel, args: PeftArguments, train_batchnorm: bool) -> PeftModel:

@@ -222,6 +222,14 @@ class FinetuneArguments:
         default=None,
         metadata={"help": "Loss weight per class: auto (inverse class frequency, normalised) or {label: weight}."},
     )
+    wise_alpha: float | typing.Literal["auto"] | None = field(
+        default=None,
+        metadata={
+            "help": "WiSE-FT (Wortsman et al. 2022): the final weights are (1 - alpha) x the linear-probed start "
+            "+ alpha x the fine-tuned end; a number in [0, 1], or auto: the best of 0, 0.25, 0.5, 0.75, 1 on the "
+            "validation split (metric_for_best_model). For two_phase and gradual. Unset: off (the end)."
+        },
+    )
 
 
 @dataclass

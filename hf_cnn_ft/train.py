@@ -57,6 +57,7 @@ from .recipe import Recipe, TrainArguments, recipe_to_yaml
 from .trainer import FineTuneTrainer
 from .transforms import batch_mixer, eval_transform, train_transform
 from .unfreezing import UnfreezeCallback, build_plan, fingerprint
+from .weight_interpolation import START_FILE, apply_wise, load_start, save_start, snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -312,6 +313,18 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
     )
 
 
+def _eval_metric_name(args: TrainArguments) -> str:
+    metric = args.metric_for_best_model or "loss"
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def _validation_metrics(trainer: Trainer) -> dict[str, float]:
+    """The validation metrics of the weights as they are now, without logging, callbacks or a
+    weight-average swap: the training history stays as it was."""
+    loop = trainer.evaluation_loop(trainer.get_eval_dataloader(), "Validation", metric_key_prefix="eval")
+    return loop.metrics
+
+
 def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`.
 
@@ -341,6 +354,12 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
     model, data_config, strategy = prepared.model, prepared.data_config, recipe.finetune
     augmentation, evaluation, loss_weights = prepared.augmentation, prepared.evaluation, prepared.loss_weights
     probe_history = prepared.probe_history
+    wise_start = None
+    if strategy.wise_alpha is not None:
+        # The start of the interpolation: the probed model, before the Trainer changes anything.
+        wise_start = load_start(output_dir) if resume else snapshot(model)
+        if is_main and not resume:
+            save_start(wise_start, output_dir)
 
     callbacks = list(callbacks or [])
     if args.early_stopping_patience is not None and args.load_best_model_at_end:
@@ -374,13 +393,24 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
         trainer.train(resume_from_checkpoint=resume)
     train_seconds = prepared.probe_seconds + time.perf_counter() - started
 
-    fingerprints = None
+    fingerprints, interpolation = None, None
     if args.world_size > 1:
         # DDP averages gradients, but BatchNorm statistics move on each rank's own batches and are only
         # re-broadcast at the next forward pass: take the main process's, as DDP would, so that the
         # test evaluation (sharded across ranks) and the saved model use one set of statistics.
         for buffer in trainer.model.buffers():
             torch.distributed.broadcast(buffer.data, src=0)
+    if wise_start is not None:
+        metric = _eval_metric_name(args)
+        interpolation = apply_wise(
+            trainer.model,
+            wise_start,
+            strategy.wise_alpha,
+            lambda: _validation_metrics(trainer)[metric],
+            metric.removeprefix("eval_"),
+            bool(args.greater_is_better),
+        )
+    if args.world_size > 1:
         # Every rank must end with the same weights; a DDP bug that lets them drift would go unnoticed.
         fingerprints = gather_object([fingerprint(trainer.model)])
         if len(set(fingerprints)) > 1:
@@ -396,10 +426,12 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
         extra = {
             "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
             "rank_weight_fingerprints": fingerprints,
+            "weight_interpolation": interpolation,
         }
         _write_artefacts(
             recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history, repo_id, extra
         )
+        (output_dir / START_FILE).unlink(missing_ok=True)  # only a resumed run needed it
     trainer.accelerator.wait_for_everyone()
     if repo_id:
         hub = recipe.hub
