@@ -391,7 +391,6 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
     started = time.perf_counter()
     if strategy.strategy != "linear_probe":
         trainer.train(resume_from_checkpoint=resume)
-    train_seconds = prepared.probe_seconds + time.perf_counter() - started
 
     fingerprints, interpolation = None, None
     if args.world_size > 1:
@@ -410,6 +409,7 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
             metric.removeprefix("eval_"),
             bool(args.greater_is_better),
         )
+    train_seconds = prepared.probe_seconds + time.perf_counter() - started  # the choice of alpha included
     if args.world_size > 1:
         # Every rank must end with the same weights; a DDP bug that lets them drift would go unnoticed.
         fingerprints = gather_object([fingerprint(trainer.model)])
