@@ -151,6 +151,12 @@ def hardware_description() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _eval_metric_name(args: TrainArguments) -> str:
+    """The key of metric_for_best_model (loss if unset) in the Trainer's evaluation metrics."""
+    metric = args.metric_for_best_model or "loss"
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
 def _write_artefacts(
     recipe: Recipe,
     data: ImageData,
@@ -174,7 +180,7 @@ def _write_artefacts(
         peft_summary = {"method": recipe.peft.peft_method, "trainable_parameters": trainable, "total_parameters": total}
     else:
         save_model(trainer.model, data_config, staging)
-    metric = (recipe.training.metric_for_best_model or "loss").removeprefix("eval_")
+    metric = _eval_metric_name(recipe.training).removeprefix("eval_")
     plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
     if trainer.state.log_history:
         plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
@@ -216,10 +222,9 @@ def _write_artefacts(
 
 
 def _best_eval_entry(trainer: Trainer) -> dict[str, Any] | None:
-    metric = trainer.args.metric_for_best_model
-    if metric is None:
+    if trainer.args.metric_for_best_model is None:
         return None
-    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    key = _eval_metric_name(trainer.args)
     entries = [e for e in trainer.state.log_history if key in e]
     if not entries:
         return None
@@ -311,11 +316,6 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
     return PreparedModel(
         data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds, unfreeze
     )
-
-
-def _eval_metric_name(args: TrainArguments) -> str:
-    metric = args.metric_for_best_model or "loss"
-    return metric if metric.startswith("eval_") else f"eval_{metric}"
 
 
 def _validation_metrics(trainer: Trainer) -> dict[str, float]:
