@@ -68,10 +68,17 @@ def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
 
 def _strategy_phases(recipe: Recipe, summary: dict[str, Any]) -> str:
     finetune = recipe.finetune
-    probe = f"a linear probe ({finetune.head_epochs} epochs of the new head on cached backbone features)"
+    if finetune.probe_stages:
+        probe = (
+            f"a probe of the new head and the last {finetune.probe_stages} stages ({finetune.head_epochs} epochs on "
+            "cached outputs of the frozen stages before them)"
+        )
+    else:
+        probe = f"a linear probe ({finetune.head_epochs} epochs of the new head on cached backbone features)"
     tuned = f"{summary['epochs_trained']:g} epochs of fine-tuning with the Trainer"
     if finetune.strategy == "linear_probe":
-        return f"Strategy `linear_probe`: {probe}; the backbone kept its pretrained weights."
+        kept = "the earlier stages kept their" if finetune.probe_stages else "the backbone kept its"
+        return f"Strategy `linear_probe`: {probe}; {kept} pretrained weights."
     if finetune.strategy == "two_phase":
         return f"Strategy `two_phase`: {probe}, then {tuned}."
     if finetune.strategy == "gradual":

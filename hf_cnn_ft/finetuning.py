@@ -36,7 +36,7 @@ STRATEGIES = ("full", "linear_probe", "two_phase", "gradual")
 PROBING_STRATEGIES = ("linear_probe", "two_phase", "gradual")
 BN_POLICIES = ("auto", "train", "frozen", "frozen_in_frozen_stages")
 _NUMBERED = re.compile(r"(^|\.)(stages|blocks|layer|layers|features)\.(\d+)\.")
-_BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -181,7 +181,7 @@ def apply_freezing(model: nn.Module, frozen: list[str], bn_policy: str, keep_req
         handle.remove()
     hooks = []
     for name, module in model.named_modules():
-        if not isinstance(module, _BATCHNORM):
+        if not isinstance(module, BATCHNORM):
             continue
         own = {f"{name}.{p}" for p, _ in module.named_parameters()}
         in_frozen_stage = bool(own) and own <= frozen_params
@@ -241,7 +241,7 @@ def adapt_batchnorm(
     The layers average over the whole pass (momentum None) while everything else stays in inference
     mode (no dropout, no weight changes). Returns the number of layers adapted.
     """
-    layers = [m for m in model.modules() if isinstance(m, _BATCHNORM) and m.track_running_stats]
+    layers = [m for m in model.modules() if isinstance(m, BATCHNORM) and m.track_running_stats]
     momenta = [m.momentum for m in layers]
 
     was_training = model.training
@@ -402,6 +402,8 @@ def validate_strategy(args: FinetuneArguments) -> None:
         raise UserError(f"finetune.strategy {args.strategy} needs finetune.head_epochs >= 1")
     if args.feature_views < 1:
         raise UserError("finetune.feature_views must be at least 1")
+    if args.probe_stages < 0:
+        raise UserError(f"finetune.probe_stages must be 0 (the head alone) or more, got {args.probe_stages}")
     if args.sampler not in ("random", "balanced"):
         raise UserError(f"finetune.sampler must be random or balanced, got '{args.sampler}'")
     if args.l2sp_alpha < 0:

@@ -25,11 +25,11 @@ from transformers import PreTrainedModel
 from .artefacts import COMPLETION_MARKER, write_json
 from .card import write_model_card
 from .errors import UserError
+from .finetuning import BATCHNORM
 from .models import DataConfig, build_model, head_linear, is_timm_model, save_model
 from .recipe import PEFT_METHODS, PeftArguments, Recipe, load_recipe
 
 ADAPTER_CONFIG = "adapter_config.json"
-_BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
 
 
 def _head_name(model: PreTrainedModel) -> str:
@@ -52,7 +52,7 @@ def default_target_modules(model: PreTrainedModel) -> list[str]:
 
 
 def batchnorm_names(model: nn.Module) -> list[str]:
-    return [name for name, module in model.named_modules() if isinstance(module, _BATCHNORM)]
+    return [name for name, module in model.named_modules() if isinstance(module, BATCHNORM)]
 
 
 def _keep_in_inference_mode(module: nn.Module, _inputs) -> None:
@@ -99,7 +99,7 @@ def apply_adapter(model: PreTrainedModel, args: PeftArguments, train_batchnorm: 
     adapted = get_peft_model(model, config)
     if not train_batchnorm:
         for module in adapted.modules():
-            if isinstance(module, _BATCHNORM):
+            if isinstance(module, BATCHNORM):
                 module.register_forward_pre_hook(_keep_in_inference_mode)
     return adapted
 

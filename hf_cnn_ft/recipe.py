@@ -188,6 +188,13 @@ class FinetuneArguments:
     head_learning_rate: float = field(default=3e-3, metadata={"help": "Linear-probe learning rate (AdamW)."})
     head_weight_decay: float = field(default=1e-4, metadata={"help": "Linear-probe weight decay."})
     head_batch_size: int = field(default=64, metadata={"help": "Linear-probe batch size."})
+    probe_stages: int = field(
+        default=0,
+        metadata={
+            "help": "Also train the last N stages during the linear probe, on cached outputs of the stages before "
+            "them (at head_learning_rate x backbone_lr_multiplier); 0: the head alone, on pooled features."
+        },
+    )
     feature_views: int = field(
         default=1, metadata={"help": "Cached views per training image: 1 unaugmented + (N-1) augmented."}
     )

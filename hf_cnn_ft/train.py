@@ -54,6 +54,7 @@ from .metrics import (
 )
 from .models import DataConfig, base_model_id, build_model, is_timm_model, save_model
 from .recipe import Recipe, TrainArguments, recipe_to_yaml
+from .stage_probe import probe_last_stages
 from .trainer import FineTuneTrainer
 from .transforms import batch_mixer, eval_transform, train_transform
 from .unfreezing import UnfreezeCallback, build_plan, fingerprint
@@ -275,22 +276,30 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
         logger.info(
             "bn_adapt: re-estimated %d BatchNorm layers on %d training images", adapted, len(data.splits["train"])
         )
+    pretrained = recipe.model.pretrained or recipe.model.weights is not None
+    bn_policy = resolve_bn_policy(strategy.bn, pretrained)
     probe_history: list[dict[str, float]] = []
     if run_probe and strategy.strategy in PROBING_STRATEGIES:
         # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
-        probe_history = linear_probe(
-            model,
-            data.splits["train"],
-            data.splits["validation"],
-            augmentation,
-            evaluation,
-            strategy,
-            seed=recipe.training.seed,
-            channels_last=recipe.model.channels_last,
-            loss_weights=loss_weights,
-        )
+        probe_inputs = (data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy)
+        if strategy.probe_stages:
+            probe_history = probe_last_stages(
+                model,
+                *probe_inputs,
+                seed=recipe.training.seed,
+                train_batchnorm=bn_policy != "frozen",
+                channels_last=recipe.model.channels_last,
+                loss_weights=loss_weights,
+            )
+        else:
+            probe_history = linear_probe(
+                model,
+                *probe_inputs,
+                seed=recipe.training.seed,
+                channels_last=recipe.model.channels_last,
+                loss_weights=loss_weights,
+            )
     probe_seconds = time.perf_counter() - started
-    pretrained = recipe.model.pretrained or recipe.model.weights is not None
     if recipe.peft.peft_method:
         # An adapter replaces freezing: the base weights stay, adapter + head (+ BatchNorm) train.
         model = apply_adapter(model, recipe.peft, train_batchnorm=strategy.bn in ("auto", "train"))
@@ -305,7 +314,6 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
         return PreparedModel(
             data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds
         )
-    bn_policy = resolve_bn_policy(strategy.bn, pretrained)
     plan = build_plan(model, strategy, math.ceil(recipe.training.num_train_epochs))
     if plan is None:
         apply_freezing(model, frozen, bn_policy)
