@@ -156,6 +156,57 @@ def _set_modes(model: nn.Module, trained: set[str], train_batchnorm: bool) -> No
             module.eval()
 
 
+def _trained_parameter_names(model: nn.Module, trained_stages: list[str], train_batchnorm: bool) -> set[str]:
+    groups = stages(model)
+    trained = set(groups["head"]) | {p for s in trained_stages for p in groups[s]}
+    if not train_batchnorm:  # BatchNorm stays as pretrained: statistics and affine parameters alike
+        trained -= {
+            f"{name}.{p}"
+            for name, module in model.named_modules()
+            if isinstance(module, BATCHNORM)
+            for p, _ in module.named_parameters()
+        }
+    return trained
+
+
+def _optimizer_and_schedule(
+    model: nn.Module, trained: set[str], args: FinetuneArguments, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW: the head at head_learning_rate, the stages at backbone_lr_multiplier times that;
+    linear warmup, then cosine decay."""
+    parameters = dict(model.named_parameters())
+    head = set(stages(model)["head"])
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [parameters[n] for n in sorted(trained & head)], "lr": args.head_learning_rate},
+            {
+                "params": [parameters[n] for n in sorted(trained - head)],
+                "lr": args.head_learning_rate * args.backbone_lr_multiplier,
+            },
+        ],
+        weight_decay=args.head_weight_decay,
+    )
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _logits_in_batches(model: nn.Module, entry: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat(
+            [
+                logits_from_stage_inputs(model, entry, inputs[i : i + batch_size])
+                for i in range(0, len(inputs), batch_size)
+            ]
+        )
+
+
 def probe_last_stages(
     model: nn.Module,
     train_split: Dataset,
@@ -172,61 +223,39 @@ def probe_last_stages(
     one unaugmented view plus `feature_views - 1` augmented ones. Returns the per-epoch history."""
     torch.manual_seed(seed)
     started = time.perf_counter()
-    groups = stages(model)
     trained_stages = trained_stage_names(model, args.probe_stages)
     entry_name, entry = entry_module(model, trained_stages[0])
     sample = next(pixel_batches(train_split.select(range(min(4, len(train_split)))), eval_transform, 4, channels_last))
     check_entry(model, entry_name, entry, sample)
 
-    views = [cached_stage_inputs(model, entry, train_split, eval_transform, channels_last=channels_last)]
-    for _ in range(args.feature_views - 1):
-        views.append(cached_stage_inputs(model, entry, train_split, train_transform, channels_last=channels_last))
+    def cache(split: Dataset, transform: Callable) -> torch.Tensor:
+        return cached_stage_inputs(model, entry, split, transform, channels_last=channels_last)
+
+    views = [cache(train_split, eval_transform)]
+    views += [cache(train_split, train_transform) for _ in range(args.feature_views - 1)]
     inputs = torch.cat(views)
     labels = torch.tensor(list(train_split[LABEL_COLUMN]) * len(views), dtype=torch.long)
-    validation_inputs = cached_stage_inputs(model, entry, validation_split, eval_transform, channels_last=channels_last)
+    validation_inputs = cache(validation_split, eval_transform)
     validation_labels = torch.tensor(list(validation_split[LABEL_COLUMN]), dtype=torch.long)
-    extraction = time.perf_counter() - started
-
-    head_names = set(groups["head"])
-    trained = head_names | {p for s in trained_stages for p in groups[s]}
-    if not train_batchnorm:  # BatchNorm stays as pretrained: statistics and affine parameters alike
-        trained -= {
-            f"{name}.{p}"
-            for name, module in model.named_modules()
-            if isinstance(module, BATCHNORM)
-            for p, _ in module.named_parameters()
-        }
-    parameters = dict(model.named_parameters())
-    requires_grad = {name: p.requires_grad for name, p in parameters.items()}
-    for name, parameter in parameters.items():
-        parameter.requires_grad_(name in trained)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [parameters[n] for n in sorted(head_names)], "lr": args.head_learning_rate},
-            {
-                "params": [parameters[n] for n in sorted(trained - head_names)],
-                "lr": args.head_learning_rate * args.backbone_lr_multiplier,
-            },
-        ],
-        weight_decay=args.head_weight_decay,
-    )
-    total = max(1, math.ceil(len(inputs) / args.head_batch_size) * args.head_epochs)
-    warmup = max(1, int(WARMUP_FRACTION * total))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (
-            (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
-        ),
-    )
-    loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
-    generator = torch.Generator().manual_seed(seed)
+    caching_seconds = time.perf_counter() - started
     logger.info(
-        "probing the head and %s on %d cached inputs of %s %s",
+        "probing the head and %s on %d cached inputs of %s %s (%.0f s to cache)",
         ", ".join(trained_stages),
         len(inputs),
         entry_name,
         tuple(inputs.shape[1:]),
+        caching_seconds,
     )
+
+    trained = _trained_parameter_names(model, trained_stages, train_batchnorm)
+    parameters = dict(model.named_parameters())
+    requires_grad = {name: p.requires_grad for name, p in parameters.items()}
+    for name, parameter in parameters.items():
+        parameter.requires_grad_(name in trained)
+    steps_per_epoch = math.ceil(len(inputs) / args.head_batch_size)
+    optimizer, schedule = _optimizer_and_schedule(model, trained, args, steps_per_epoch * args.head_epochs)
+    loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
+    generator = torch.Generator().manual_seed(seed)
     history = []
     try:
         for epoch in range(1, args.head_epochs + 1):
@@ -241,32 +270,19 @@ def probe_last_stages(
                 optimizer.step()
                 schedule.step()
                 running += loss.item() * len(batch)
-            model.eval()
-            with torch.no_grad():
-                logits = torch.cat(
-                    [
-                        logits_from_stage_inputs(model, entry, validation_inputs[begin : begin + args.head_batch_size])
-                        for begin in range(0, len(validation_inputs), args.head_batch_size)
-                    ]
-                )
+            logits = _logits_in_batches(model, entry, validation_inputs, args.head_batch_size)
             history.append(
                 {
                     "epoch": float(epoch),
                     "loss": running / len(inputs),
-                    "seconds": time.perf_counter() - started,
+                    "seconds": time.perf_counter() - started,  # caching included, as in the linear probe
                     "eval_loss": float(loss_fn(logits, validation_labels)),
                     "eval_accuracy": float((logits.argmax(1) == validation_labels).float().mean()),
                 }
             )
+            logger.info("stage probe epoch %d: validation accuracy %.3f", epoch, history[-1]["eval_accuracy"])
     finally:
         for name, parameter in parameters.items():
             parameter.requires_grad_(requires_grad[name])
         model.train()
-    logger.info(
-        "stage probe: %d epochs in %.0f s (%.0f s caching), validation accuracy %.3f",
-        args.head_epochs,
-        time.perf_counter() - started,
-        extraction,
-        history[-1]["eval_accuracy"] if history else float("nan"),
-    )
     return history
