@@ -84,9 +84,10 @@ def main() -> None:
             seconds.append(result.train_seconds)
             if args.class_name:
                 class_f1.append(report["per_class"][args.class_name]["f1"])
+            class_text = f", {args.class_name} F1 {class_f1[-1]:.3f}" if args.class_name else ""
             print(
                 f"{recipe_path.name} seed {seed}: accuracy {report['accuracy']:.3f}, "
-                f"macro-F1 {report['f1_macro']:.3f}, {result.train_seconds:.0f} s",
+                f"macro-F1 {report['f1_macro']:.3f}{class_text}, {result.train_seconds:.0f} s",
                 flush=True,
             )
         row = f"| {recipe_path.name} {args.label} | {mean_std(accuracy)} | {mean_std(f1)} |"
