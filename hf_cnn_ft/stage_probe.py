@@ -20,6 +20,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import psutil
 import torch
 from datasets import Dataset
 from torch import nn
@@ -32,6 +33,7 @@ from .recipe import FinetuneArguments
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER_SIZE = 32  # the smallest input every supported backbone reduces to at least 1x1
+CACHE_MEMORY_FRACTION = 0.5
 WARMUP_FRACTION = 0.1  # a fresh head's first gradients would otherwise jolt the pretrained stages
 
 
@@ -112,14 +114,16 @@ def logits_from_stage_inputs(model: nn.Module, entry: nn.Module, inputs: torch.T
         return model(pixel_values=placeholder).logits
 
 
-def check_entry(model: nn.Module, entry_name: str, entry: nn.Module, pixels: torch.Tensor) -> None:
-    """Refuses a backbone whose logits do not follow from the entry stage's input alone."""
+def check_entry(model: nn.Module, entry_name: str, entry: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Refuses a backbone whose logits do not follow from the entry stage's input alone; returns
+    that input for `pixels`."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             expected = model(pixel_values=pixels).logits
-            rebuilt = logits_from_stage_inputs(model, entry, stage_input(model, entry, pixels))
+            inputs = stage_input(model, entry, pixels)
+            rebuilt = logits_from_stage_inputs(model, entry, inputs)
     except Exception as error:  # the placeholder may not fit an unusual stem
         raise UserError(
             f"finetune.probe_stages cannot start this backbone at {entry_name} ({error}); use probe_stages 0"
@@ -130,6 +134,29 @@ def check_entry(model: nn.Module, entry_name: str, entry: nn.Module, pixels: tor
         raise UserError(
             f"finetune.probe_stages: this backbone's output does not follow from the input of {entry_name} alone "
             "(an earlier stage feeds a later one directly); use probe_stages 0"
+        )
+    return inputs
+
+
+def available_memory() -> int:
+    return psutil.virtual_memory().available
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def check_cache_fits(entry_name: str, per_image_bytes: int, images: int) -> None:
+    """Refuses a cache that would take more than half the free memory, before hours of extraction."""
+    needed, available = per_image_bytes * images, available_memory()
+    if needed > CACHE_MEMORY_FRACTION * available:
+        raise UserError(
+            f"finetune.probe_stages: caching what {entry_name} receives takes {_size(needed)} for {images} images, "
+            f"more than half the {_size(available)} of free memory; lower feature_views or "
+            "image_size, or probe fewer stages (a later, smaller entry)"
         )
 
 
@@ -226,7 +253,9 @@ def probe_last_stages(
     trained_stages = trained_stage_names(model, args.probe_stages)
     entry_name, entry = entry_module(model, trained_stages[0])
     sample = next(pixel_batches(train_split.select(range(min(4, len(train_split)))), eval_transform, 4, channels_last))
-    check_entry(model, entry_name, entry, sample)
+    sample_inputs = check_entry(model, entry_name, entry, sample)
+    per_image_bytes = sample_inputs[0].numel() * sample_inputs.element_size()
+    check_cache_fits(entry_name, per_image_bytes, len(train_split) * args.feature_views + len(validation_split))
 
     def cache(split: Dataset, transform: Callable) -> torch.Tensor:
         return cached_stage_inputs(model, entry, split, transform, channels_last=channels_last)

@@ -128,3 +128,22 @@ def test_negative_probe_stages_is_one_clear_line(tmp_path, shapes_dir, capsys):
     settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": tmp_path / "o", "probe_stages": -1}
     assert main(["train", *overrides(settings)]) != 0
     assert "finetune.probe_stages must be 0 (the head alone) or more, got -1" in capsys.readouterr().err
+
+
+def test_a_cache_larger_than_half_the_free_memory_is_refused_before_caching(tmp_path, shapes_dir, capsys, monkeypatch):
+    monkeypatch.setattr("hf_cnn_ft.stage_probe.available_memory", lambda: 2**10)
+    settings = {
+        **TINY_SETTINGS,
+        "dataset": shapes_dir,
+        "output_dir": tmp_path / "o",
+        "strategy": "linear_probe",
+        "probe_stages": 1,
+        "feature_views": 4,
+    }
+    assert main(["train", *overrides(settings)]) != 0
+    error = capsys.readouterr().err
+    assert (
+        "caching what timm_model.layer4 receives takes" in error
+        and "more than half the 1.0 KiB of free memory; lower feature_views" in error
+    )
+    assert not (tmp_path / "o" / "metrics.json").exists()
