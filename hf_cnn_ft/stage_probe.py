@@ -3,8 +3,8 @@
 The stages before them are frozen and in inference mode, so they map an image (one view of it) to
 the same tensor every epoch: that tensor is computed once and cached, as the linear probe caches
 pooled features. Training then runs only the last stages, and no image is decoded, augmented or
-pushed through the early, high-resolution layers again. On ELPV scans at 300 px, MobileNetV2's last
-two stages train at about a twentieth of the cost of fine-tuning through the whole network.
+pushed through the early, high-resolution layers again (benchmarks/RESULTS.md, "The stage probe on
+ELPV": MobileNetV2's last three stages at 300 px, better and faster than fine-tuning the whole network).
 
 The cached tensor enters the model at the first trained stage through a forward pre-hook while the
 stages before it run on a 32 px placeholder, so any backbone whose stages run one after another
