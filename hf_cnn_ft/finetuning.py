@@ -212,25 +212,58 @@ def pixel_batches(
     yield from DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
 
 
+class _InputCaptured(Exception):
+    """Ends a forward pass once a module's input is captured: the rest is not needed."""
+
+
+def module_input(model: nn.Module, module: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """What `module` receives for one batch of images (the caller sets the mode and grad)."""
+    captured: list[torch.Tensor] = []
+
+    def capture(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured.append(inputs[0].detach().clone())
+        raise _InputCaptured
+
+    handle = module.register_forward_pre_hook(capture)
+    try:
+        model(pixel_values=pixels)
+    except _InputCaptured:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def module_inputs(
+    model: nn.Module,
+    module: nn.Module,
+    dataset: Dataset,
+    transform: Callable,
+    batch_size: int = 32,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """What `module` receives for every image of `dataset`, in order, with the model in inference mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            inputs = [
+                module_input(model, module, pixels)
+                for pixels in pixel_batches(dataset, transform, batch_size, channels_last)
+            ]
+    finally:
+        model.train(was_training)
+    return torch.cat(inputs)
+
+
 def extract_features(
     model: nn.Module, dataset: Dataset, transform: Callable, batch_size: int = 32, channels_last: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs of the classifier layer (pooled features) for every image, and the labels."""
     head = head_linear(_backbone(model), model.config.num_labels)
-    captured: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach().float()))
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for pixels in pixel_batches(dataset, transform, batch_size, channels_last):
-                model(pixel_values=pixels)
-    finally:
-        handle.remove()
-        model.train(was_training)
+    features = module_inputs(model, head, dataset, transform, batch_size, channels_last)
     labels = torch.tensor(dataset[LABEL_COLUMN], dtype=torch.long)
-    return torch.cat(captured).flatten(1), labels
+    return features.float().flatten(1), labels
 
 
 def adapt_batchnorm(

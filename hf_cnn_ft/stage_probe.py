@@ -27,7 +27,7 @@ from torch import nn
 
 from .data import LABEL_COLUMN
 from .errors import UserError
-from .finetuning import BATCHNORM, pixel_batches, stages
+from .finetuning import BATCHNORM, module_input, module_inputs, pixel_batches, stages
 from .recipe import FinetuneArguments
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ logger = logging.getLogger(__name__)
 PLACEHOLDER_SIZE = 32  # the smallest input every supported backbone reduces to at least 1x1
 CACHE_MEMORY_FRACTION = 0.5
 WARMUP_FRACTION = 0.1  # a fresh head's first gradients would otherwise jolt the pretrained stages
-
-
-class _InputCaptured(Exception):
-    """Ends a forward pass once the entry stage's input is captured: the rest is not needed."""
 
 
 def entry_module(model: nn.Module, stage: str) -> tuple[str, nn.Module]:
@@ -56,46 +52,6 @@ def entry_module(model: nn.Module, stage: str) -> tuple[str, nn.Module]:
             break
         entry = candidate
     return entry, modules[entry]
-
-
-def stage_input(model: nn.Module, entry: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """What `entry` receives for one batch of images (the caller sets the mode and grad)."""
-    captured: list[torch.Tensor] = []
-
-    def capture(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        captured.append(inputs[0].detach().clone())
-        raise _InputCaptured
-
-    handle = entry.register_forward_pre_hook(capture)
-    try:
-        model(pixel_values=pixels)
-    except _InputCaptured:
-        pass
-    finally:
-        handle.remove()
-    return captured[0]
-
-
-def cached_stage_inputs(
-    model: nn.Module,
-    entry: nn.Module,
-    dataset: Dataset,
-    transform: Callable,
-    batch_size: int = 32,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """What `entry` receives for every image of `dataset`, in order, with the model in inference mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            inputs = [
-                stage_input(model, entry, pixels)
-                for pixels in pixel_batches(dataset, transform, batch_size, channels_last)
-            ]
-    finally:
-        model.train(was_training)
-    return torch.cat(inputs)
 
 
 @contextmanager
@@ -122,7 +78,7 @@ def check_entry(model: nn.Module, entry_name: str, entry: nn.Module, pixels: tor
     try:
         with torch.inference_mode():
             expected = model(pixel_values=pixels).logits
-            inputs = stage_input(model, entry, pixels)
+            inputs = module_input(model, entry, pixels)
             rebuilt = logits_from_stage_inputs(model, entry, inputs)
     except Exception as error:  # the placeholder may not fit an unusual stem
         raise UserError(
@@ -258,7 +214,7 @@ def probe_last_stages(
     check_cache_fits(entry_name, per_image_bytes, len(train_split) * args.feature_views + len(validation_split))
 
     def cache(split: Dataset, transform: Callable) -> torch.Tensor:
-        return cached_stage_inputs(model, entry, split, transform, channels_last=channels_last)
+        return module_inputs(model, entry, split, transform, channels_last=channels_last)
 
     views = [cache(train_split, eval_transform)]
     views += [cache(train_split, train_transform) for _ in range(args.feature_views - 1)]

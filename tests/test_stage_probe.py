@@ -10,14 +10,13 @@ from transformers import ResNetConfig, ResNetForImageClassification, set_seed
 
 from hf_cnn_ft.cli import main
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.finetuning import stages
+from hf_cnn_ft.finetuning import module_input, stages
 from hf_cnn_ft.models import build_model
 from hf_cnn_ft.recipe import ModelArguments
 from hf_cnn_ft.stage_probe import (
     check_entry,
     entry_module,
     logits_from_stage_inputs,
-    stage_input,
     trained_stage_names,
 )
 
@@ -40,7 +39,7 @@ def test_logits_from_cached_stage_inputs_are_the_models_logits(architecture, ent
     pixels = torch.randn(3, 3, 64, 64)
     model.eval()
     with torch.no_grad():
-        rebuilt = logits_from_stage_inputs(model, module, stage_input(model, module, pixels))
+        rebuilt = logits_from_stage_inputs(model, module, module_input(model, module, pixels))
         torch.testing.assert_close(rebuilt, model(pixel_values=pixels).logits, rtol=0, atol=0)
 
 
