@@ -53,6 +53,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
+def summary(report: dict, class_name: str | None) -> str:
+    text = f"accuracy {report['accuracy']:.3f}, macro-F1 {report['f1_macro']:.3f}"
+    return text + (f", {class_name} F1 {report['per_class'][class_name]['f1']:.3f}" if class_name else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="+", type=Path)
@@ -69,13 +74,17 @@ def main() -> None:
     for recipe_path in args.recipes:
         ensure_offline_inputs(recipe_path)
         accuracy, f1, class_f1, seconds, trainable = [], [], [], [], []
+        alone: list[dict] = []  # the model without test-time flips, when the recipe uses them
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as out:
                 recipe = load_recipe(
                     recipe_path, [*overrides, "--seed", str(seed), "--output_dir", out, "--disable_tqdm", "true"]
                 )
                 result = train(recipe)
-                peft = json.loads((Path(out) / "metrics.json").read_text()).get("peft")
+                metrics = json.loads((Path(out) / "metrics.json").read_text())
+            peft = metrics.get("peft")
+            if metrics.get("without_test_time_augmentation"):
+                alone.append(metrics["without_test_time_augmentation"])
             report = result.report
             if peft:
                 trainable.append(peft["trainable_parameters"] / peft["total_parameters"])
@@ -84,18 +93,26 @@ def main() -> None:
             seconds.append(result.train_seconds)
             if args.class_name:
                 class_f1.append(report["per_class"][args.class_name]["f1"])
-            class_text = f", {args.class_name} F1 {class_f1[-1]:.3f}" if args.class_name else ""
             print(
-                f"{recipe_path.name} seed {seed}: accuracy {report['accuracy']:.3f}, "
-                f"macro-F1 {report['f1_macro']:.3f}{class_text}, {result.train_seconds:.0f} s",
+                f"{recipe_path.name} seed {seed}: {summary(report, args.class_name)}, {result.train_seconds:.0f} s",
                 flush=True,
             )
+            if alone:
+                print(f"  the model alone, without test-time flips: {summary(alone[-1], args.class_name)}", flush=True)
         row = f"| {recipe_path.name} {args.label} | {mean_std(accuracy)} | {mean_std(f1)} |"
         row += f" {mean_std(class_f1)} |" if args.class_name else " – |"
         row += f" {statistics.mean(seconds):.0f} s |"
         if trainable:
             row += f" {100 * statistics.mean(trainable):.1f}% trainable (peft) |"
         rows.append(row)
+        if alone:
+            row = f"| {recipe_path.name} {args.label}, the model alone (no test-time flips) |"
+            row += f" {mean_std([r['accuracy'] for r in alone])} | {mean_std([r['f1_macro'] for r in alone])} |"
+            if args.class_name:
+                row += f" {mean_std([r['per_class'][args.class_name]['f1'] for r in alone])} |"
+            else:
+                row += " – |"
+            rows.append(row + " same run |")
 
     class_header = f"{args.class_name} F1" if args.class_name else "class F1"
     table = "\n".join(

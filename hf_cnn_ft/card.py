@@ -89,6 +89,20 @@ def _strategy_phases(recipe: Recipe, summary: dict[str, Any]) -> str:
     return f"Strategy `{finetune.strategy}`: {tuned}."
 
 
+def _test_time_text(summary: dict[str, Any]) -> str:
+    plain = summary.get("without_test_time_augmentation")
+    if not plain:
+        return ""
+    flips = {"horizontal": "its horizontal flip", "vertical": "its vertical flip", "both": "its three flips"}
+    per_class = ", ".join(f"{name} {values['f1']:.3f}" for name, values in plain["per_class"].items())
+    return (
+        f"\nThese figures use test-time augmentation: the logits of each image and {flips[summary['test_time_flips']]} "
+        "are averaged (`augment.test_time_flips`; `hf-cnn-ft evaluate` and `predict` do the same). The model on its "
+        f"own, as `pipeline` or timm load it, scores accuracy {plain['accuracy']:.4f} and macro-F1 "
+        f"{plain['f1_macro']:.4f} (F1 per class: {per_class}).\n"
+    )
+
+
 def _hyperparameters_table(recipe: Recipe) -> str:
     t, f = recipe.training, recipe.finetune
     rows = {
@@ -105,6 +119,7 @@ def _hyperparameters_table(recipe: Recipe) -> str:
         "sampler": f.sampler,
         "weight average (EMA)": f"decay {f.ema_decay:g}" if f.ema_decay else "off",
         "weight interpolation (WiSE-FT)": "off" if f.wise_alpha is None else str(f.wise_alpha),
+        "test-time flips": recipe.augment.test_time_flips,
         "seed": str(t.seed),
     }
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
@@ -269,7 +284,7 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 {overall}
 
 {_metrics_table(report)}
-
+{_test_time_text(summary)}
 {images}
 ## How to use
 

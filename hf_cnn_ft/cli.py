@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UserError
-from .recipe import recipe_help
+from .recipe import TEST_TIME_FLIPS, recipe_help
 
 EXIT_USER_ERROR = 2
 
@@ -95,11 +95,11 @@ def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _evaluate(options: argparse.Namespace) -> int:
-    from .evaluation import data_arguments_for, evaluate_model
+    from .evaluation import data_arguments_for, evaluate_model, test_time_flips_for
 
     model_dir = Path(options.model_dir)
     data_args = data_arguments_for(model_dir, options.data)
-    report = evaluate_model(model_dir, data_args, options.split)
+    report = evaluate_model(model_dir, data_args, options.split, test_time_flips_for(model_dir, options.tta))
     print(format_report(report, f"{options.split} results ({report['num_samples']} images):"))
     if options.output:
         Path(options.output).write_text(json.dumps(report, indent=2) + "\n")
@@ -108,9 +108,11 @@ def _evaluate(options: argparse.Namespace) -> int:
 
 
 def _predict(options: argparse.Namespace) -> int:
+    from .evaluation import test_time_flips_for
     from .predict import predict_files, write_predictions
 
-    predictions = predict_files(options.model_dir, options.inputs, top_k=options.top_k)
+    flips = test_time_flips_for(options.model_dir, options.tta)
+    predictions = predict_files(options.model_dir, options.inputs, top_k=options.top_k, test_time_flips=flips)
     for p in predictions:
         if p.error:
             print(f"{p.path}\tunreadable: {p.error}")
@@ -294,12 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="dataset source; default: the one in MODEL_DIR/recipe.yaml")
     evaluate.add_argument("--split", default="test", help="test (default), validation, train, or all")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate.add_argument(
+        "--tta",
+        choices=TEST_TIME_FLIPS,
+        help="test-time flips whose logits are averaged; default: augment.test_time_flips of MODEL_DIR/recipe.yaml",
+    )
 
     predict = verbs.add_parser("predict", help="classify image files or folders")
     predict.add_argument("model_dir")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders")
     predict.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
     predict.add_argument("--output", help="write predictions to a .csv or .json file")
+    predict.add_argument(
+        "--tta",
+        choices=TEST_TIME_FLIPS,
+        help="test-time flips whose logits are averaged; default: augment.test_time_flips of MODEL_DIR/recipe.yaml",
+    )
 
     push = verbs.add_parser("push", help="push a fine-tuned model directory, with its model card, to the Hub")
     push.add_argument("model_dir")

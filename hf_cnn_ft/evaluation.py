@@ -15,10 +15,24 @@ from .data import IMAGE_COLUMN, LABEL_COLUMN, ImageData, load_image_data, to_rgb
 from .errors import UserError
 from .metrics import classification_report
 from .models import load_model
-from .recipe import DataArguments, load_recipe
-from .transforms import eval_transform
+from .recipe import DataArguments, Recipe, load_recipe
+from .transforms import eval_transform, evaluation_views
 
 ALL_SPLITS = "all"
+
+
+def saved_recipe(model_dir: str | Path) -> Recipe | None:
+    """The recipe of the run that wrote `model_dir`, if it is a local directory that holds one."""
+    saved = Path(model_dir) / "recipe.yaml"
+    return load_recipe(saved) if saved.is_file() else None
+
+
+def test_time_flips_for(model_dir: str | Path, flips: str | None) -> str:
+    """`flips` if given, else the test-time flips of the run that wrote `model_dir` (none without a recipe)."""
+    if flips is not None:
+        return flips
+    recipe = saved_recipe(model_dir)
+    return recipe.augment.test_time_flips if recipe else "none"
 
 
 def data_arguments_for(model_dir: Path, dataset: str | None) -> DataArguments:
@@ -28,7 +42,8 @@ def data_arguments_for(model_dir: Path, dataset: str | None) -> DataArguments:
     training held out.
     """
     saved = model_dir / "recipe.yaml"
-    args = load_recipe(saved).data if saved.is_file() else DataArguments()
+    recipe = saved_recipe(model_dir)
+    args = recipe.data if recipe else DataArguments()
     if dataset is not None:
         args = replace(args, dataset=dataset)
     if not args.dataset:
@@ -46,21 +61,28 @@ def _label_mapping(data_labels: list[str], model_labels: dict[str, int], source:
     return np.array([model_labels[name] for name in data_labels], dtype=np.int64)
 
 
-def predict_scores(model: torch.nn.Module, dataset: Dataset, transform, batch_size: int = 64) -> np.ndarray:
-    """Logits for every image of `dataset`, in order."""
+def predict_scores(
+    model: torch.nn.Module, dataset: Dataset, transform, batch_size: int = 64, test_time_flips: str = "none"
+) -> np.ndarray:
+    """Logits for every image of `dataset`, in order, averaged over the test-time views."""
+    views = evaluation_views(transform, test_time_flips)
 
-    def collate(rows: list[dict[str, Any]]) -> torch.Tensor:
-        return torch.stack([transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
+    def collate(rows: list[dict[str, Any]]) -> list[torch.Tensor]:
+        images = [to_rgb(row[IMAGE_COLUMN]) for row in rows]
+        return [torch.stack([view(image) for image in images]) for view in views]
 
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     outputs = []
     with torch.inference_mode():
-        for pixels in loader:
-            outputs.append(model(pixel_values=pixels).logits.float().numpy())
+        for batches in loader:
+            logits = [model(pixel_values=pixels).logits.float() for pixels in batches]
+            outputs.append(torch.stack(logits).mean(0).numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 
-def evaluate_model(model_dir: str | Path, data_args: DataArguments, split: str = "test") -> dict[str, Any]:
+def evaluate_model(
+    model_dir: str | Path, data_args: DataArguments, split: str = "test", test_time_flips: str = "none"
+) -> dict[str, Any]:
     """Every metric of the model on one split (or all images) of a labelled dataset."""
     model, data_config = load_model(model_dir)
     if split == ALL_SPLITS:
@@ -78,7 +100,7 @@ def evaluate_model(model_dir: str | Path, data_args: DataArguments, split: str =
         raise UserError(f"split '{split}' not found; use one of: {', '.join(data.splits)}, {ALL_SPLITS}")
     mapping = _label_mapping(data.label_names, model.config.label2id, data_args.dataset or "")
     references = mapping[np.asarray(dataset[LABEL_COLUMN], dtype=np.int64)]
-    scores = predict_scores(model, dataset, eval_transform(data_config))
+    scores = predict_scores(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     report = classification_report(scores, references, label_names)
     report["skipped_images"] = len(data.skipped)

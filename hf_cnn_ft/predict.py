@@ -14,7 +14,7 @@ from PIL import Image
 from .data import IMAGE_SUFFIXES, to_rgb
 from .errors import UserError
 from .models import load_model
-from .transforms import eval_transform
+from .transforms import eval_transform, evaluation_views
 
 
 @dataclass
@@ -46,11 +46,16 @@ def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
 
 
 def predict_files(
-    model_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 3, batch_size: int = 32
+    model_dir: str | Path,
+    inputs: Sequence[str | Path],
+    top_k: int = 3,
+    batch_size: int = 32,
+    test_time_flips: str = "none",
 ) -> list[Prediction]:
-    """Top-k labels and probabilities for each image; unreadable files get an error, not a crash."""
+    """Top-k labels and probabilities for each image (from logits averaged over the test-time views);
+    unreadable files get an error, not a crash."""
     model, data_config = load_model(model_dir)
-    transform = eval_transform(data_config)
+    views = evaluation_views(eval_transform(data_config), test_time_flips)
     top_k = max(1, min(top_k, model.config.num_labels))
     results: list[Prediction] = []
     for chunk in _batches(collect_images(inputs), batch_size):
@@ -58,14 +63,16 @@ def predict_files(
         for path in chunk:
             try:
                 with Image.open(path) as image:
-                    tensors.append(transform(to_rgb(image)))
+                    rgb = to_rgb(image)
+                tensors.append([view(rgb) for view in views])
                 readable.append(Prediction(str(path)))
             except Exception as exc:  # PIL raises many types for a bad file
                 results.append(Prediction(str(path), error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
         if not tensors:
             continue
         with torch.inference_mode():
-            probabilities = model(pixel_values=torch.stack(tensors)).logits.float().softmax(-1)
+            logits = [model(pixel_values=torch.stack(batch)).logits.float() for batch in zip(*tensors)]
+            probabilities = torch.stack(logits).mean(0).softmax(-1)
         scores, indices = probabilities.topk(top_k, dim=-1)
         for prediction, row_scores, row_indices in zip(readable, scores.tolist(), indices.tolist()):
             prediction.labels = [model.config.id2label[i] for i in row_indices]

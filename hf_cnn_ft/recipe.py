@@ -239,9 +239,12 @@ class FinetuneArguments:
     )
 
 
+TEST_TIME_FLIPS = ("none", "horizontal", "vertical", "both")
+
+
 @dataclass
 class AugmentArguments:
-    """Training-time augmentation. Evaluation always uses resize + centre crop."""
+    """Training-time augmentation, and the flips averaged at test time. Evaluation resizes and centre-crops."""
 
     crop_scale: tuple[float, float] = field(
         default=(0.25, 1.0), metadata={"help": "Area range of RandomResizedCrop, as fractions of the image."}
@@ -262,6 +265,13 @@ class AugmentArguments:
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha) strength; 0 disables."})
     mix_prob: float = field(
         default=1.0, metadata={"help": "Share of training batches mixed (MixUp or CutMix, one at random if both)."}
+    )
+    test_time_flips: typing.Literal[TEST_TIME_FLIPS] = field(
+        default="none",
+        metadata={
+            "help": "Test-time augmentation of the final evaluation, evaluate and predict: average the logits of each "
+            "image and its horizontal, vertical or both flips (4 views). The saved weights are unchanged."
+        },
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
@@ -56,7 +57,7 @@ from .models import DataConfig, base_model_id, build_model, is_timm_model, save_
 from .recipe import Recipe, TrainArguments, recipe_to_yaml
 from .stage_probe import probe_last_stages
 from .trainer import FineTuneTrainer
-from .transforms import batch_mixer, eval_transform, train_transform
+from .transforms import batch_mixer, eval_transform, evaluation_views, train_transform
 from .unfreezing import UnfreezeCallback, build_plan, fingerprint
 from .weight_interpolation import START_FILE, apply_wise, load_start, save_start, snapshot
 
@@ -333,6 +334,25 @@ def _validation_metrics(trainer: Trainer) -> dict[str, float]:
     return loop.metrics
 
 
+def _final_evaluation(
+    trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The report on the evaluation split, with the logits averaged over the test-time views, and the
+    report of the plain view alone when there are several (None otherwise)."""
+    split = data.evaluation_split
+    # predict() gathers across processes without the padding duplicates of the last batch.
+    outputs = [
+        trainer.predict(with_image_transform(data.splits[split], view), metric_key_prefix=split)
+        for view in evaluation_views(evaluation, test_time_flips)
+    ]
+    labels = outputs[0].label_ids
+    averaged = np.mean([output.predictions for output in outputs], axis=0)
+    report = classification_report(averaged, labels, data.label_names)
+    if len(outputs) == 1:
+        return report, None
+    return report, classification_report(outputs[0].predictions, labels, data.label_names)
+
+
 def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`.
 
@@ -424,17 +444,15 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
         if len(set(fingerprints)) > 1:
             logger.error("the %d processes ended with different weights: %s", len(fingerprints), fingerprints)
     evaluated_on = data.evaluation_split
-    # predict() gathers across processes without the padding duplicates of the last batch.
-    prediction = trainer.predict(
-        with_image_transform(data.splits[evaluated_on], evaluation), metric_key_prefix=evaluated_on
-    )
-    report = classification_report(prediction.predictions, prediction.label_ids, data.label_names)
+    report, plain_report = _final_evaluation(trainer, data, evaluation, recipe.augment.test_time_flips)
     push = None
     if trainer.is_world_process_zero():
         extra = {
             "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
             "rank_weight_fingerprints": fingerprints,
             "weight_interpolation": interpolation,
+            "test_time_flips": recipe.augment.test_time_flips,
+            "without_test_time_augmentation": plain_report,
         }
         _write_artefacts(
             recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history, repo_id, extra

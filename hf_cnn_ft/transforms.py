@@ -46,6 +46,24 @@ def eval_transform(config: DataConfig) -> v2.Compose:
     )
 
 
+_FLIPS: dict[str, list[list[Callable]]] = {
+    "none": [],
+    "horizontal": [[v2.RandomHorizontalFlip(1.0)]],
+    "vertical": [[v2.RandomVerticalFlip(1.0)]],
+    "both": [
+        [v2.RandomHorizontalFlip(1.0)],
+        [v2.RandomVerticalFlip(1.0)],
+        [v2.RandomHorizontalFlip(1.0), v2.RandomVerticalFlip(1.0)],
+    ],
+}
+
+
+def evaluation_views(transform: Callable, flips: str) -> list[Callable]:
+    """The evaluation transform followed by each flip of `augment.test_time_flips`: test-time augmentation
+    averages the model's logits over these views of every image. The first view is the plain one."""
+    return [transform, *(v2.Compose([transform, *flip]) for flip in _FLIPS[flips])]
+
+
 def train_transform(config: DataConfig, augment: AugmentArguments) -> v2.Compose:
     """Random-resized crop and the recipe's augmentations, then the model's normalisation."""
     low, high = augment.crop_scale
