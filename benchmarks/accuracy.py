@@ -99,14 +99,15 @@ def main() -> None:
             )
             if alone:
                 print(f"  the model alone, without test-time flips: {summary(alone[-1], args.class_name)}", flush=True)
-        row = f"| {recipe_path.name} {args.label} | {mean_std(accuracy)} | {mean_std(f1)} |"
+        name = f"{recipe_path.name} {args.label}".strip()
+        row = f"| {name} | {mean_std(accuracy)} | {mean_std(f1)} |"
         row += f" {mean_std(class_f1)} |" if args.class_name else " – |"
         row += f" {statistics.mean(seconds):.0f} s |"
         if trainable:
             row += f" {100 * statistics.mean(trainable):.1f}% trainable (peft) |"
         rows.append(row)
         if alone:
-            row = f"| {recipe_path.name} {args.label}, the model alone (no test-time flips) |"
+            row = f"| {name}, the model alone (no test-time flips) |"
             row += f" {mean_std([r['accuracy'] for r in alone])} | {mean_std([r['f1_macro'] for r in alone])} |"
             if args.class_name:
                 row += f" {mean_std([r['per_class'][args.class_name]['f1'] for r in alone])} |"

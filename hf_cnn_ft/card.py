@@ -97,8 +97,9 @@ def _test_time_text(summary: dict[str, Any]) -> str:
     per_class = ", ".join(f"{name} {values['f1']:.3f}" for name, values in plain["per_class"].items())
     return (
         f"\nThese figures use test-time augmentation: the logits of each image and {flips[summary['test_time_flips']]} "
-        "are averaged (`augment.test_time_flips`; `hf-cnn-ft evaluate` and `predict` do the same). The model on its "
-        f"own, as `pipeline` or timm load it, scores accuracy {plain['accuracy']:.4f} and macro-F1 "
+        "are averaged (`augment.test_time_flips`; `hf-cnn-ft evaluate` and `predict` do the same on the run "
+        "directory, and anywhere with `--tta`). The model on its own, as `pipeline` or timm load it, scores "
+        f"accuracy {plain['accuracy']:.4f} and macro-F1 "
         f"{plain['f1_macro']:.4f} (F1 per class: {per_class}).\n"
     )
 

@@ -64,7 +64,7 @@ def predict_files(
             try:
                 with Image.open(path) as image:
                     rgb = to_rgb(image)
-                tensors.append([view(rgb) for view in views])
+                    tensors.append([view(rgb) for view in views])
                 readable.append(Prediction(str(path)))
             except Exception as exc:  # PIL raises many types for a bad file
                 results.append(Prediction(str(path), error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
