@@ -22,6 +22,7 @@ def test_two_process_run_counts_every_test_image_once(tmp_path, shapes_dir):
         "test_fraction": 0.12,
         "validation_fraction": 0.12,
         "per_device_eval_batch_size": 4,
+        "test_time_flips": "both",  # four gathered predict passes, averaged
     }
     command = accelerate_launch(2, "train", *overrides(settings))
     result = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=900)
@@ -34,7 +35,9 @@ def test_two_process_run_counts_every_test_image_once(tmp_path, shapes_dir):
     assert metrics["split_sizes"]["test"] == 15 and distributed["num_samples"] == 15
     assert sum(map(sum, distributed["confusion_matrix"])) == 15
 
-    single = evaluate_model(out, data_arguments_for(out, None), "test")
+    single = evaluate_model(out, data_arguments_for(out, None), "test", test_time_flips="both")
     assert single["confusion_matrix"] == distributed["confusion_matrix"]
     assert single["accuracy"] == pytest.approx(distributed["accuracy"])
+    alone = evaluate_model(out, data_arguments_for(out, None), "test")
+    assert alone["confusion_matrix"] == metrics["without_test_time_augmentation"]["confusion_matrix"]
     assert not (out / ".staging").exists()
