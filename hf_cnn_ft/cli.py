@@ -123,6 +123,14 @@ def _predict(options: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tta_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        choices=TEST_TIME_FLIPS,
+        help="test-time flips whose logits are averaged; default: augment.test_time_flips of MODEL_DIR/recipe.yaml",
+    )
+
+
 def _push(options: argparse.Namespace) -> int:
     from .hub import push_model_dir
 
@@ -296,22 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="dataset source; default: the one in MODEL_DIR/recipe.yaml")
     evaluate.add_argument("--split", default="test", help="test (default), validation, train, or all")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
-    evaluate.add_argument(
-        "--tta",
-        choices=TEST_TIME_FLIPS,
-        help="test-time flips whose logits are averaged; default: augment.test_time_flips of MODEL_DIR/recipe.yaml",
-    )
+    _add_tta_option(evaluate)
 
     predict = verbs.add_parser("predict", help="classify image files or folders")
     predict.add_argument("model_dir")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders")
     predict.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
     predict.add_argument("--output", help="write predictions to a .csv or .json file")
-    predict.add_argument(
-        "--tta",
-        choices=TEST_TIME_FLIPS,
-        help="test-time flips whose logits are averaged; default: augment.test_time_flips of MODEL_DIR/recipe.yaml",
-    )
+    _add_tta_option(predict)
 
     push = verbs.add_parser("push", help="push a fine-tuned model directory, with its model card, to the Hub")
     push.add_argument("model_dir")

@@ -61,6 +61,11 @@ def _label_mapping(data_labels: list[str], model_labels: dict[str, int], source:
     return np.array([model_labels[name] for name in data_labels], dtype=np.int64)
 
 
+def mean_logits(model: torch.nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """The model's logits averaged over the views of one batch (each a batch of pixel values)."""
+    return torch.stack([model(pixel_values=pixels).logits.float() for pixels in views]).mean(0)
+
+
 def predict_scores(
     model: torch.nn.Module, dataset: Dataset, transform, batch_size: int = 64, test_time_flips: str = "none"
 ) -> np.ndarray:
@@ -75,8 +80,7 @@ def predict_scores(
     outputs = []
     with torch.inference_mode():
         for batches in loader:
-            logits = [model(pixel_values=pixels).logits.float() for pixels in batches]
-            outputs.append(torch.stack(logits).mean(0).numpy())
+            outputs.append(mean_logits(model, batches).numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 

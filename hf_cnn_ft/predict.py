@@ -13,6 +13,7 @@ from PIL import Image
 
 from .data import IMAGE_SUFFIXES, to_rgb
 from .errors import UserError
+from .evaluation import mean_logits
 from .models import load_model
 from .transforms import eval_transform, evaluation_views
 
@@ -71,8 +72,8 @@ def predict_files(
         if not tensors:
             continue
         with torch.inference_mode():
-            logits = [model(pixel_values=torch.stack(batch)).logits.float() for batch in zip(*tensors)]
-            probabilities = torch.stack(logits).mean(0).softmax(-1)
+            per_view = [torch.stack(batch) for batch in zip(*tensors)]
+            probabilities = mean_logits(model, per_view).softmax(-1)
         scores, indices = probabilities.topk(top_k, dim=-1)
         for prediction, row_scores, row_indices in zip(readable, scores.tolist(), indices.tolist()):
             prediction.labels = [model.config.id2label[i] for i in row_indices]
