@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from hf_cnn_ft.offline_data import prepare_dataset
-from hf_cnn_ft.recipe import load_recipe
-from hf_cnn_ft.train import train
-from hf_cnn_ft.weights import KNOWN_WEIGHTS, import_known_weights
+from hf_cnn_ft.cli.process import prepare_cpu_process
+from hf_cnn_ft.config.loading import load_recipe
+from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS, import_known_weights
+from hf_cnn_ft.extras.offline_data import prepare_dataset
+from hf_cnn_ft.training.train import train
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -68,7 +69,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     logging.basicConfig(level=logging.WARNING)
-    torch.set_flush_denormal(True)
+    prepare_cpu_process()  # what the command line does before training
 
     rows = []
     for recipe_path in args.recipes:

@@ -27,11 +27,12 @@ from common import TRAINING_ONLY, StepClock, make_photos, sync  # benchmarks/ is
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from hf_cnn_ft.data import load_image_data
-from hf_cnn_ft.models import build_model
-from hf_cnn_ft.recipe import AugmentArguments, DataArguments, ModelArguments, build_recipe
-from hf_cnn_ft.train import train, with_image_transform
-from hf_cnn_ft.transforms import train_transform
+from hf_cnn_ft.config.loading import build_recipe
+from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.transforms import train_transform
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.training.train import train, with_image_transform
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -27,14 +27,16 @@ from common import TRAINING_ONLY, StepClock, make_photos
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from hf_cnn_ft.data import load_image_data
-from hf_cnn_ft.image_cache import decode_once
-from hf_cnn_ft.models import build_model
-from hf_cnn_ft.offline_data import prepare_dataset
-from hf_cnn_ft.recipe import AugmentArguments, DataArguments, ModelArguments, build_recipe, load_recipe
-from hf_cnn_ft.train import train, with_image_transform
-from hf_cnn_ft.transforms import train_transform
-from hf_cnn_ft.weights import import_known_weights
+from hf_cnn_ft.cli.process import prepare_cpu_process
+from hf_cnn_ft.config.loading import build_recipe, load_recipe
+from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
+from hf_cnn_ft.data.decode import decode_once
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.transforms import train_transform
+from hf_cnn_ft.extras.known_weights import import_known_weights
+from hf_cnn_ft.extras.offline_data import prepare_dataset
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.training.train import train, with_image_transform
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -177,10 +179,10 @@ def time_to_accuracy(target: float) -> tuple[float | None, float, float]:
 def feature_cache_epochs(args: argparse.Namespace) -> tuple[float, float, float]:
     """Seconds for one head-only epoch on cached features, one running the frozen backbone, and
     the one-off feature extraction."""
-    from hf_cnn_ft.finetuning import BackboneFeatures, extract_features, train_head
-    from hf_cnn_ft.models import head_linear
-    from hf_cnn_ft.recipe import FinetuneArguments
-    from hf_cnn_ft.transforms import eval_transform
+    from hf_cnn_ft.config.sections import FinetuneArguments
+    from hf_cnn_ft.data.transforms import eval_transform
+    from hf_cnn_ft.models.anatomy import head_linear
+    from hf_cnn_ft.strategies.probe import BackboneFeatures, extract_features, train_head
 
     data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
     model, data_config = build_model(
@@ -226,6 +228,7 @@ def main() -> None:
     short = argparse.Namespace(**{**vars(args), "steps": args.warmup + 2})
     hand_written_throughput(short)
     hand_default_allocator = hand_written_throughput(args)
+    prepare_cpu_process()  # what the command line does before training
     tool_throughput(short)
     hand_written_throughput(short)
     tool, hand, setup = [], [], []

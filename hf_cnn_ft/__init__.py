@@ -1,6 +1,6 @@
 """hf-cnn-ft: fine-tune pretrained CNNs on your own images with the Hugging Face stack."""
 
-from .errors import UserError
+from hf_cnn_ft.errors import UserError
 
 __version__ = "0.1.0"
 

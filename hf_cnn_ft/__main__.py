@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from hf_cnn_ft.cli.main import main
 
 sys.exit(main())

@@ -7,3 +7,9 @@ class UserError(Exception):
     The CLI prints its message on one line, without a traceback, and exits non-zero.
     The message says what is wrong and what to do about it.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

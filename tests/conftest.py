@@ -25,7 +25,7 @@ for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"
     os.environ.pop(variable, None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from hf_cnn_ft.synthetic import make_shapes_folder  # noqa: E402
+from synthetic import make_shapes_folder  # noqa: E402  (after the environment is set)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def shapes_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, shapes_dir) -> Path:
     """One tiny end-to-end training run through the CLI, shared by the tests that inspect it."""
-    from hf_cnn_ft.cli import main
+    from hf_cnn_ft.cli.main import main
 
     output_dir = tmp_path_factory.mktemp("run") / "out"
     code = main(["train", *overrides({**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": output_dir})])

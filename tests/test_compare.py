@@ -6,7 +6,7 @@ import csv
 
 from conftest import TINY_SETTINGS, overrides
 
-from hf_cnn_ft.cli import main
+from hf_cnn_ft.cli.main import main
 
 
 def test_compare_two_models_and_a_failing_third(tmp_path, shapes_dir, capsys):

@@ -6,7 +6,8 @@ import subprocess
 import pytest
 from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
 
-from hf_cnn_ft.evaluation import data_arguments_for, evaluate_model
+from hf_cnn_ft.evaluation.evaluate import evaluate_model
+from hf_cnn_ft.share.run_dir import data_arguments_for
 
 pytestmark = pytest.mark.slow
 

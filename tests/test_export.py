@@ -11,11 +11,13 @@ import pytest
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_cnn_ft.cli import main
+from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.config.sections import ModelArguments
+from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.export import export_onnx
-from hf_cnn_ft.models import DataConfig, build_model, save_model
-from hf_cnn_ft.recipe import ModelArguments
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.models.io import save_model
+from hf_cnn_ft.share.export import export_onnx
 
 LABELS = ["cat", "dog", "fox"]
 

@@ -17,9 +17,9 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForImageClassification, pipeline
 
-from hf_cnn_ft.cli import main
-from hf_cnn_ft.models import load_model
-from hf_cnn_ft.predict import predict_files
+from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.evaluation.predict import predict_files
+from hf_cnn_ft.models.io import load_model
 
 CARD_HEADINGS = ("## Training data", "## Training procedure", "## Results", "## How to use", "## Limitations")
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import make_shapes_folder
 
-from hf_cnn_ft.data import IMAGE_COLUMN, load_image_data
-from hf_cnn_ft.image_cache import decode_once
-from hf_cnn_ft.models import DataConfig
-from hf_cnn_ft.recipe import DataArguments
-from hf_cnn_ft.synthetic import make_shapes_folder
-from hf_cnn_ft.transforms import eval_transform
+from hf_cnn_ft.config.sections import DataArguments
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN
+from hf_cnn_ft.data.decode import decode_once
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.transforms import eval_transform
 
 CONFIG = DataConfig(input_size=24, crop_pct=0.875, interpolation="bicubic")
 

@@ -11,12 +11,14 @@ from conftest import TINY_SETTINGS, overrides
 from huggingface_hub import HfApi, ModelCard
 from peft import PeftModel
 
-from hf_cnn_ft.cli import main
+from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.config.sections import ModelArguments, PeftArguments
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.lora import apply_adapter, batchnorm_names, load_adapter_dir, parameter_counts, save_adapter
-from hf_cnn_ft.models import build_model, load_model, save_model
-from hf_cnn_ft.predict import predict_files
-from hf_cnn_ft.recipe import ModelArguments, PeftArguments
+from hf_cnn_ft.evaluation.predict import predict_files
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.models.io import save_model
+from hf_cnn_ft.share.run_dir import load_adapter_dir, load_run
+from hf_cnn_ft.strategies.adapters import apply_adapter, batchnorm_names, parameter_counts, save_adapter
 
 LABELS = ["a", "b", "c"]
 
@@ -159,7 +161,7 @@ def test_pushed_adapter_card_names_the_base_model(tmp_path, shapes_dir, hub):
         json.loads(Path(HfApi().hf_hub_download(repo_id, "adapter_config.json")).read_text())["base_model_name_or_path"]
         == base_repo
     )
-    torch.testing.assert_close(_logits(load_model(out)[0]), _logits(load_adapter_dir(out)[0].merge_and_unload()))
+    torch.testing.assert_close(_logits(load_run(out)[0]), _logits(load_adapter_dir(out)[0].merge_and_unload()))
 
 
 def test_bad_peft_settings_are_one_clear_error(tmp_path, shapes_dir):

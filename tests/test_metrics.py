@@ -2,7 +2,8 @@ import evaluate
 import numpy as np
 import pytest
 
-from hf_cnn_ft.metrics import METRIC_SCRIPT, classification_report, epoch_history
+from hf_cnn_ft.evaluation.metrics import METRIC_SCRIPT, classification_report
+from hf_cnn_ft.evaluation.plots import epoch_history
 
 
 def one_hot_scores(predictions, num_classes):

@@ -17,9 +17,11 @@ from transformers import (
     TimmWrapperForImageClassification,
 )
 
+from hf_cnn_ft.config.sections import ModelArguments
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.models import build_model, head_linear, load_model, save_model
-from hf_cnn_ft.recipe import ModelArguments
+from hf_cnn_ft.models.anatomy import head_linear
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.models.io import load_model, save_model
 
 LABELS = ["cat", "dog", "fox"]
 

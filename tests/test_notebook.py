@@ -5,6 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from synthetic import make_shapes_folder
 
 pytestmark = pytest.mark.slow
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_and_finetune.ipynb"
@@ -13,6 +14,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_and_fine
 def test_notebook_executes_and_shows_the_mistakes(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_CNN_FT_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("HF_CNN_FT_NOTEBOOK_WORK", str(tmp_path))
+    monkeypatch.setenv("HF_CNN_FT_NOTEBOOK_DATA", str(make_shapes_folder(tmp_path / "shapes", per_class=30, size=40)))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from hf_cnn_ft.data import load_image_data
+from hf_cnn_ft.config.sections import DataArguments
+from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.offline_data import prepare_dataset
-from hf_cnn_ft.recipe import DataArguments
+from hf_cnn_ft.extras.offline_data import prepare_dataset
 
 pytestmark = pytest.mark.slow
 

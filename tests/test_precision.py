@@ -13,8 +13,8 @@ import torch
 from conftest import TINY_SETTINGS, cli_env, overrides
 from safetensors.torch import load_file
 
-from hf_cnn_ft.cli import main
-from hf_cnn_ft.predict import predict_files
+from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.evaluation.predict import predict_files
 
 
 def _train_and_predict(tmp_path, shapes_dir, extra: dict) -> tuple[dict, list]:
@@ -48,7 +48,7 @@ def test_speed_options_save_a_plain_float32_model_that_predicts(tmp_path, shapes
 # (as a training step does with its activations and gradients).
 _FAULT_COUNT = """
 import resource, torch
-from hf_cnn_ft.cpu_process import keep_freed_memory_in_process
+from hf_cnn_ft.cli.process import keep_freed_memory_in_process
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

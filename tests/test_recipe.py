@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hf_cnn_ft.config.loading import load_recipe, parse_overrides, recipe_to_yaml
+from hf_cnn_ft.config.sections import KEY_OWNERS
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.recipe import KEY_OWNERS, load_recipe, parse_overrides, recipe_to_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import timm
 
-from hf_cnn_ft.offline_data import OFFLINE_DATASETS
-from hf_cnn_ft.recipe import load_recipe
-from hf_cnn_ft.weights import KNOWN_WEIGHTS
+from hf_cnn_ft.config.loading import load_recipe
+from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS
+from hf_cnn_ft.extras.offline_data import OFFLINE_DATASETS
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -8,17 +8,13 @@ from conftest import TINY_SETTINGS, overrides
 from safetensors.torch import load_file
 from transformers import ResNetConfig, ResNetForImageClassification, set_seed
 
-from hf_cnn_ft.cli import main
+from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.config.sections import ModelArguments
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.finetuning import module_input, stages
-from hf_cnn_ft.models import build_model
-from hf_cnn_ft.recipe import ModelArguments
-from hf_cnn_ft.stage_probe import (
-    check_entry,
-    entry_module,
-    logits_from_stage_inputs,
-    trained_stage_names,
-)
+from hf_cnn_ft.models.anatomy import stages
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.strategies.probe import module_input
+from hf_cnn_ft.strategies.stage_probe import check_entry, entry_module, logits_from_stage_inputs, trained_stage_names
 
 LABELS = ["a", "b", "c"]
 
@@ -123,14 +119,8 @@ def test_card_names_the_trained_stages(tmp_path, shapes_dir):
     assert json.loads((out / "metrics.json").read_text())["epochs_trained"] == 1
 
 
-def test_negative_probe_stages_is_one_clear_line(tmp_path, shapes_dir, capsys):
-    settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": tmp_path / "o", "probe_stages": -1}
-    assert main(["train", *overrides(settings)]) != 0
-    assert "finetune.probe_stages must be 0 (the head alone) or more, got -1" in capsys.readouterr().err
-
-
 def test_a_cache_larger_than_half_the_free_memory_is_refused_before_caching(tmp_path, shapes_dir, capsys, monkeypatch):
-    monkeypatch.setattr("hf_cnn_ft.stage_probe.available_memory", lambda: 2**10)
+    monkeypatch.setattr("hf_cnn_ft.strategies.stage_probe.available_memory", lambda: 2**10)
     settings = {
         **TINY_SETTINGS,
         "dataset": shapes_dir,

@@ -17,8 +17,8 @@ import torch
 from conftest import TINY_SETTINGS, overrides
 from PIL import Image
 
-from hf_cnn_ft.cli import main
-from hf_cnn_ft.transforms import evaluation_views
+from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.data.transforms import evaluation_views
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from conftest import TINY_SETTINGS, cli_env, overrides
 from PIL import Image
+from synthetic import CLASSES
 from transformers import pipeline
 
-from hf_cnn_ft.cli import main
-from hf_cnn_ft.synthetic import CLASSES
+from hf_cnn_ft.cli.main import main
 
 pytestmark = pytest.mark.slow
 ARTEFACTS = [
@@ -179,7 +179,7 @@ BAD_INPUT = [
             "--metric_for_best_model",
             "acc",
         ],
-        "metric_for_best_model 'acc'",
+        "metric_for_best_model: 'acc' is not one of loss, accuracy",
     ),
 ]
 

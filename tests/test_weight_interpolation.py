@@ -11,10 +11,10 @@ from conftest import TINY_SETTINGS, overrides
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from hf_cnn_ft.cli import EXIT_USER_ERROR, main
-from hf_cnn_ft.recipe import build_recipe
-from hf_cnn_ft.train import train
-from hf_cnn_ft.weight_interpolation import AUTO_ALPHAS, START_FILE
+from hf_cnn_ft.cli.main import EXIT_USER_ERROR, main
+from hf_cnn_ft.config.loading import build_recipe
+from hf_cnn_ft.strategies.wise import AUTO_ALPHAS, START_FILE
+from hf_cnn_ft.training.train import train
 
 RUN = {
     **TINY_SETTINGS,
@@ -94,7 +94,7 @@ def test_resumed_run_interpolates_towards_the_same_probed_start(tmp_path, shapes
     [
         ({"strategy": "linear_probe", "wise_alpha": 0.5}, "use two_phase or gradual"),
         ({"strategy": "full", "wise_alpha": "auto"}, "use two_phase or gradual"),
-        ({"wise_alpha": 1.5}, "between 0 and 1"),
+        ({"wise_alpha": 1.5}, "is not auto or in [0, 1]"),
         ({"wise_alpha": "best"}, "wise_alpha"),
         ({"wise_alpha": 0.5, "peft_method": "lora", "pretrained": True}, "does not combine with peft"),
     ],

@@ -9,9 +9,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoModelForImageClassification, pipeline
 
-from hf_cnn_ft.cli import main
+from hf_cnn_ft.cli.main import main
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.weights import KNOWN_WEIGHTS, import_known_weights, import_weights
+from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS, import_known_weights
+from hf_cnn_ft.models.weights_import import import_weights
 
 
 def test_timm_checkpoint_imports_into_a_directory_both_libraries_load(tmp_path):

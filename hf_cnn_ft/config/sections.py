@@ -1,0 +1,450 @@
+"""The recipe's seven sections, each a dataclass: the one source of truth for every setting.
+
+A recipe has the sections ``data``, ``model``, ``augment``, ``finetune``, ``peft``, ``hub`` and ``training``
+(transformers' ``TrainingArguments`` with defaults chosen for fine-tuning). Every key name is unique across
+the sections, so a command-line override names it plainly (``--learning_rate 3e-4``) or with its section
+(``--training.learning_rate 3e-4``). The CLI, the YAML files, the saved ``recipe.yaml`` and the model card
+are all derived from these dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import TrainingArguments
+
+# The choices of choice-valued keys: a value outside them fails when the recipe loads.
+BN_POLICIES = ("auto", "train", "frozen", "frozen_in_frozen_stages")
+UNFREEZE_SCHEDULES = ("none", "head_then_all", "one_per_epochs", "milestones")
+SAMPLERS = ("random", "balanced")
+AUTO_AUGMENT_POLICIES = ("randaugment", "trivialaugment")
+CROP_MODES = ("center", "squash")
+TEST_TIME_FLIPS = ("none", "horizontal", "vertical", "both")
+PEFT_METHODS = ("lora", "loha")
+PUSH_STRATEGIES = ("end", "every_save", "best")
+# What evaluation computes, by name: the choices of training.metric_for_best_model (and loss).
+METRIC_NAMES = (
+    "accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
+    "top5_accuracy",
+)
+
+
+@dataclass(frozen=True)
+class StrategyPreset:
+    """What a fine-tuning strategy presets: the recipe keys it fills when they are unset, and its phases.
+
+    The behaviour lives in `hf_cnn_ft.strategies`; this is the part a recipe is checked against at load.
+    """
+
+    name: str
+    probes: bool  # fits the new head on cached features before anything else
+    trains: bool = True  # runs the Trainer phase after that
+    unfreeze: str = "none"  # finetune.unfreeze when unset
+    lr_decay: float = 1.0  # finetune.lr_decay when unset
+    adapters: bool = False  # combines with a peft adapter
+
+
+STRATEGY_PRESETS: dict[str, StrategyPreset] = {
+    preset.name: preset
+    for preset in (
+        StrategyPreset("full", probes=False, adapters=True),
+        StrategyPreset("linear_probe", probes=True, trains=False),
+        StrategyPreset("two_phase", probes=True, adapters=True),
+        StrategyPreset("gradual", probes=True, unfreeze="one_per_epochs", lr_decay=0.7),
+    )
+}
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are split."""
+
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset id, a folder of images in class sub-folders, a CSV/JSONL file of "
+            "(image path, label) rows, or a folder written by `Dataset.save_to_disk`."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Column holding the images or image paths (found automatically if unset)."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column holding the class labels (found automatically if unset)."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Name of the training split."})
+    validation_split: str | None = field(
+        default=None,
+        metadata={"help": "Name of an existing validation split; unset looks for validation/valid/val/dev."},
+    )
+    test_split: str | None = field(
+        default=None, metadata={"help": "Name of an existing test split; unset looks for a split named test."}
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of the training images held out for validation when no split exists."}
+    )
+    test_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Share of the training images held out for the final test when no test split exists. "
+            "0 means no test split: the final evaluation then runs on the validation split."
+        },
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed of the stratified split, independent of training."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging)."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the validation and test splits (debugging)."}
+    )
+    decode_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Decode and resize every image once, into an Arrow cache, instead of every epoch "
+            "(evaluation pixels are unchanged; training crops come from the resized copy)."
+        },
+    )
+    check_images: bool = field(
+        default=True,
+        metadata={"help": "Decode every image once before training and skip (and report) the unreadable ones."},
+    )
+
+
+@dataclass
+class ModelArguments:
+    """Which pretrained backbone to fine-tune."""
+
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "A timm architecture (resnet50, convnext_tiny, efficientnet_b0...), a timm Hub id "
+            "(timm/resnet50.a1_in1k), a transformers Hub id (microsoft/resnet-50) or a local model directory."
+        },
+    )
+    pretrained: bool = field(
+        default=True,
+        metadata={"help": "Start from pretrained weights; false builds the architecture randomly initialised."},
+    )
+    weights: str | None = field(
+        default=None,
+        metadata={"help": "A local .safetensors or PyTorch state-dict file to load into the backbone."},
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub model branch, tag or commit."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Training/eval resolution; unset uses the model's own input size."}
+    )
+    crop_pct: float | None = field(
+        default=None,
+        metadata={"help": "Eval crop: resize to image_size / crop_pct, then crop; unset uses the model's."},
+    )
+    crop_mode: Literal[CROP_MODES] | None = field(
+        default=None,
+        metadata={
+            "help": "center (keep the aspect ratio, crop the middle) or squash (resize both edges: keeps "
+            "the whole of wide or tall images); unset uses the model's."
+        },
+    )
+    drop_rate: float | None = field(
+        default=None, metadata={"help": "Dropout before the classifier; unset keeps the model's own."}
+    )
+    drop_path_rate: float | None = field(
+        default=None, metadata={"help": "Stochastic depth (drop-path) rate, where the backbone has it."}
+    )
+    zero_init_head: bool = field(
+        default=True,
+        metadata={
+            "help": "Start the new classifier at zero, so the first steps cannot push random gradients "
+            "into the pretrained backbone."
+        },
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code from a Hub model repo."})
+    channels_last: bool = field(
+        default=True, metadata={"help": "NHWC memory layout: 1.8x faster CNN training on CPU (benchmarks/RESULTS.md)."}
+    )
+
+
+@dataclass
+class FinetuneArguments:
+    """How the pretrained network is adapted: strategy, frozen stages, BatchNorm, linear probe."""
+
+    strategy: str = field(
+        default="two_phase",
+        metadata={
+            "help": "full: train everything from the start; linear_probe: train only the new head, on cached "
+            "frozen features; two_phase: linear probe, then fine-tune everything (LP-FT, Kumar et al. 2022); "
+            "gradual: linear probe, then unfreeze one stage from the top per epoch with layer-wise learning-rate "
+            "decay 0.7 (ULMFiT, Howard & Ruder 2018). Each piece can be overridden."
+        },
+    )
+    freeze: str = field(
+        default="none", metadata={"help": "Stages frozen while the Trainer runs: none, backbone, or the first N."}
+    )
+    bn: Literal[BN_POLICIES] = field(
+        default="auto",
+        metadata={
+            "help": "BatchNorm: frozen (inference mode everywhere, the Keras rule), frozen_in_frozen_stages, train, "
+            "or auto: frozen for pretrained weights, train for a randomly initialised model."
+        },
+    )
+    bn_adapt: bool = field(
+        default=False,
+        metadata={
+            "help": "Re-estimate every BatchNorm layer's statistics on the training images before training "
+            "(AdaBN, Li et al. 2016): a cheap fix for a domain gap between ImageNet and your images."
+        },
+    )
+    unfreeze: Literal[UNFREEZE_SCHEDULES] | None = field(
+        default=None,
+        metadata={
+            "help": "Gradual unfreezing while the Trainer runs: none; head_then_all (the frozen stages train from "
+            "epoch unfreeze_epochs on, fastai's fine_tune); one_per_epochs (one more stage from the top every "
+            "unfreeze_epochs epochs, ULMFiT); milestones (unfreeze_milestones). Unset: the strategy's choice."
+        },
+    )
+    unfreeze_epochs: int = field(default=1, metadata={"help": "Epochs per unfreezing step (see unfreeze)."})
+    unfreeze_milestones: dict[int, str] | None = field(
+        default=None,
+        metadata={"help": "{epoch: freeze}: from that epoch on, freeze that (backbone, N or none). Epoch 0 is freeze."},
+    )
+    lr_restart: bool = field(
+        default=True,
+        metadata={"help": "Warm the learning rate up again (then decay) whenever stages unfreeze."},
+    )
+    head_epochs: int = field(default=60, metadata={"help": "Linear-probe epochs over the cached features."})
+    head_learning_rate: float = field(default=3e-3, metadata={"help": "Linear-probe learning rate (AdamW)."})
+    head_weight_decay: float = field(default=1e-4, metadata={"help": "Linear-probe weight decay."})
+    head_batch_size: int = field(default=64, metadata={"help": "Linear-probe batch size."})
+    probe_stages: int = field(
+        default=0,
+        metadata={
+            "help": "Also train the last N stages during the linear probe, on cached outputs of the stages before "
+            "them (at head_learning_rate x backbone_lr_multiplier); 0: the head alone, on pooled features."
+        },
+    )
+    feature_views: int = field(
+        default=1, metadata={"help": "Cached views per training image: 1 unaugmented + (N-1) augmented."}
+    )
+    backbone_lr_multiplier: float = field(
+        default=1.0, metadata={"help": "Backbone learning rate as a multiple of the head's (training.learning_rate)."}
+    )
+    lr_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Layer-wise decay: each stage further from the head trains at this multiple of the one above. "
+            "Unset: 0.7 for strategy gradual, else 1."
+        },
+    )
+    sampler: Literal[SAMPLERS] = field(
+        default="random",
+        metadata={"help": "random, or balanced: draw training images with probability 1 / (size of their class)."},
+    )
+    l2sp_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "L2-SP: penalise alpha/2 * |w - w_pretrained|^2 over the backbone (Li et al. 2018); 0 is off."
+        },
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep an exponential moving average of the weights (e.g. 0.999); validation and the final "
+            "model use it. Unset: off."
+        },
+    )
+    class_weights: str | dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "Loss weight per class: auto (inverse class frequency, normalised) or {label: weight}."},
+    )
+    wise_alpha: float | Literal["auto"] | None = field(
+        default=None,
+        metadata={
+            "help": "WiSE-FT (Wortsman et al. 2022): the final weights are (1 - alpha) x the linear-probed start "
+            "+ alpha x the fine-tuned end; a number in [0, 1], or auto: the best of 0, 0.25, 0.5, 0.75, 1 on the "
+            "validation split (metric_for_best_model). For two_phase and gradual. Unset: off (the end)."
+        },
+    )
+
+
+@dataclass
+class AugmentArguments:
+    """Training-time augmentation, and the flips averaged at test time. Evaluation resizes and centre-crops."""
+
+    crop_scale: tuple[float, float] = field(
+        default=(0.25, 1.0), metadata={"help": "Area range of RandomResizedCrop, as fractions of the image."}
+    )
+    hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip."})
+    vflip: float = field(default=0.0, metadata={"help": "Probability of a vertical flip (scans, aerial images)."})
+    rotation: float = field(default=0.0, metadata={"help": "Maximum random rotation, in degrees."})
+    color_jitter: float = field(
+        default=0.0, metadata={"help": "Strength of brightness/contrast/saturation jitter (0 disables)."}
+    )
+    auto_augment: Literal[AUTO_AUGMENT_POLICIES] | None = field(
+        default=None, metadata={"help": "randaugment or trivialaugment, applied after the crop and flips."}
+    )
+    randaugment_ops: int = field(default=2, metadata={"help": "RandAugment: operations per image."})
+    randaugment_magnitude: int = field(default=9, metadata={"help": "RandAugment: magnitude (0-30)."})
+    random_erasing: float = field(default=0.0, metadata={"help": "Probability of erasing a random rectangle."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "MixUp Beta(alpha, alpha) strength; 0 disables."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha) strength; 0 disables."})
+    mix_prob: float = field(
+        default=1.0, metadata={"help": "Share of training batches mixed (MixUp or CutMix, one at random if both)."}
+    )
+    test_time_flips: Literal[TEST_TIME_FLIPS] = field(
+        default="none",
+        metadata={
+            "help": "Test-time augmentation of the final evaluation, evaluate and predict: average the logits of each "
+            "image and its horizontal, vertical or both flips (4 views). The saved weights are unchanged."
+        },
+    )
+
+
+@dataclass
+class PeftArguments:
+    """Parameter-efficient fine-tuning with peft: a low-rank adapter on the convolutions instead of
+    updating every weight. The head and the BatchNorm layers train and are saved with the adapter."""
+
+    peft_method: Literal[PEFT_METHODS] | None = field(
+        default=None, metadata={"help": "lora or loha (peft's conv-capable methods); unset trains the weights."}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "Rank of the low-rank update."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: the update is scaled by alpha/rank."})
+    lora_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on the adapter's input (LoHa: module dropout)."}
+    )
+    target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt; unset: every dense Conv2d and every Linear but the classifier."},
+    )
+
+
+@dataclass
+class HubArguments:
+    """Pushing the fine-tuned model to the Hugging Face Hub. The token comes from HF_TOKEN or
+    `hf auth login`, never from the recipe, so that no saved recipe can leak it."""
+
+    repo_id: str | None = field(
+        default=None, metadata={"help": "Push the model to this Hub repo (namespace/name); unset: no push."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the repo private (an existing repo keeps its own)."})
+    branch: str | None = field(
+        default=None, metadata={"help": "Push to this branch (created if missing); unset: main."}
+    )
+    commit_message: str | None = field(default=None, metadata={"help": "Message of the final commit."})
+    push_strategy: Literal[PUSH_STRATEGIES] = field(
+        default="end",
+        metadata={
+            "help": "end: push once, when training is done; every_save: also push the model at every checkpoint; "
+            "best: also push whenever the validation metric improves."
+        },
+    )
+    license: str = field(
+        default="other",
+        metadata={"help": "Licence id for the model card; the base weights' and the data's licences bound it."},
+    )
+
+
+def _default_num_workers() -> int:
+    # Decoding and augmenting a small image costs ~1-2 ms per core, far less than a CNN training
+    # step; on a machine with two cores, workers only steal cores from the compute threads.
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(8, cpus // 2)
+
+
+@dataclass
+class TrainArguments(TrainingArguments):
+    """transformers' TrainingArguments with defaults for fine-tuning a CNN on a small dataset."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints and artefacts go."})
+    num_train_epochs: float = 10.0
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.1
+    weight_decay: float = 0.01
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    logging_strategy: str = "epoch"
+    load_best_model_at_end: bool = True
+    metric_for_best_model: str | None = "accuracy"
+    save_total_limit: int | None = 2
+    report_to: None | str | list[str] = "none"
+    # The image column must reach the collator, which does the transforms (transformers #17894).
+    remove_unused_columns: bool = False
+    dataloader_num_workers: int = field(default_factory=_default_num_workers)
+    # Workers that live across epochs: no re-forking (and re-importing) at every epoch start.
+    dataloader_persistent_workers: bool = field(default_factory=lambda: _default_num_workers() > 0)
+    dataloader_pin_memory: bool = field(default_factory=torch.cuda.is_available)
+    seed: int = 42
+    early_stopping_patience: int | None = field(
+        default=5, metadata={"help": "Stop after this many evaluations without improvement; null disables."}
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Minimum improvement of metric_for_best_model that counts."}
+    )
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "On a Linux CPU, keep memory the process frees for reuse instead of returning it to the OS "
+            "at every step: 1.2-1.8x faster training (benchmarks/RESULTS.md), for ~10% more peak memory, held "
+            "until the process ends."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True  # bf16 autocast on the CPU: transformers asks for use_cpu explicitly
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine
+            # without GPUs: accelerate forms a CPU process group (gloo) only when asked for the CPU.
+            self.use_cpu = True
+        super().__post_init__()
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataArguments,
+    "model": ModelArguments,
+    "augment": AugmentArguments,
+    "finetune": FinetuneArguments,
+    "peft": PeftArguments,
+    "hub": HubArguments,
+    "training": TrainArguments,
+}
+
+
+@dataclass
+class Recipe:
+    data: DataArguments
+    model: ModelArguments
+    augment: AugmentArguments
+    finetune: FinetuneArguments
+    peft: PeftArguments
+    hub: HubArguments
+    training: TrainArguments
+
+
+def init_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _key_owners() -> dict[str, str]:
+    owners: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        for name in init_fields(cls):
+            if name in owners:
+                raise AssertionError(f"recipe key {name!r} is defined in both {owners[name]} and {section}")
+            owners[name] = section
+    return owners
+
+
+KEY_OWNERS = _key_owners()

@@ -1,0 +1,187 @@
+"""The loaded splits: exactly two columns, ``image`` (a `datasets.Image`) and ``label`` (a `ClassLabel`)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets import ClassLabel, DatasetDict
+
+from hf_cnn_ft.config.sections import DataArguments
+from hf_cnn_ft.data.images import unreadable_reason
+from hf_cnn_ft.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+IMAGE_COLUMN = "image"
+
+
+LABEL_COLUMN = "label"
+
+
+IMAGE_COLUMN_CANDIDATES = (
+    "image",
+    "img",
+    "image_path",
+    "path",
+    "file",
+    "filepath",
+    "file_path",
+    "file_name",
+    "filename",
+)
+
+
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_name", "category", "target", "fine_label")
+
+
+@dataclass
+class SkippedImage:
+    split: str
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageData:
+    """The loaded splits and what was learnt while loading them."""
+
+    splits: DatasetDict
+    label_names: list[str]
+    source: str
+    skipped: list[SkippedImage] = field(default_factory=list)
+
+    @property
+    def evaluation_split(self) -> str:
+        """The split of the final, honest evaluation: test when there is one, else validation."""
+        return "test" if "test" in self.splits else "validation"
+
+    def class_counts(self, split: str) -> dict[str, int]:
+        counts = np.bincount(self.splits[split][LABEL_COLUMN], minlength=len(self.label_names))
+        return {name: int(n) for name, n in zip(self.label_names, counts)}
+
+
+def _pick_column(
+    features: datasets.Features, wanted: str | None, candidates: tuple[str, ...], what: str, source: str
+) -> str:
+    columns = list(features)
+    if wanted is not None:
+        if wanted not in columns:
+            raise UserError(
+                f"{what} column '{wanted}' not found in {source}; the columns there are: {', '.join(columns)}"
+            )
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    lowered = {c.lower(): c for c in columns}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    kind = datasets.Image if what == "image" else ClassLabel
+    typed = [c for c in columns if isinstance(features[c], kind)]
+    if len(typed) == 1:
+        return typed[0]
+    key = "image_column" if what == "image" else "label_column"
+    raise UserError(f"no {what} column found in {source} (columns: {', '.join(columns)}); set data.{key}")
+
+
+def _normalise_columns(raw: DatasetDict, args: DataArguments, base_dir: Path | None) -> DatasetDict:
+    """Renames the chosen columns to image/label, drops the rest, and makes images decodable."""
+    features = next(iter(raw.values())).features
+    image_col = _pick_column(features, args.image_column, IMAGE_COLUMN_CANDIDATES, "image", args.dataset or "")
+    label_col = _pick_column(features, args.label_column, LABEL_COLUMN_CANDIDATES, "label", args.dataset or "")
+    splits = {}
+    for name, split in raw.items():
+        split = split.select_columns([image_col, label_col])
+        if image_col != IMAGE_COLUMN:
+            split = split.rename_column(image_col, IMAGE_COLUMN)
+        if label_col != LABEL_COLUMN:
+            split = split.rename_column(label_col, LABEL_COLUMN)
+        feature = split.features[IMAGE_COLUMN]
+        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+            if base_dir is not None:
+                split = split.map(
+                    lambda batch: {IMAGE_COLUMN: [_resolve(p, base_dir) for p in batch[IMAGE_COLUMN]]},
+                    batched=True,
+                    desc="Resolving image paths",
+                )
+            split = split.cast_column(IMAGE_COLUMN, datasets.Image())
+        elif not isinstance(feature, datasets.Image):
+            raise UserError(
+                f"column '{image_col}' of {args.dataset} holds {feature}, not images or image paths; "
+                "set data.image_column"
+            )
+        splits[name] = split
+    return DatasetDict(splits)
+
+
+def _resolve(path: str | None, base_dir: Path) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else base_dir / p)
+
+
+def _encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
+    """Makes the label column a ClassLabel shared by all splits; returns the class names."""
+    feature = next(iter(raw.values())).features[LABEL_COLUMN]
+    if isinstance(feature, ClassLabel):
+        return raw, list(feature.names)
+    values = set()
+    for split in raw.values():
+        values.update(v for v in split.unique(LABEL_COLUMN) if v is not None)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        ordered = sorted(values)
+        names = [str(v) for v in ordered]
+    else:
+        ordered = sorted(values, key=str)
+        names = [str(v) for v in ordered]
+    index = {v: i for i, v in enumerate(ordered)}
+    class_label = ClassLabel(names=names)
+    encoded = {}
+    for name, split in raw.items():
+        missing = sum(v is None for v in split[LABEL_COLUMN])
+        if missing:
+            split = split.filter(lambda row: row[LABEL_COLUMN] is not None)
+            logger.warning("%s split: dropped %d rows with an empty label", name, missing)
+        features = split.features.copy()
+        features[LABEL_COLUMN] = class_label
+        split = split.map(
+            lambda batch: {LABEL_COLUMN: [index[v] for v in batch[LABEL_COLUMN]]},
+            batched=True,
+            features=features,
+            desc="Encoding labels",
+        )
+        encoded[name] = split
+    return DatasetDict(encoded), names
+
+
+def drop_unreadable_images(splits: DatasetDict) -> tuple[DatasetDict, list[SkippedImage]]:
+    """Decodes every image once; returns the splits without the unreadable ones, and those."""
+    skipped: list[SkippedImage] = []
+    cleaned = {}
+    for name, split in splits.items():
+        raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+        checked = raw.map(
+            lambda batch: {"_unreadable": [unreadable_reason(img) or "" for img in batch[IMAGE_COLUMN]]},
+            batched=True,
+            batch_size=64,
+            desc=f"Checking {name} images",
+        )
+        reasons = checked["_unreadable"]
+        bad = [i for i, r in enumerate(reasons) if r]
+        if bad:
+            images = checked.select(bad)[IMAGE_COLUMN]
+            for i, img in zip(bad, images):
+                skipped.append(SkippedImage(name, img.get("path") or f"{name}[{i}]", reasons[i]))
+            good = [i for i, r in enumerate(reasons) if not r]
+            split = split.select(good)
+        cleaned[name] = split
+    for item in skipped:
+        logger.warning("skipping unreadable image %s (%s)", item.path, item.reason)
+    return DatasetDict(cleaned), skipped

@@ -1,0 +1,80 @@
+"""Train / validation / test splits: existing ones kept, missing ones carved out stratified by class."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from hf_cnn_ft.config.sections import DataArguments
+from hf_cnn_ft.data.dataset import LABEL_COLUMN
+from hf_cnn_ft.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_SPLIT_CANDIDATES = ("validation", "valid", "val", "dev")
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Splits indices into (kept, held out) with `fraction` of every class held out.
+
+    Every class with at least two examples keeps one on each side, so a rare class never
+    vanishes from training or from the held-out split.
+    """
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_held = int(round(len(idx) * fraction))
+        if fraction > 0 and len(idx) >= 2:
+            n_held = min(max(n_held, 1), len(idx) - 1)
+        held.append(idx[:n_held])
+        kept.append(idx[n_held:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
+    available = list(raw.keys())
+    if args.train_split not in raw:
+        raise UserError(
+            f"split '{args.train_split}' not found in {args.dataset}; splits there are: {', '.join(available)} "
+            "(set data.train_split)"
+        )
+    for wanted, key in ((args.validation_split, "validation_split"), (args.test_split, "test_split")):
+        if wanted is not None and wanted not in raw:
+            raise UserError(
+                f"split '{wanted}' not found in {args.dataset}; splits there are: {', '.join(available)} "
+                f"(set data.{key})"
+            )
+    validation_name = args.validation_split or next((n for n in VALIDATION_SPLIT_CANDIDATES if n in raw), None)
+    test_name = args.test_split or ("test" if "test" in raw else None)
+    train = raw[args.train_split]
+
+    def carve(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+        kept, held = stratified_split(np.asarray(dataset[LABEL_COLUMN]), fraction, seed)
+        return dataset.select(kept), dataset.select(held)
+
+    splits: dict[str, Dataset] = {}
+    if test_name is not None:
+        splits["test"] = raw[test_name]
+    elif args.test_fraction > 0:
+        train, splits["test"] = carve(train, args.test_fraction, args.split_seed)
+    else:
+        logger.warning("no test split and data.test_fraction is 0: the final evaluation uses the validation split")
+    if validation_name is not None:
+        splits["validation"] = raw[validation_name]
+    elif args.validation_fraction > 0:
+        # Fraction of the original training set, whether or not a test split was carved first.
+        fraction = args.validation_fraction / (1.0 - (args.test_fraction if test_name is None else 0.0))
+        train, splits["validation"] = carve(train, min(fraction, 0.9), args.split_seed + 1)
+    else:
+        raise UserError(
+            f"{args.dataset} has no validation split and data.validation_fraction is 0; early stopping and "
+            "best-model selection need one: set data.validation_fraction (e.g. 0.1) or data.validation_split"
+        )
+    ordered = {"train": train, "validation": splits["validation"]}
+    if "test" in splits:
+        ordered["test"] = splits["test"]
+    return DatasetDict(ordered)

@@ -1,0 +1,1 @@
+"""Metric math, pictures, test-time views, evaluate, predict and the text report."""

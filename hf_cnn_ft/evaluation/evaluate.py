@@ -1,0 +1,83 @@
+"""Evaluating a fine-tuned model directory on a labelled dataset."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from hf_cnn_ft.config.sections import DataArguments
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.metrics import classification_report
+from hf_cnn_ft.share.run_dir import load_run
+
+ALL_SPLITS = "all"
+
+
+def _label_mapping(data_labels: list[str], model_labels: dict[str, int], source: str) -> np.ndarray:
+    unknown = [name for name in data_labels if name not in model_labels]
+    if unknown:
+        raise UserError(
+            f"{source} has classes the model does not know ({', '.join(unknown[:5])}); "
+            f"the model's classes are: {', '.join(model_labels)}"
+        )
+    return np.array([model_labels[name] for name in data_labels], dtype=np.int64)
+
+
+def mean_logits(model: torch.nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """The model's logits averaged over the views of one batch (each a batch of pixel values)."""
+    return torch.stack([model(pixel_values=pixels).logits.float() for pixels in views]).mean(0)
+
+
+def predict_scores(
+    model: torch.nn.Module, dataset: Dataset, transform, batch_size: int = 64, test_time_flips: str = "none"
+) -> np.ndarray:
+    """Logits for every image of `dataset`, in order, averaged over the test-time views."""
+    views = evaluation_views(transform, test_time_flips)
+
+    def collate(rows: list[dict[str, Any]]) -> list[torch.Tensor]:
+        images = [to_rgb(row[IMAGE_COLUMN]) for row in rows]
+        return [torch.stack([view(image) for image in images]) for view in views]
+
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    outputs = []
+    with torch.inference_mode():
+        for batches in loader:
+            outputs.append(mean_logits(model, batches).numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels), dtype=np.float32)
+
+
+def evaluate_model(
+    model_dir: str | Path, data_args: DataArguments, split: str = "test", test_time_flips: str = "none"
+) -> dict[str, Any]:
+    """Every metric of the model on one split (or all images) of a labelled dataset."""
+    model, data_config = load_run(model_dir)
+    if split == ALL_SPLITS:
+        data_args = replace(data_args, validation_fraction=0.5, test_fraction=0.0)
+    data: ImageData = load_image_data(data_args)
+    if split == ALL_SPLITS:
+        from datasets import concatenate_datasets
+
+        dataset = concatenate_datasets(list(data.splits.values()))
+    elif split == "test":
+        dataset = data.splits[data.evaluation_split]
+    elif split in data.splits:
+        dataset = data.splits[split]
+    else:
+        raise UserError(f"split '{split}' not found; use one of: {', '.join(data.splits)}, {ALL_SPLITS}")
+    mapping = _label_mapping(data.label_names, model.config.label2id, data_args.dataset or "")
+    references = mapping[np.asarray(dataset[LABEL_COLUMN], dtype=np.int64)]
+    scores = predict_scores(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
+    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    report = classification_report(scores, references, label_names)
+    report["skipped_images"] = len(data.skipped)
+    return report

@@ -1,0 +1,38 @@
+"""Evaluation metrics from the offline `evaluate` module, adapted to the Trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hf_cnn_ft.config.sections import METRIC_NAMES
+from hf_cnn_ft.evaluation.classification_report import ClassificationReport
+
+METRIC_SCRIPT = str(Path(__file__).with_name("classification_report.py"))
+
+
+def classification_report(scores: np.ndarray, references: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+    """Every metric for a (N, K) score matrix: overall, per class and the confusion matrix."""
+    metric = ClassificationReport(keep_in_memory=True)
+    return metric.compute(
+        predictions=np.asarray(scores, dtype=np.float32), references=np.asarray(references), label_names=label_names
+    )
+
+
+def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
+    return {key: report[key] for key in METRIC_NAMES if key in report}
+
+
+def trainer_compute_metrics(label_names: list[str]) -> Callable[[Any], dict[str, float]]:
+    """A `compute_metrics` for the Trainer: the scalar metrics of the gathered predictions."""
+
+    def compute(eval_prediction: Any) -> dict[str, float]:
+        scores, references = eval_prediction.predictions, eval_prediction.label_ids
+        if isinstance(scores, tuple):
+            scores = scores[0]
+        return scalar_metrics(classification_report(scores, references, label_names))
+
+    return compute

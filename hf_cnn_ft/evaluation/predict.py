@@ -1,0 +1,107 @@
+"""Predicting the classes of image files with a fine-tuned model directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from hf_cnn_ft.data.images import IMAGE_SUFFIXES, to_rgb
+from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.evaluate import mean_logits
+from hf_cnn_ft.share.run_dir import load_run
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly, plus those found (recursively) in named folders."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"{item} does not exist")
+    if not files:
+        raise UserError(f"no image files found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    model_dir: str | Path,
+    inputs: Sequence[str | Path],
+    top_k: int = 3,
+    batch_size: int = 32,
+    test_time_flips: str = "none",
+) -> list[Prediction]:
+    """Top-k labels and probabilities for each image (from logits averaged over the test-time views);
+    unreadable files get an error, not a crash."""
+    model, data_config = load_run(model_dir)
+    views = evaluation_views(eval_transform(data_config), test_time_flips)
+    top_k = max(1, min(top_k, model.config.num_labels))
+    results: list[Prediction] = []
+    for chunk in _batches(collect_images(inputs), batch_size):
+        tensors, readable = [], []
+        for path in chunk:
+            try:
+                with Image.open(path) as image:
+                    rgb = to_rgb(image)
+                    tensors.append([view(rgb) for view in views])
+                readable.append(Prediction(str(path)))
+            except Exception as exc:  # PIL raises many types for a bad file
+                results.append(Prediction(str(path), error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
+        if not tensors:
+            continue
+        with torch.inference_mode():
+            per_view = [torch.stack(batch) for batch in zip(*tensors)]
+            probabilities = mean_logits(model, per_view).softmax(-1)
+        scores, indices = probabilities.topk(top_k, dim=-1)
+        for prediction, row_scores, row_indices in zip(readable, scores.tolist(), indices.tolist()):
+            prediction.labels = [model.config.id2label[i] for i in row_indices]
+            prediction.scores = [round(s, 6) for s in row_scores]
+            results.append(prediction)
+    order = {str(p): i for i, p in enumerate(collect_images(inputs))}
+    return sorted(results, key=lambda r: order.get(r.path, 0))
+
+
+def write_predictions(predictions: list[Prediction], path: Path) -> None:
+    """Writes predictions as .json (a list of records) or .csv (one row per image)."""
+    if path.suffix.lower() == ".json":
+        records = [
+            {
+                "path": p.path,
+                "predictions": [{"label": l, "score": s} for l, s in zip(p.labels, p.scores)],
+                "error": p.error,
+            }
+            for p in predictions
+        ]
+        path.write_text(json.dumps(records, indent=2) + "\n")
+        return
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"--output {path}: use a .csv or .json file name")
+    k = max((len(p.labels) for p in predictions), default=0)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", *[f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "score")], "error"])
+        for p in predictions:
+            cells = [v for pair in zip(p.labels, p.scores) for v in pair]
+            writer.writerow([p.path, *cells, *[""] * (2 * k - len(cells)), p.error or ""])

@@ -1,0 +1,1 @@
+"""Pretrained backbones from timm, transformers or a local directory: building, anatomy, weights, saving."""

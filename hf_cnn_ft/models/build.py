@@ -1,0 +1,198 @@
+"""Building a pretrained CNN with a fresh head for the user's classes.
+
+The model is always an `AutoModelForImageClassification`: a `TimmWrapperForImageClassification`
+for timm architectures and timm Hub repos, the native transformers class otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    PreTrainedModel,
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+)
+
+from hf_cnn_ft.config.sections import ModelArguments
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.errors import UserError, first_line
+from hf_cnn_ft.models.anatomy import backbone_of, head_linear, is_timm_model, timm_architecture
+from hf_cnn_ft.models.io import resolve_data_config, set_data_config
+from hf_cnn_ft.models.state_dicts import load_backbone_weights
+
+logger = logging.getLogger(__name__)
+
+
+def _unknown_model_error(name: str) -> UserError:
+    import timm
+
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return UserError(
+        f"unknown model '{name}': not a timm architecture, a local directory or a Hub id (owner/name){hint}"
+    )
+
+
+def _zero_head(model: PreTrainedModel) -> None:
+    head = head_linear(backbone_of(model), model.config.num_labels)
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def _label_maps(label_names: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+
+
+def _build_timm(args: ModelArguments, architecture: str, label_names: list[str]) -> PreTrainedModel:
+    import timm
+
+    base, _, _ = architecture.partition(".")
+    model_args = _timm_regularisation(args)
+    config = TimmWrapperConfig(architecture=base, model_args=model_args or None, **_label_maps(label_names))
+    model = TimmWrapperForImageClassification(config)
+    if args.pretrained and args.weights is None:
+        try:
+            pretrained = timm.create_model(architecture, pretrained=True, num_classes=len(label_names), **model_args)
+        except Exception as exc:  # the Hub client raises many types; all mean the same to the user
+            raise UserError(
+                f"could not fetch pretrained weights for '{architecture}' ({first_line(exc)}); offline, set "
+                "model.weights to a local weights file, or model.pretrained: false to train from scratch"
+            ) from None
+        model.timm_model = pretrained
+    pretrained_cfg = dict(model.timm_model.pretrained_cfg)
+    pretrained_cfg.pop("num_classes", None)
+    model.config.pretrained_cfg = _json_ready(pretrained_cfg)
+    return model
+
+
+def _timm_regularisation(args: ModelArguments) -> dict[str, float]:
+    return {k: v for k, v in (("drop_rate", args.drop_rate), ("drop_path_rate", args.drop_path_rate)) if v is not None}
+
+
+_DROPOUT_ATTRIBUTES = ("classifier_dropout_prob", "classifier_dropout", "dropout_rate", "hidden_dropout_prob")
+
+
+def _config_regularisation(args: ModelArguments, config: Any, source: str) -> dict[str, Any]:
+    """Config updates that set the recipe's dropout / drop-path rates on a loaded architecture."""
+    if config.model_type == "timm_wrapper":
+        wanted = _timm_regularisation(args)
+        return {"model_args": {**(config.model_args or {}), **wanted}} if wanted else {}
+    updates: dict[str, Any] = {}
+    if args.drop_path_rate is not None:
+        if not hasattr(config, "drop_path_rate"):
+            raise UserError(
+                f"model '{source}' ({config.model_type}) has no drop-path setting; unset model.drop_path_rate"
+            )
+        updates["drop_path_rate"] = args.drop_path_rate
+    if args.drop_rate is not None:
+        attribute = next((a for a in _DROPOUT_ATTRIBUTES if hasattr(config, a)), None)
+        if attribute is None:
+            raise UserError(f"model '{source}' ({config.model_type}) has no dropout setting; unset model.drop_rate")
+        updates[attribute] = args.drop_rate
+    return updates
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    return value
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[str]) -> tuple[PreTrainedModel, bool]:
+    """Loads a local directory or Hub repo; returns the model and whether its head is new."""
+    common = {"revision": args.model_revision, "trust_remote_code": args.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except Exception as exc:
+        raise UserError(f"could not load model '{source}' ({first_line(exc)})") from None
+    regularisation = _config_regularisation(args, config, source)
+    if not args.pretrained:
+        # The architecture alone, randomly initialised: the baseline that shows what pretraining buys.
+        config.update({**_label_maps(label_names), **regularisation})
+        return AutoModelForImageClassification.from_config(config, trust_remote_code=args.trust_remote_code), True
+    common.update(regularisation)
+    existing = [config.id2label.get(i) for i in range(config.num_labels)] if config.id2label else []
+    if existing == label_names:
+        model = AutoModelForImageClassification.from_pretrained(source, **common)
+        return model, False
+    try:
+        # The new head's size mismatch is expected: keep transformers' report of it out of the log.
+        with _quiet_transformers():
+            model = AutoModelForImageClassification.from_pretrained(
+                source, ignore_mismatched_sizes=True, **_label_maps(label_names), **common
+            )
+    except Exception as exc:
+        raise UserError(f"could not load model '{source}' as an image classifier ({first_line(exc)})") from None
+    return model, True
+
+
+def build_model(args: ModelArguments, label_names: list[str]) -> tuple[PreTrainedModel, DataConfig]:
+    """The backbone that the recipe names, with a head sized to `label_names`."""
+    source = args.model
+    if not source:
+        raise UserError("no model given: set model.model (or --model) to a timm name, Hub id or local directory")
+    new_head = True
+    if Path(source).expanduser().is_dir():
+        model, new_head = _build_from_pretrained(args, str(Path(source).expanduser()), label_names)
+        processor_source = str(Path(source).expanduser())
+    elif (architecture := timm_architecture(source)) is not None:
+        model = _build_timm(args, architecture, label_names)
+        processor_source = None
+    elif "/" in source and not source.startswith((".", "/", "~")):
+        model, new_head = _build_from_pretrained(args, source, label_names)
+        processor_source = source
+    elif "/" in source or source.startswith((".", "~")):
+        raise UserError(f"model directory {source} does not exist")
+    else:
+        raise _unknown_model_error(source)
+    if args.weights is not None:
+        load_backbone_weights(model, Path(args.weights).expanduser())
+    if new_head and args.zero_init_head:
+        _zero_head(model)
+    data_config = resolve_data_config(model, processor_source, revision=args.model_revision)
+    if args.image_size is not None:
+        data_config.input_size = args.image_size
+    if args.crop_pct is not None:
+        data_config.crop_pct = args.crop_pct
+    if args.crop_mode is not None:
+        data_config.crop_mode = args.crop_mode
+    set_data_config(model, data_config)
+    return model, data_config
+
+
+def base_model_id(args: ModelArguments, model: PreTrainedModel) -> str | None:
+    """The Hub repo the pretrained weights came from, for the model card's `base_model`."""
+    source = args.model or ""
+    if not args.pretrained or args.weights is not None or Path(source).expanduser().exists():
+        return None
+    if is_timm_model(model) and timm_architecture(source) is not None:
+        return (model.config.pretrained_cfg or {}).get("hf_hub_id") or None
+    return source.removeprefix("hf-hub:") if source.count("/") == 1 else None

@@ -1,0 +1,153 @@
+"""Saving a fine-tuned model so transformers and timm load it, loading it back, and its preprocessing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    BitImageProcessor,
+    PreTrainedModel,
+)
+
+from hf_cnn_ft.data.data_config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from hf_cnn_ft.errors import UserError, first_line
+from hf_cnn_ft.models.anatomy import is_timm_model
+
+logger = logging.getLogger(__name__)
+
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+_RESAMPLE_PIL = {name: code for code, name in _PIL_RESAMPLE.items()}
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def _data_config_from_processor(processor: Any) -> DataConfig:
+    size = getattr(processor, "size", None) or {}
+    squash = _size_field(size, "shortest_edge") is None and _size_field(size, "height") is not None
+    edge = _size_field(size, "shortest_edge") or _size_field(size, "height") or 224
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    crop_pct = getattr(processor, "crop_pct", None)
+    if crop and _size_field(crop, "height"):
+        input_size, crop_pct = _size_field(crop, "height"), _size_field(crop, "height") / edge
+    elif crop_pct and edge < 384:  # ConvNeXt-style processors crop only below 384 px
+        input_size = edge
+    else:
+        input_size, crop_pct = edge, 1.0
+    resample = getattr(processor, "resample", 2)
+    try:
+        interpolation = _PIL_RESAMPLE.get(int(resample), "bilinear")
+    except (TypeError, ValueError):
+        interpolation = "bilinear"
+    return DataConfig(
+        input_size=input_size,
+        interpolation=interpolation,
+        mean=tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN),
+        std=tuple(getattr(processor, "image_std", None) or IMAGENET_STD),
+        crop_pct=float(crop_pct),
+        crop_mode="squash" if squash else "center",
+    )
+
+
+def resolve_data_config(model: PreTrainedModel, source: str | None, revision: str | None = None) -> DataConfig:
+    """The preprocessing that the pretrained weights were trained with."""
+    if is_timm_model(model):
+        import timm.data
+
+        cfg = timm.data.resolve_data_config(pretrained_cfg=dict(model.config.pretrained_cfg))
+        return DataConfig(
+            input_size=int(cfg["input_size"][-1]),
+            interpolation=str(cfg["interpolation"]),
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            crop_pct=float(cfg["crop_pct"]),
+            crop_mode="squash" if cfg.get("crop_mode") == "squash" else "center",
+        )
+    if source is not None:
+        try:
+            return _data_config_from_processor(AutoImageProcessor.from_pretrained(source, revision=revision))
+        except Exception as exc:  # no processor config in the repo: fall back to ImageNet defaults
+            logger.info("no image processor found for %s (%s); using ImageNet defaults", source, first_line(exc))
+    return DataConfig()
+
+
+def set_data_config(model: PreTrainedModel, data_config: DataConfig) -> None:
+    """Records the preprocessing in a timm model's config, where its image processor reads it."""
+    if is_timm_model(model):
+        cfg = dict(model.config.pretrained_cfg or {})
+        cfg.update(
+            input_size=[3, data_config.input_size, data_config.input_size],
+            interpolation=data_config.interpolation,
+            mean=list(data_config.mean),
+            std=list(data_config.std),
+            crop_pct=data_config.crop_pct,
+            crop_mode=data_config.crop_mode,
+        )
+        model.config.pretrained_cfg = cfg
+
+
+def image_processor_for(data_config: DataConfig) -> BitImageProcessor:
+    """An image processor doing exactly the eval transform: resize shortest edge, centre crop."""
+    resize = data_config.resize_size
+    return BitImageProcessor(
+        size={"height": resize, "width": resize} if data_config.crop_mode == "squash" else {"shortest_edge": resize},
+        crop_size={"height": data_config.input_size, "width": data_config.input_size},
+        resample=_RESAMPLE_PIL.get(data_config.interpolation, 2),
+        image_mean=list(data_config.mean),
+        image_std=list(data_config.std),
+    )
+
+
+def save_model(model: PreTrainedModel, data_config: DataConfig, directory: Path) -> None:
+    """Writes safetensors weights, config and preprocessing so `pipeline(model=directory)` works.
+
+    A timm model is written so that timm loads it too (``timm.create_model("local-dir:DIR")`` or
+    ``"hf-hub:REPO"``): raw timm tensor names, and no null ``model_args`` in config.json.
+    transformers' TimmWrapper reads that layout as well.
+    """
+    set_data_config(model, data_config)
+    if is_timm_model(model):
+        # A config loaded from a timm directory keeps that directory's label_names unless told otherwise.
+        model.config.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
+    model.save_pretrained(directory, safe_serialization=True)
+    if is_timm_model(model):
+        _make_timm_loadable(Path(directory))
+    else:
+        # timm models keep their preprocessing in config.json (pretrained_cfg).
+        image_processor_for(data_config).save_pretrained(directory)
+
+
+def _make_timm_loadable(directory: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    if not config.get("model_args"):
+        config.pop("model_args", None)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    for weights in directory.glob("*.safetensors"):
+        state = {k.removeprefix("timm_model."): v for k, v in load_file(str(weights)).items()}
+        save_file(state, str(weights), metadata={"format": "pt"})
+
+
+def load_model(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
+    """Loads a fine-tuned model directory (or Hub repo) for evaluation or prediction."""
+    source = str(directory)
+    if not Path(source).expanduser().exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise UserError(f"model directory {source} does not exist")
+    try:
+        model = AutoModelForImageClassification.from_pretrained(source)
+    except Exception as exc:
+        raise UserError(f"could not load model '{source}' ({first_line(exc)})") from None
+    return model.eval(), resolve_data_config(model, source)

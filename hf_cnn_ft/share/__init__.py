@@ -1,0 +1,1 @@
+"""The run directory, the model card, the Hub and ONNX export."""

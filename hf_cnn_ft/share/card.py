@@ -1,0 +1,311 @@
+"""The model card (README.md) written beside every fine-tuned model and pushed with it to the Hub.
+
+The card is rendered from the run's resolved recipe and its `metrics.json` summary alone, so
+`hf-cnn-ft push` can render it again for the repo it pushes to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from hf_cnn_ft.config.loading import recipe_to_yaml
+from hf_cnn_ft.config.sections import Recipe
+
+PICTURES = {
+    "confusion_matrix.png": "confusion matrix",
+    "training_curves.png": "training curves",
+    "linear_probe_curves.png": "linear-probe curves",
+}
+TOOL_URL = "https://github.com/hf-cnn-ft/hf-cnn-ft"
+
+
+def is_hub_id(value: str | None) -> bool:
+    return bool(value) and value.count("/") == 1 and not value.startswith((".", "/", "~")) and not Path(value).exists()
+
+
+def _metrics_table(report: dict[str, Any]) -> str:
+    rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for name, values in report["per_class"].items():
+        rows.append(
+            f"| {name} | {values['precision']:.3f} | {values['recall']:.3f} | {values['f1']:.3f} "
+            f"| {values['support']} |"
+        )
+    return "\n".join(rows)
+
+
+def _counts_table(summary: dict[str, Any]) -> str:
+    counts = summary["class_counts"]
+    splits = list(counts)
+    rows = ["| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for name in summary["label_names"]:
+        rows.append(f"| {name} | " + " | ".join(str(counts[s].get(name, 0)) for s in splits) + " |")
+    return "\n".join(rows)
+
+
+def _preprocessing_text(preprocessing: dict[str, Any]) -> str:
+    size = preprocessing["input_size"]
+    resize = int(size / preprocessing["crop_pct"])
+    how = "both edges" if preprocessing["crop_mode"] == "squash" else "shorter edge"
+    return (
+        f"{size} px ({how} resized to {resize}, then centre crop), {preprocessing['interpolation']} interpolation, "
+        f"mean {list(preprocessing['mean'])}, std {list(preprocessing['std'])}"
+    )
+
+
+def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
+    text = _strategy_phases(recipe, summary)
+    interpolation = summary.get("weight_interpolation")
+    if interpolation:
+        how = f", chosen on the validation {interpolation['chosen_by']}" if "chosen_by" in interpolation else ""
+        text += (
+            f" The final weights lie at {interpolation['alpha']:g} of the way from the probed model to the "
+            f"fine-tuned one (WiSE-FT{how})."
+        )
+    return text
+
+
+def _strategy_phases(recipe: Recipe, summary: dict[str, Any]) -> str:
+    finetune = recipe.finetune
+    if finetune.probe_stages:
+        probe = (
+            f"a probe of the new head and the last {finetune.probe_stages} stages ({finetune.head_epochs} epochs on "
+            "cached outputs of the frozen stages before them)"
+        )
+    else:
+        probe = f"a linear probe ({finetune.head_epochs} epochs of the new head on cached backbone features)"
+    tuned = f"{summary['epochs_trained']:g} epochs of fine-tuning with the Trainer"
+    if finetune.strategy == "linear_probe":
+        kept = "the earlier stages kept their" if finetune.probe_stages else "the backbone kept its"
+        return f"Strategy `linear_probe`: {probe}; {kept} pretrained weights."
+    if finetune.strategy == "two_phase":
+        return f"Strategy `two_phase`: {probe}, then {tuned}."
+    if finetune.strategy == "gradual":
+        return (
+            f"Strategy `gradual`: {probe}, then {tuned}, unfreezing stages from the top ({finetune.unfreeze}, "
+            f"every {finetune.unfreeze_epochs} epoch(s)) with layer-wise learning-rate decay {finetune.lr_decay:g}."
+        )
+    return f"Strategy `{finetune.strategy}`: {tuned}."
+
+
+def _test_time_text(summary: dict[str, Any]) -> str:
+    plain = summary.get("without_test_time_augmentation")
+    if not plain:
+        return ""
+    flips = {"horizontal": "its horizontal flip", "vertical": "its vertical flip", "both": "its three flips"}
+    per_class = ", ".join(f"{name} {values['f1']:.3f}" for name, values in plain["per_class"].items())
+    return (
+        f"\nThese figures use test-time augmentation: the logits of each image and {flips[summary['test_time_flips']]} "
+        "are averaged (`augment.test_time_flips`; `hf-cnn-ft evaluate` and `predict` do the same on the run "
+        "directory, and anywhere with `--tta`). The model on its own, as `pipeline` or timm load it, scores "
+        f"accuracy {plain['accuracy']:.4f} and macro-F1 "
+        f"{plain['f1_macro']:.4f} (F1 per class: {per_class}).\n"
+    )
+
+
+def _hyperparameters_table(recipe: Recipe) -> str:
+    t, f = recipe.training, recipe.finetune
+    rows = {
+        "learning rate (head)": f"{t.learning_rate:g}",
+        "backbone learning rate": f"{f.backbone_lr_multiplier:g}x head, layer decay {f.lr_decay:g}",
+        "schedule": f"{t.lr_scheduler_type}, warmup {t.warmup_steps:g}",
+        "epochs (max)": f"{t.num_train_epochs:g}",
+        "batch size per device": str(t.per_device_train_batch_size),
+        "optimizer": f"{t.optim}, weight decay {t.weight_decay:g}",
+        "label smoothing": f"{t.label_smoothing_factor:g}",
+        "frozen stages": f.freeze,
+        "BatchNorm": f.bn,
+        "class weights": str(f.class_weights),
+        "sampler": f.sampler,
+        "weight average (EMA)": f"decay {f.ema_decay:g}" if f.ema_decay else "off",
+        "weight interpolation (WiSE-FT)": "off" if f.wise_alpha is None else str(f.wise_alpha),
+        "test-time flips": recipe.augment.test_time_flips,
+        "seed": str(t.seed),
+    }
+    return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+
+
+def _imbalance_note(summary: dict[str, Any]) -> str:
+    counts = [c for c in summary["class_counts"]["train"].values() if c > 0]
+    ratio = max(counts) / min(counts)
+    if ratio < 2:
+        return "The training classes are roughly balanced."
+    return (
+        f"The training classes are imbalanced (largest / smallest = {ratio:.1f}): judge the model by the "
+        "per-class recall and macro-F1, not by accuracy alone."
+    )
+
+
+def _is_adapter(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("peft")) and not summary["peft"].get("merged")
+
+
+def _peft_text(recipe: Recipe, summary: dict[str, Any]) -> str:
+    peft = summary.get("peft")
+    if not peft:
+        return ""
+    share = 100 * peft["trainable_parameters"] / peft["total_parameters"]
+    merged = " The adapter has been merged into the weights of this model." if peft.get("merged") else ""
+    return (
+        f"\nParameter-efficient: a {peft['method']} adapter of rank {recipe.peft.lora_rank} (alpha "
+        f"{recipe.peft.lora_alpha:g}) on the convolutions; the new head and the BatchNorm layers trained too, "
+        f"{peft['trainable_parameters']:,} of {peft['total_parameters']:,} parameters ({share:.1f}%).{merged}\n"
+    )
+
+
+def _adapter_usage(repo_id: str | None, recipe: Recipe) -> str:
+    where = repo_id or "PATH_TO_THIS_FOLDER"
+    return f"""This repository holds a {recipe.peft.peft_method} adapter for the base model `{recipe.model.model}`
+(with the new head and the BatchNorm layers), not full weights. hf-cnn-ft rebuilds the base model
+from `recipe.yaml` and loads the adapter onto it:
+
+```bash
+hf-cnn-ft predict {where} image.jpg
+hf-cnn-ft merge {where} merged/      # a plain model directory for transformers, timm or export
+```
+"""
+
+
+def _usage(repo_id: str | None, summary: dict[str, Any]) -> str:
+    where = repo_id or "PATH_TO_THIS_FOLDER"
+    text = f"""```python
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{where}")
+classifier("image.jpg")
+```
+"""
+    if summary.get("library") == "timm":
+        timm_source = f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH_TO_THIS_FOLDER"
+        text += f"""
+The weights are in timm's own layout, so timm loads them directly, label names included:
+
+```python
+import timm
+
+model = timm.create_model("{timm_source}", pretrained=True).eval()
+config = timm.data.resolve_data_config(model=model)
+transform = timm.data.create_transform(**config)
+```
+"""
+    return text
+
+
+def _card_data(recipe: Recipe, summary: dict[str, Any], repo_id: str | None) -> ModelCardData:
+    evaluated_on = summary["evaluated_on"]
+    report = summary[evaluated_on]
+    dataset = recipe.data.dataset
+    dataset_name = dataset if is_hub_id(dataset) else Path(str(dataset)).name or str(dataset)
+    common = {
+        "task_type": "image-classification",
+        "task_name": "Image Classification",
+        "dataset_type": dataset if is_hub_id(dataset) else "imagefolder",
+        "dataset_name": dataset_name,
+        "dataset_split": evaluated_on,
+        "dataset_revision": recipe.data.dataset_revision,
+    }
+    eval_results = [
+        EvalResult(metric_type="accuracy", metric_name="Accuracy", metric_value=report["accuracy"], **common),
+        EvalResult(metric_type="f1", metric_name="Macro F1", metric_value=report["f1_macro"], **common),
+        EvalResult(
+            metric_type="precision", metric_name="Macro precision", metric_value=report["precision_macro"], **common
+        ),
+        EvalResult(metric_type="recall", metric_name="Macro recall", metric_value=report["recall_macro"], **common),
+    ]
+    base_model = summary.get("base_model")
+    library = "timm" if summary.get("library") == "timm" else "transformers"
+    return ModelCardData(
+        license=recipe.hub.license,
+        library_name="peft" if _is_adapter(summary) else library,
+        pipeline_tag="image-classification",
+        tags=["image-classification", "hf-cnn-ft", "cnn", f"strategy-{recipe.finetune.strategy}"],
+        base_model=base_model if is_hub_id(base_model) else None,
+        datasets=[dataset] if is_hub_id(dataset) else None,
+        metrics=["accuracy", "f1", "precision", "recall"],
+        model_name=(repo_id or "fine-tuned-cnn").split("/")[-1],
+        eval_results=eval_results,
+    )
+
+
+def build_model_card(
+    recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None, pictures: list[str] = ()
+) -> ModelCard:
+    evaluated_on = summary["evaluated_on"]
+    report = summary[evaluated_on]
+    labels = summary["label_names"]
+    base_model = summary.get("base_model") or recipe.model.model
+    overall = "\n".join(
+        f"| {key} | {report[key]:.4f} |"
+        for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "top5_accuracy")
+        if key in report
+    )
+    images = "\n".join(f"![{PICTURES[name]}]({name})\n" for name in pictures)
+    revision = f" (revision `{recipe.data.dataset_revision}`)" if recipe.data.dataset_revision else ""
+    text = f"""---
+{_card_data(recipe, summary, repo_id).to_yaml()}
+---
+
+# {repo_id or "Image classifier"}: `{base_model}` fine-tuned for {len(labels)} classes
+
+This model sorts an image into one of {len(labels)} classes: {", ".join(f"`{name}`" for name in labels)}.
+It is `{base_model}`, pretrained on ImageNet, with a new classification head, fine-tuned with
+[hf-cnn-ft]({TOOL_URL}).
+
+## Training data
+
+Source: `{recipe.data.dataset}`{revision}.
+Split sizes: {", ".join(f"{k} {v}" for k, v in summary["split_sizes"].items())}.
+Unreadable images skipped: {summary["skipped_images"]}.
+
+{_counts_table(summary)}
+
+## Training procedure
+
+Input: {_preprocessing_text(summary["preprocessing"])}.
+{_strategy_text(recipe, summary)} Training took {summary["train_seconds"]:.0f} s on {summary["hardware"]}
+({summary.get("processes", 1)} process(es)).
+{_peft_text(recipe, summary)}
+{_hyperparameters_table(recipe)}
+
+<details>
+<summary>The resolved recipe (reproduces the run with <code>hf-cnn-ft train recipe.yaml</code>)</summary>
+
+```yaml
+{recipe_to_yaml(recipe).strip()}
+```
+
+</details>
+
+## Results
+
+On the {evaluated_on} split ({report["num_samples"]} images, never seen in training or model selection):
+
+| metric | value |
+|---|---|
+{overall}
+
+{_metrics_table(report)}
+{_test_time_text(summary)}
+{images}
+## How to use
+
+{_adapter_usage(repo_id, recipe) if _is_adapter(summary) else _usage(repo_id, summary)}
+## Limitations
+
+{_imbalance_note(summary)} The model only knows the classes above and was evaluated on
+{report["num_samples"]} held-out images from the same source as its training data; expect lower accuracy
+on images from another camera, scanner or setting.
+"""
+    return ModelCard(text)
+
+
+def write_model_card(directory: Path, recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None) -> Path:
+    """Writes README.md into `directory`, referencing the pictures that are there."""
+    pictures = [name for name in PICTURES if (directory / name).is_file()]
+    path = directory / "README.md"
+    temporary = path.with_name(".README.md.tmp")
+    build_model_card(recipe, summary, repo_id, pictures).save(temporary)
+    temporary.replace(path)
+    return path

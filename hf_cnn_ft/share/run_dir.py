@@ -1,0 +1,210 @@
+"""The run directory: what a run writes, how it is found again (resume, recipe, model, adapter).
+
+Artefacts are written so that a crash never leaves an output directory looking complete.
+
+Everything is first written under a hidden staging folder and then moved into place file by
+file with `os.replace` (atomic on one filesystem). `metrics.json` moves last: its presence is
+what marks a run as finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from hf_cnn_ft.config.loading import load_recipe
+from hf_cnn_ft.config.sections import DataArguments, Recipe
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.models.io import load_model, save_model
+from hf_cnn_ft.share import run_dir as artefacts
+from hf_cnn_ft.share.card import write_model_card
+from hf_cnn_ft.strategies.adapters import is_adapter_dir
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"  # written last into every Trainer checkpoint
+
+COMPLETION_MARKER = "metrics.json"
+STAGING_DIR = ".staging"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes JSON to a temporary name beside `path`, then renames it into place."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def mark_incomplete(output_dir: Path) -> None:
+    """Called when a run starts: an older run's completion marker must not outlive it."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / COMPLETION_MARKER).unlink(missing_ok=True)
+    shutil.rmtree(output_dir / STAGING_DIR, ignore_errors=True)
+
+
+def staging_dir(output_dir: Path) -> Path:
+    path = output_dir / STAGING_DIR
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Moves every staged file into `output_dir`, the completion marker last."""
+    files = sorted(p for p in staging.iterdir() if p.is_file())
+    files.sort(key=lambda p: p.name == COMPLETION_MARKER)
+    for path in files:
+        os.replace(path, output_dir / path.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint counts only if its trainer state, written last by the Trainer, parses."""
+    state = path / TRAINER_STATE_NAME
+    if not state.is_file():
+        return False
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return False
+    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    found = []
+    for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rpartition("-")[2]
+        if path.is_dir() and step.isdigit():
+            found.append(path)
+    return sorted(found, key=lambda p: int(p.name.rpartition("-")[2]))
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    complete = [p for p in checkpoints(output_dir) if is_complete_checkpoint(p)]
+    return complete[-1] if complete else None
+
+
+def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Deletes checkpoints a crash cut short, so the resumed run can rewrite them."""
+    removed = [p for p in checkpoints(output_dir) if not is_complete_checkpoint(p)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def load_adapter_dir(directory: str | Path) -> tuple[PeftModel, DataConfig]:
+    """The base model rebuilt from the run's recipe, with the adapter loaded onto it."""
+    directory = Path(directory)
+    recipe_path, metrics_path = directory / "recipe.yaml", directory / "metrics.json"
+    if not recipe_path.is_file() or not metrics_path.is_file():
+        raise UserError(f"{directory} holds an adapter but no recipe.yaml/metrics.json to rebuild its base model from")
+    recipe, summary = load_recipe(recipe_path), json.loads(metrics_path.read_text())
+    base, _ = build_model(recipe.model, summary["label_names"])
+    data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in summary["preprocessing"].items()})
+    try:
+        model = PeftModel.from_pretrained(base, directory)
+    except Exception as exc:  # peft raises several types for an adapter that does not fit the base
+        raise UserError(
+            f"the adapter in {directory} does not fit its base model '{recipe.model.model}' ({exc})"
+        ) from None
+    return model.eval(), data_config
+
+
+def merge_adapter_dir(directory: str | Path, output: str | Path) -> Path:
+    """Writes a plain model directory (adapter merged into the weights) with the run's other artefacts."""
+    directory, output = Path(directory), Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise UserError(f"{output} already exists and is not empty: choose a new directory for the merged model")
+    model, data_config = load_adapter_dir(directory)
+    merged = model.merge_and_unload()
+    output.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        save_model(merged, data_config, output)
+    for path in directory.iterdir():
+        copied = path.is_file() and path.name != COMPLETION_MARKER and not path.name.startswith(("adapter_", "."))
+        if copied and not (output / path.name).exists():
+            shutil.copy2(path, output / path.name)
+    summary = json.loads((directory / COMPLETION_MARKER).read_text())
+    summary["peft"]["merged"] = True
+    write_model_card(output, load_recipe(output / "recipe.yaml"), summary)
+    write_json(output / COMPLETION_MARKER, summary)  # last: the merged directory is complete
+    return output
+
+
+def load_run(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
+    """A fine-tuned model directory, adapter run or Hub repo, in inference mode; an adapter is loaded
+    onto its base model and merged."""
+    if is_adapter_dir(directory):
+        adapted, data_config = load_adapter_dir(directory)
+        return adapted.merge_and_unload().eval(), data_config
+    return load_model(directory)
+
+
+def saved_recipe(model_dir: str | Path) -> Recipe | None:
+    """The recipe of the run that wrote `model_dir`, if it is a local directory that holds one."""
+    saved = Path(model_dir) / "recipe.yaml"
+    return load_recipe(saved) if saved.is_file() else None
+
+
+def test_time_flips_for(model_dir: str | Path, flips: str | None) -> str:
+    """`flips` if given, else the test-time flips of the run that wrote `model_dir` (none without a recipe)."""
+    if flips is not None:
+        return flips
+    recipe = saved_recipe(model_dir)
+    return recipe.augment.test_time_flips if recipe else "none"
+
+
+def data_arguments_for(model_dir: Path, dataset: str | None) -> DataArguments:
+    """The data section of the run that wrote `model_dir`, pointed at `dataset` if given.
+
+    Reusing the run's split settings means `evaluate` sees exactly the test images that
+    training held out.
+    """
+    saved = model_dir / "recipe.yaml"
+    recipe = saved_recipe(model_dir)
+    args = recipe.data if recipe else DataArguments()
+    if dataset is not None:
+        args = replace(args, dataset=dataset)
+    if not args.dataset:
+        raise UserError(f"no dataset given and {saved} does not name one: pass --data PATH_OR_HUB_ID")
+    return args
+
+
+RESUME_LATEST = {"true", "latest", "last", "yes", "1"}
+
+
+def resolve_resume(value: str | None, output_dir: Path, is_main: bool) -> str | None:
+    """`true`/`latest` means the last complete checkpoint in the output directory, if any."""
+    if value is None or str(value).lower() in {"false", "no", "0", "none", ""}:
+        return None
+    if str(value).lower() in RESUME_LATEST:
+        if is_main:
+            for path in artefacts.remove_incomplete_checkpoints(output_dir):
+                logger.warning("removed checkpoint %s: it was cut short by a crash", path)
+        checkpoint = artefacts.last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.warning("no checkpoint to resume from in %s: training from the start", output_dir)
+            return None
+        logger.info("resuming from %s", checkpoint)
+        return str(checkpoint)
+    if not Path(value).is_dir():
+        raise UserError(f"checkpoint {value} does not exist (use --resume to continue from the latest one)")
+    return str(value)

@@ -1,0 +1,1 @@
+"""Which parameters train when, and how: the strategy registry, freezing and BatchNorm, probes, adapters."""

@@ -1,0 +1,274 @@
+"""The linear probe one level deeper: train the last N stages with the head on cached inputs.
+
+The stages before them are frozen and in inference mode, so they map an image (one view of it) to
+the same tensor every epoch: that tensor is computed once and cached, as the linear probe caches
+pooled features. Training then runs only the last stages, and no image is decoded, augmented or
+pushed through the early, high-resolution layers again (benchmarks/RESULTS.md, "The stage probe on
+ELPV": MobileNetV2's last three stages at 300 px, better and faster than fine-tuning the whole network).
+
+The cached tensor enters the model at the first trained stage through a forward pre-hook while the
+stages before it run on a 32 px placeholder, so any backbone whose stages run one after another
+works as it is; a check on real images refuses one that does not (a skip connection around the
+entry, say) before anything trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import psutil
+import torch
+from datasets import Dataset
+from torch import nn
+
+from hf_cnn_ft.config.sections import FinetuneArguments
+from hf_cnn_ft.data.dataset import LABEL_COLUMN
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.models.anatomy import BATCHNORM, stages
+from hf_cnn_ft.strategies.probe import module_input, module_inputs, pixel_batches
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER_SIZE = 32  # the smallest input every supported backbone reduces to at least 1x1
+CACHE_MEMORY_FRACTION = 0.5
+WARMUP_FRACTION = 0.1  # a fresh head's first gradients would otherwise jolt the pretrained stages
+
+
+def entry_module(model: nn.Module, stage: str) -> tuple[str, nn.Module]:
+    """The outermost module where `stage` begins: it holds the stage's first parameter and none of
+    an earlier stage's (e.g. `timm_model.blocks.5`, `timm_model.layer3`)."""
+    groups = stages(model)
+    names = list(groups)
+    earlier = {p for s in names[: names.index(stage)] for p in groups[s]}
+    path = groups[stage][0].split(".")[:-1]
+    modules = dict(model.named_modules())
+    entry = ".".join(path)
+    for depth in range(len(path) - 1, 0, -1):
+        candidate = ".".join(path[:depth])
+        if any(f"{candidate}.{p}" in earlier for p, _ in modules[candidate].named_parameters()):
+            break
+        entry = candidate
+    return entry, modules[entry]
+
+
+@contextmanager
+def _entering_with(entry: nn.Module, inputs: torch.Tensor) -> Iterator[None]:
+    handle = entry.register_forward_pre_hook(lambda _module, _inputs: (inputs,))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def logits_from_stage_inputs(model: nn.Module, entry: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The model's logits when `inputs` replace what `entry` would receive from the earlier stages."""
+    placeholder = inputs.new_zeros(len(inputs), 3, PLACEHOLDER_SIZE, PLACEHOLDER_SIZE)
+    with _entering_with(entry, inputs):
+        return model(pixel_values=placeholder).logits
+
+
+def check_entry(model: nn.Module, entry_name: str, entry: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Refuses a backbone whose logits do not follow from the entry stage's input alone; returns
+    that input for `pixels`."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            expected = model(pixel_values=pixels).logits
+            inputs = module_input(model, entry, pixels)
+            rebuilt = logits_from_stage_inputs(model, entry, inputs)
+    except Exception as error:  # the placeholder may not fit an unusual stem
+        raise UserError(
+            f"finetune.probe_stages cannot start this backbone at {entry_name} ({error}); use probe_stages 0"
+        ) from error
+    finally:
+        model.train(was_training)
+    if not torch.allclose(rebuilt, expected, rtol=1e-4, atol=1e-4):
+        raise UserError(
+            f"finetune.probe_stages: this backbone's output does not follow from the input of {entry_name} alone "
+            "(an earlier stage feeds a later one directly); use probe_stages 0"
+        )
+    return inputs
+
+
+def available_memory() -> int:
+    return psutil.virtual_memory().available
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def check_cache_fits(entry_name: str, per_image_bytes: int, images: int) -> None:
+    """Refuses a cache that would take more than half the free memory, before hours of extraction."""
+    needed, available = per_image_bytes * images, available_memory()
+    if needed > CACHE_MEMORY_FRACTION * available:
+        raise UserError(
+            f"finetune.probe_stages: caching what {entry_name} receives takes {_size(needed)} for {images} images, "
+            f"more than half the {_size(available)} of free memory; lower feature_views or "
+            "image_size, or probe fewer stages (a later, smaller entry)"
+        )
+
+
+def trained_stage_names(model: nn.Module, count: int) -> list[str]:
+    """The last `count` stages before the head, validated against the model."""
+    names = list(stages(model))[:-1]
+    if not 0 < count < len(names):
+        raise UserError(
+            f"finetune.probe_stages must be between 1 and {len(names) - 1} for this model (its stages: "
+            f"{', '.join(names)}), got {count}"
+        )
+    return names[-count:]
+
+
+def _set_modes(model: nn.Module, trained: set[str], train_batchnorm: bool) -> None:
+    """Training mode for the trained stages and the head; inference mode for everything before them
+    (their BatchNorm statistics must not move on the placeholder) and, if asked, for BatchNorm."""
+    model.train()
+    for name, module in model.named_modules():
+        own = {f"{name}.{p}" if name else p for p, _ in module.named_parameters()}
+        if own and not own & trained:
+            module.eval()
+        elif isinstance(module, BATCHNORM) and not train_batchnorm:
+            module.eval()
+
+
+def _trained_parameter_names(model: nn.Module, trained_stages: list[str], train_batchnorm: bool) -> set[str]:
+    groups = stages(model)
+    trained = set(groups["head"]) | {p for s in trained_stages for p in groups[s]}
+    if not train_batchnorm:  # BatchNorm stays as pretrained: statistics and affine parameters alike
+        trained -= {
+            f"{name}.{p}"
+            for name, module in model.named_modules()
+            if isinstance(module, BATCHNORM)
+            for p, _ in module.named_parameters()
+        }
+    return trained
+
+
+def _optimizer_and_schedule(
+    model: nn.Module, trained: set[str], args: FinetuneArguments, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW: the head at head_learning_rate, the stages at backbone_lr_multiplier times that;
+    linear warmup, then cosine decay."""
+    parameters = dict(model.named_parameters())
+    head = set(stages(model)["head"])
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [parameters[n] for n in sorted(trained & head)], "lr": args.head_learning_rate},
+            {
+                "params": [parameters[n] for n in sorted(trained - head)],
+                "lr": args.head_learning_rate * args.backbone_lr_multiplier,
+            },
+        ],
+        weight_decay=args.head_weight_decay,
+    )
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _logits_in_batches(model: nn.Module, entry: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat(
+            [
+                logits_from_stage_inputs(model, entry, inputs[i : i + batch_size])
+                for i in range(0, len(inputs), batch_size)
+            ]
+        )
+
+
+def probe_last_stages(
+    model: nn.Module,
+    train_split: Dataset,
+    validation_split: Dataset,
+    train_transform: Callable,
+    eval_transform: Callable,
+    args: FinetuneArguments,
+    seed: int,
+    train_batchnorm: bool,
+    channels_last: bool = False,
+    loss_weights: torch.Tensor | None = None,
+) -> list[dict[str, float]]:
+    """Trains the last `args.probe_stages` stages and the head on cached inputs of the first of them:
+    one unaugmented view plus `feature_views - 1` augmented ones. Returns the per-epoch history."""
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    trained_stages = trained_stage_names(model, args.probe_stages)
+    entry_name, entry = entry_module(model, trained_stages[0])
+    sample = next(pixel_batches(train_split.select(range(min(4, len(train_split)))), eval_transform, 4, channels_last))
+    sample_inputs = check_entry(model, entry_name, entry, sample)
+    per_image_bytes = sample_inputs[0].numel() * sample_inputs.element_size()
+    check_cache_fits(entry_name, per_image_bytes, len(train_split) * args.feature_views + len(validation_split))
+
+    def cache(split: Dataset, transform: Callable) -> torch.Tensor:
+        return module_inputs(model, entry, split, transform, channels_last=channels_last)
+
+    views = [cache(train_split, eval_transform)]
+    views += [cache(train_split, train_transform) for _ in range(args.feature_views - 1)]
+    inputs = torch.cat(views)
+    labels = torch.tensor(list(train_split[LABEL_COLUMN]) * len(views), dtype=torch.long)
+    validation_inputs = cache(validation_split, eval_transform)
+    validation_labels = torch.tensor(list(validation_split[LABEL_COLUMN]), dtype=torch.long)
+    caching_seconds = time.perf_counter() - started
+    logger.info(
+        "probing the head and %s on %d cached inputs of %s %s (%.0f s to cache)",
+        ", ".join(trained_stages),
+        len(inputs),
+        entry_name,
+        tuple(inputs.shape[1:]),
+        caching_seconds,
+    )
+
+    trained = _trained_parameter_names(model, trained_stages, train_batchnorm)
+    parameters = dict(model.named_parameters())
+    requires_grad = {name: p.requires_grad for name, p in parameters.items()}
+    for name, parameter in parameters.items():
+        parameter.requires_grad_(name in trained)
+    steps_per_epoch = math.ceil(len(inputs) / args.head_batch_size)
+    optimizer, schedule = _optimizer_and_schedule(model, trained, args, steps_per_epoch * args.head_epochs)
+    loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    try:
+        for epoch in range(1, args.head_epochs + 1):
+            _set_modes(model, trained, train_batchnorm)
+            order = torch.randperm(len(inputs), generator=generator)
+            running = 0.0
+            for begin in range(0, len(order), args.head_batch_size):
+                batch = order[begin : begin + args.head_batch_size]
+                loss = loss_fn(logits_from_stage_inputs(model, entry, inputs[batch]), labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                running += loss.item() * len(batch)
+            logits = _logits_in_batches(model, entry, validation_inputs, args.head_batch_size)
+            history.append(
+                {
+                    "epoch": float(epoch),
+                    "loss": running / len(inputs),
+                    "seconds": time.perf_counter() - started,  # caching included, as in the linear probe
+                    "eval_loss": float(loss_fn(logits, validation_labels)),
+                    "eval_accuracy": float((logits.argmax(1) == validation_labels).float().mean()),
+                }
+            )
+            logger.info("stage probe epoch %d: validation accuracy %.3f", epoch, history[-1]["eval_accuracy"])
+    finally:
+        for name, parameter in parameters.items():
+            parameter.requires_grad_(requires_grad[name])
+        model.train()
+    return history

@@ -1,0 +1,113 @@
+"""Writing a finished run's artefacts: model, plots, recipe, card and metrics.json, the marker last."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import (
+    Trainer,
+)
+
+from hf_cnn_ft.config.loading import recipe_to_yaml
+from hf_cnn_ft.config.sections import METRIC_NAMES, Recipe, TrainArguments
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.dataset import ImageData
+from hf_cnn_ft.evaluation.plots import plot_confusion_matrix, plot_training_curves
+from hf_cnn_ft.models.anatomy import is_timm_model
+from hf_cnn_ft.models.build import base_model_id
+from hf_cnn_ft.models.io import save_model
+from hf_cnn_ft.share import run_dir as artefacts
+from hf_cnn_ft.share.card import write_model_card
+from hf_cnn_ft.strategies.adapters import parameter_counts, save_adapter
+
+
+def hardware_description() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def eval_metric_name(args: TrainArguments) -> str:
+    """The key of metric_for_best_model (loss if unset) in the Trainer's evaluation metrics."""
+    metric = args.metric_for_best_model or "loss"
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+
+def write_artefacts(
+    recipe: Recipe,
+    data: ImageData,
+    trainer: Trainer,
+    data_config: DataConfig,
+    report: dict[str, Any],
+    evaluated_on: str,
+    train_seconds: float,
+    probe_history: list[dict[str, float]],
+    repo_id: str | None,
+    extra: dict[str, Any],
+) -> None:
+    output_dir = Path(recipe.training.output_dir)
+    staging = artefacts.staging_dir(output_dir)
+    plain_model = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
+    base_model = base_model_id(recipe.model, plain_model)
+    peft_summary = None
+    if recipe.peft.peft_method:
+        save_adapter(trainer.model, base_model or recipe.model.model, staging)
+        trainable, total = parameter_counts(trainer.model)
+        peft_summary = {"method": recipe.peft.peft_method, "trainable_parameters": trainable, "total_parameters": total}
+    else:
+        save_model(trainer.model, data_config, staging)
+    metric = eval_metric_name(recipe.training).removeprefix("eval_")
+    plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
+    if trainer.state.log_history:
+        plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
+    if probe_history:
+        plot_training_curves(probe_history, "accuracy", staging / "linear_probe_curves.png")
+    artefacts.write_text(staging / "recipe.yaml", recipe_to_yaml(recipe))
+    if data.skipped:
+        lines = [f"{item.split}\t{item.path}\t{item.reason}" for item in data.skipped]
+        artefacts.write_text(staging / "skipped_images.tsv", "split\tpath\treason\n" + "\n".join(lines) + "\n")
+    summary = {
+        "evaluated_on": evaluated_on,
+        evaluated_on: report,
+        "best_validation": {
+            k.removeprefix("eval_"): v
+            for k, v in (_best_eval_entry(trainer) or {}).items()
+            if k.removeprefix("eval_") in (*METRIC_NAMES, "loss")
+        },
+        "label_names": data.label_names,
+        "base_model": base_model,
+        "peft": peft_summary,
+        "library": "timm" if is_timm_model(plain_model) else "transformers",
+        "preprocessing": dataclasses.asdict(data_config),
+        "split_sizes": {name: len(split) for name, split in data.splits.items()},
+        "class_counts": {name: data.class_counts(name) for name in data.splits},
+        "skipped_images": len(data.skipped),
+        "skipped": [item.__dict__ for item in data.skipped],
+        "linear_probe": probe_history[-1] if probe_history else None,
+        "linear_probe_history": probe_history,
+        "epochs_trained": trainer.state.epoch or 0,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_seconds": round(train_seconds, 2),
+        "hardware": hardware_description(),
+        "processes": trainer.args.world_size,
+        **extra,
+    }
+    write_model_card(staging, recipe, summary, repo_id=repo_id)
+    artefacts.write_json(staging / artefacts.COMPLETION_MARKER, summary)
+    artefacts.publish(staging, output_dir)
+
+
+def _best_eval_entry(trainer: Trainer) -> dict[str, Any] | None:
+    if trainer.args.metric_for_best_model is None:
+        return None
+    key = eval_metric_name(trainer.args)
+    entries = [e for e in trainer.state.log_history if key in e]
+    if not entries:
+        return None
+    pick = max if trainer.args.greater_is_better else min
+    return pick(entries, key=lambda e: e[key])

@@ -1,0 +1,325 @@
+"""Fine-tuning, top to bottom: recipe -> data -> model -> transforms -> Trainer -> artefacts."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset
+from transformers import (
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    default_data_collator,
+    set_seed,
+)
+
+from hf_cnn_ft.config.sections import STRATEGY_PRESETS, Recipe
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.decode import decode_once
+from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.transforms import batch_mixer, eval_transform, evaluation_views, train_transform
+from hf_cnn_ft.evaluation.metrics import classification_report, trainer_compute_metrics
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.share import run_dir as artefacts
+from hf_cnn_ft.share.hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
+from hf_cnn_ft.share.run_dir import resolve_resume
+from hf_cnn_ft.strategies.adapters import apply_adapter, parameter_counts
+from hf_cnn_ft.strategies.ema import WeightAverage
+from hf_cnn_ft.strategies.freezing import (
+    adapt_batchnorm,
+    apply_freezing,
+    balanced_sample_weights,
+    class_loss_weights,
+    frozen_stage_names,
+    resolve_bn_policy,
+)
+from hf_cnn_ft.strategies.probe import linear_probe
+from hf_cnn_ft.strategies.stage_probe import probe_last_stages
+from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan, fingerprint
+from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, load_start, save_start, snapshot
+from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
+from hf_cnn_ft.training.trainer import FineTuneTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    report: dict[str, Any]
+    evaluated_on: str
+    train_seconds: float
+    push: PushResult | None = None
+
+
+def with_image_transform(dataset: Dataset, transform) -> Dataset:
+    """Applies `transform` lazily, row by row, as the Trainer reads the dataset."""
+
+    def apply(batch: dict[str, list]) -> dict[str, list]:
+        return {
+            "pixel_values": [transform(to_rgb(image)) for image in batch[IMAGE_COLUMN]],
+            "labels": batch[LABEL_COLUMN],
+        }
+
+    return dataset.with_transform(apply)
+
+
+def warn_if_single_process_cpu_launch() -> None:
+    """`accelerate launch --cpu --num_processes N` starts ONE process unless MPI is set up."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in os.environ:
+        return
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    args = [a.decode(errors="replace") for a in parent]
+    if "--num_processes" in args and args.index("--num_processes") + 1 < len(args):
+        requested = args[args.index("--num_processes") + 1]
+        if requested.isdigit() and int(requested) > 1:
+            logger.warning(
+                "accelerate launch --cpu runs a single process without MPI; for %s CPU processes use "
+                "`accelerate launch --multi_gpu --num_processes %s` (it falls back to CPU/gloo) or torchrun",
+                requested,
+                requested,
+            )
+
+
+@dataclass
+class PreparedModel:
+    """The model as the Trainer phase starts from it, and what was made on the way."""
+
+    data: ImageData  # the splits, read from the decode-once cache when it is on
+    model: PreTrainedModel
+    data_config: DataConfig
+    augmentation: Callable
+    evaluation: Callable
+    loss_weights: torch.Tensor | None
+    probe_history: list[dict[str, float]]
+    probe_seconds: float
+    unfreeze: UnfreezeCallback | None = None
+
+
+def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> PreparedModel:
+    """Builds the backbone, runs the linear probe if the strategy has one, and freezes as configured
+    (or wraps the model in a peft adapter)."""
+    strategy = recipe.finetune
+    model, data_config = build_model(recipe.model, data.label_names)
+    if recipe.data.decode_cache:
+        with recipe.training.main_process_first(desc="decoding the images once"):
+            data = decode_once(data, data_config)
+    frozen = frozen_stage_names(model, strategy.freeze)
+    if recipe.model.channels_last:
+        model.to(memory_format=torch.channels_last)
+    evaluation = eval_transform(data_config)
+    augmentation = train_transform(data_config, recipe.augment)
+    loss_weights = class_loss_weights(strategy.class_weights, data.splits["train"][LABEL_COLUMN], data.label_names)
+    started = time.perf_counter()
+    if strategy.bn_adapt and run_probe:  # a resumed run's checkpoint holds the adapted statistics
+        adapted = adapt_batchnorm(
+            model,
+            data.splits["train"],
+            evaluation,
+            recipe.training.per_device_eval_batch_size,
+            recipe.model.channels_last,
+        )
+        logger.info(
+            "bn_adapt: re-estimated %d BatchNorm layers on %d training images", adapted, len(data.splits["train"])
+        )
+    pretrained = recipe.model.pretrained or recipe.model.weights is not None
+    bn_policy = resolve_bn_policy(strategy.bn, pretrained)
+    probe_history: list[dict[str, float]] = []
+    if run_probe and STRATEGY_PRESETS[strategy.strategy].probes:
+        # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
+        probe_inputs = (data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy)
+        if strategy.probe_stages:
+            probe_history = probe_last_stages(
+                model,
+                *probe_inputs,
+                seed=recipe.training.seed,
+                train_batchnorm=bn_policy != "frozen",
+                channels_last=recipe.model.channels_last,
+                loss_weights=loss_weights,
+            )
+        else:
+            probe_history = linear_probe(
+                model,
+                *probe_inputs,
+                seed=recipe.training.seed,
+                channels_last=recipe.model.channels_last,
+                loss_weights=loss_weights,
+            )
+    probe_seconds = time.perf_counter() - started
+    if recipe.peft.peft_method:
+        # An adapter replaces freezing: the base weights stay, adapter + head (+ BatchNorm) train.
+        model = apply_adapter(model, recipe.peft, train_batchnorm=strategy.bn in ("auto", "train"))
+        trainable, total = parameter_counts(model)
+        logger.info(
+            "%s: training %s of %s parameters (%.2f%%)",
+            recipe.peft.peft_method,
+            f"{trainable:,}",
+            f"{total:,}",
+            100 * trainable / total,
+        )
+        return PreparedModel(
+            data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds
+        )
+    plan = build_plan(model, strategy, math.ceil(recipe.training.num_train_epochs))
+    if plan is None:
+        apply_freezing(model, frozen, bn_policy)
+        unfreeze = None
+    else:
+        unfreeze = UnfreezeCallback(plan, bn_policy, masked=recipe.training.world_size > 1)
+        unfreeze.apply(model, 0)  # before the Trainer wraps the model (DDP must see the final trainable set)
+    return PreparedModel(
+        data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds, unfreeze
+    )
+
+
+def _validation_metrics(trainer: Trainer) -> dict[str, float]:
+    """The validation metrics of the weights as they are now, without logging, callbacks or a
+    weight-average swap: the training history stays as it was."""
+    loop = trainer.evaluation_loop(trainer.get_eval_dataloader(), "Validation", metric_key_prefix="eval")
+    return loop.metrics
+
+
+def _final_evaluation(
+    trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The report on the evaluation split, with the logits averaged over the test-time views, and the
+    report of the plain view alone when there are several (None otherwise)."""
+    split = data.evaluation_split
+    # predict() gathers across processes without the padding duplicates of the last batch.
+    outputs = [
+        trainer.predict(with_image_transform(data.splits[split], view), metric_key_prefix=split)
+        for view in evaluation_views(evaluation, test_time_flips)
+    ]
+    labels = outputs[0].label_ids
+    averaged = np.mean([output.predictions for output in outputs], axis=0)
+    report = classification_report(averaged, labels, data.label_names)
+    if len(outputs) == 1:
+        return report, None
+    return report, classification_report(outputs[0].predictions, labels, data.label_names)
+
+
+def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`.
+
+    `callbacks` join the Trainer's own (early stopping, unfreezing, weight average, Hub pushes).
+    """
+    args = recipe.training
+    warn_if_single_process_cpu_launch()
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # denormal floats cost 20-30x on some CPUs
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    is_main = args.process_index == 0
+
+    with args.main_process_first(desc="loading the dataset"):
+        data = load_image_data(recipe.data)
+    for item in data.skipped:
+        logger.warning("skipped unreadable image %s (%s)", item.path, item.reason)
+    # A push that cannot work fails now, not after hours of training. Only the main process pushes.
+    repo_id = check_push_access(recipe.hub) if recipe.hub.repo_id and is_main else None
+    resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
+    if is_main:
+        artefacts.mark_incomplete(output_dir)
+    # A resumed run's checkpoint already holds the probed head.
+    prepared = prepare_model(recipe, data, run_probe=resume is None)
+    data = prepared.data
+    model, data_config, strategy = prepared.model, prepared.data_config, recipe.finetune
+    augmentation, evaluation, loss_weights = prepared.augmentation, prepared.evaluation, prepared.loss_weights
+    probe_history = prepared.probe_history
+    wise_start = None
+    if strategy.wise_alpha is not None:
+        # The start of the interpolation: the probed model, before the Trainer changes anything.
+        wise_start = load_start(output_dir) if resume else snapshot(model)
+        if is_main and not resume:
+            save_start(wise_start, output_dir)
+
+    callbacks = list(callbacks or [])
+    if args.early_stopping_patience is not None and args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
+    if repo_id and recipe.hub.push_strategy != "end":
+        callbacks.append(PushDuringTrainingCallback(recipe.hub, repo_id, data_config))
+    trainer = FineTuneTrainer(
+        model=model,
+        args=args,
+        train_dataset=with_image_transform(data.splits["train"], augmentation),
+        eval_dataset=with_image_transform(data.splits["validation"], evaluation),
+        data_collator=default_data_collator,
+        compute_metrics=trainer_compute_metrics(data.label_names),
+        callbacks=callbacks,
+        loss_weights=loss_weights,
+        backbone_lr_multiplier=strategy.backbone_lr_multiplier,
+        lr_decay=strategy.lr_decay,
+        sample_weights=(
+            balanced_sample_weights(data.splits["train"][LABEL_COLUMN], len(data.label_names))
+            if strategy.sampler == "balanced"
+            else None
+        ),
+        l2sp_alpha=strategy.l2sp_alpha,
+        batch_mixer=batch_mixer(recipe.augment, len(data.label_names)),
+        unfreeze=prepared.unfreeze,
+        lr_restart=strategy.lr_restart,
+        weight_average=WeightAverage(strategy.ema_decay) if strategy.ema_decay else None,
+    )
+    started = time.perf_counter()
+    if STRATEGY_PRESETS[strategy.strategy].trains:
+        trainer.train(resume_from_checkpoint=resume)
+
+    fingerprints, interpolation = None, None
+    if args.world_size > 1:
+        # DDP averages gradients, but BatchNorm statistics move on each rank's own batches and are only
+        # re-broadcast at the next forward pass: take the main process's, as DDP would, so that the
+        # test evaluation (sharded across ranks) and the saved model use one set of statistics.
+        for buffer in trainer.model.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
+    if wise_start is not None:
+        metric = eval_metric_name(args)
+        interpolation = apply_wise(
+            trainer.model,
+            wise_start,
+            strategy.wise_alpha,
+            lambda: _validation_metrics(trainer)[metric],
+            metric.removeprefix("eval_"),
+            bool(args.greater_is_better),
+        )
+    train_seconds = prepared.probe_seconds + time.perf_counter() - started  # the choice of alpha included
+    if args.world_size > 1:
+        # Every rank must end with the same weights; a DDP bug that lets them drift would go unnoticed.
+        fingerprints = gather_object([fingerprint(trainer.model)])
+        if len(set(fingerprints)) > 1:
+            logger.error("the %d processes ended with different weights: %s", len(fingerprints), fingerprints)
+    evaluated_on = data.evaluation_split
+    report, plain_report = _final_evaluation(trainer, data, evaluation, recipe.augment.test_time_flips)
+    push = None
+    if trainer.is_world_process_zero():
+        extra = {
+            "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
+            "rank_weight_fingerprints": fingerprints,
+            "weight_interpolation": interpolation,
+            "test_time_flips": recipe.augment.test_time_flips,
+            "without_test_time_augmentation": plain_report,
+        }
+        write_artefacts(
+            recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history, repo_id, extra
+        )
+        (output_dir / START_FILE).unlink(missing_ok=True)  # only a resumed run needed it
+    trainer.accelerator.wait_for_everyone()
+    if repo_id:
+        hub = recipe.hub
+        push = push_model_dir(output_dir, repo_id, hub.private, hub.branch, hub.commit_message)
+    return TrainResult(output_dir, report, evaluated_on, train_seconds, push)
