@@ -29,10 +29,11 @@ from transformers import default_data_collator
 
 from hf_cnn_ft.config.loading import build_recipe
 from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
+from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import train_transform
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.training.train import train, with_image_transform
+from hf_cnn_ft.training.train import train
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -64,7 +65,7 @@ def plain_loop(args: argparse.Namespace, model_name: str, compiled: bool) -> flo
         ModelArguments(model=model_name, pretrained=False, image_size=args.image_size), data.label_names
     )
     model.to(device, memory_format=torch.channels_last).train()
-    dataset = with_image_transform(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    dataset = with_pixel_values(data.splits["train"], train_transform(data_config, AugmentArguments()))
     loader = DataLoader(
         dataset,
         batch_size=args.batch_size,

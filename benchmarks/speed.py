@@ -31,12 +31,13 @@ from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.config.loading import build_recipe, load_recipe
 from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
 from hf_cnn_ft.data.decode import decode_once
+from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import train_transform
 from hf_cnn_ft.extras.known_weights import import_known_weights
 from hf_cnn_ft.extras.offline_data import prepare_dataset
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.training.train import train, with_image_transform
+from hf_cnn_ft.training.train import train
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -75,7 +76,7 @@ def hand_written_throughput(args: argparse.Namespace) -> float:
         ModelArguments(model=str(args.model_dir), image_size=args.image_size), data.label_names
     )
     model.to(memory_format=torch.channels_last).train()
-    dataset = with_image_transform(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    dataset = with_pixel_values(data.splits["train"], train_transform(data_config, AugmentArguments()))
     loader = DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_data_collator
     )
@@ -102,7 +103,7 @@ def pipeline_and_step(args: argparse.Namespace) -> tuple[float, float, float]:
     model, data_config = build_model(
         ModelArguments(model=str(args.model_dir), image_size=args.image_size), data.label_names
     )
-    dataset = with_image_transform(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    dataset = with_pixel_values(data.splits["train"], train_transform(data_config, AugmentArguments()))
     loader = DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_data_collator
     )
@@ -111,7 +112,7 @@ def pipeline_and_step(args: argparse.Namespace) -> tuple[float, float, float]:
     cached = decode_once(data, data_config)
     augmentation = train_transform(data_config, AugmentArguments())
     cached_loader = DataLoader(
-        with_image_transform(cached.splits["train"], augmentation),
+        with_pixel_values(cached.splits["train"], augmentation),
         batch_size=args.batch_size,
         shuffle=True,
         drop_last=True,
@@ -148,7 +149,7 @@ def large_photo_pipeline(args: argparse.Namespace, count: int = 64) -> tuple[flo
         speeds = []
         for source in (data, decode_once(data, data_config, Path(scratch) / "cache")):
             loader = DataLoader(
-                with_image_transform(source.splits["train"], augmentation),
+                with_pixel_values(source.splits["train"], augmentation),
                 batch_size=args.batch_size,
                 shuffle=True,
                 collate_fn=default_data_collator,

@@ -7,9 +7,9 @@ from PIL import Image
 from hf_cnn_ft.config.sections import AugmentArguments, ModelArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import IMAGE_COLUMN
+from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, train_transform
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.training.train import with_image_transform
 
 
 def photo(width=90, height=60, seed=0) -> Image.Image:
@@ -63,7 +63,7 @@ def test_lazy_transform_keeps_the_raw_image_column_until_read():
 
     raw = datasets.Dataset.from_dict({IMAGE_COLUMN: [photo(seed=i) for i in range(3)], "label": [0, 1, 0]})
     raw = raw.cast_column(IMAGE_COLUMN, datasets.Image())
-    transformed = with_image_transform(raw, eval_transform(DataConfig(input_size=24)))
+    transformed = with_pixel_values(raw, eval_transform(DataConfig(input_size=24)))
     assert raw.column_names == [IMAGE_COLUMN, "label"]  # nothing precomputed, nothing dropped
     row = transformed[1]
     assert row["pixel_values"].shape == (3, 24, 24) and row["labels"] == 1

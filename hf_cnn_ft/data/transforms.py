@@ -1,24 +1,18 @@
-"""Train and eval transforms, and the collator that applies them.
+"""Train and eval transforms, test-time views and batch mixing, built from the model's `DataConfig`.
 
-The transforms run in the collator, on the raw ``image`` column, so they are lazy (nothing is
-pre-computed) and the Trainer can never drop the image column before they see it
-(transformers #17894): the collator is the only consumer of the raw rows.
+`data.inputs` applies them lazily, on the raw ``image`` column as rows are read, so nothing is
+pre-computed and the Trainer can never drop the image column before they see it (transformers #17894).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
 from hf_cnn_ft.config.sections import AugmentArguments
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN
-from hf_cnn_ft.data.images import to_rgb
 
 _INTERPOLATION = {
     "nearest": v2.InterpolationMode.NEAREST,
@@ -90,20 +84,6 @@ def train_transform(config: DataConfig, augment: AugmentArguments) -> v2.Compose
     if augment.random_erasing > 0:
         steps.append(v2.RandomErasing(p=augment.random_erasing, value=0))
     return v2.Compose(steps)
-
-
-@dataclass
-class ImageClassificationCollator:
-    """Turns raw rows ({image, label}) into a batch of pixel_values and labels."""
-
-    transform: Callable[[Image.Image], torch.Tensor]
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([self.transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
-        batch = {"pixel_values": pixels}
-        if rows and LABEL_COLUMN in rows[0]:
-            batch["labels"] = torch.tensor([row[LABEL_COLUMN] for row in rows], dtype=torch.long)
-        return batch
 
 
 def batch_mixer(augment: AugmentArguments, num_classes: int) -> Callable | None:

@@ -9,11 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from torch.utils.data import DataLoader
 
 from hf_cnn_ft.config.sections import DataArguments
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, ImageData
-from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.inputs import view_batches
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
@@ -43,15 +42,9 @@ def predict_scores(
 ) -> np.ndarray:
     """Logits for every image of `dataset`, in order, averaged over the test-time views."""
     views = evaluation_views(transform, test_time_flips)
-
-    def collate(rows: list[dict[str, Any]]) -> list[torch.Tensor]:
-        images = [to_rgb(row[IMAGE_COLUMN]) for row in rows]
-        return [torch.stack([view(image) for image in images]) for view in views]
-
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     outputs = []
     with torch.inference_mode():
-        for batches in loader:
+        for batches in view_batches(dataset, views, batch_size):
             outputs.append(mean_logits(model, batches).numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels), dtype=np.float32)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hf_cnn_ft.data.images import IMAGE_SUFFIXES, to_rgb
+from hf_cnn_ft.data.images import IMAGE_SUFFIXES
+from hf_cnn_ft.data.inputs import view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.evaluate import mean_logits
@@ -60,20 +61,19 @@ def predict_files(
     top_k = max(1, min(top_k, model.config.num_labels))
     results: list[Prediction] = []
     for chunk in _batches(collect_images(inputs), batch_size):
-        tensors, readable = [], []
+        images, readable = [], []
         for path in chunk:
             try:
                 with Image.open(path) as image:
-                    rgb = to_rgb(image)
-                    tensors.append([view(rgb) for view in views])
+                    image.load()
+                images.append(image)
                 readable.append(Prediction(str(path)))
             except Exception as exc:  # PIL raises many types for a bad file
                 results.append(Prediction(str(path), error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
-        if not tensors:
+        if not images:
             continue
         with torch.inference_mode():
-            per_view = [torch.stack(batch) for batch in zip(*tensors)]
-            probabilities = mean_logits(model, per_view).softmax(-1)
+            probabilities = mean_logits(model, view_pixel_values(images, views)).softmax(-1)
         scores, indices = probabilities.topk(top_k, dim=-1)
         for prediction, row_scores, row_indices in zip(readable, scores.tolist(), indices.tolist()):
             prediction.labels = [model.config.id2label[i] for i in row_indices]

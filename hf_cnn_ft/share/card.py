@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.sections import Recipe
+from hf_cnn_ft.strategies.registry import get_strategy
 
 PICTURES = {
     "confusion_matrix.png": "confusion matrix",
@@ -56,7 +57,7 @@ def _preprocessing_text(preprocessing: dict[str, Any]) -> str:
 
 
 def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
-    text = _strategy_phases(recipe, summary)
+    text = get_strategy(recipe.finetune.strategy).card_text(recipe, summary)
     interpolation = summary.get("weight_interpolation")
     if interpolation:
         how = f", chosen on the validation {interpolation['chosen_by']}" if "chosen_by" in interpolation else ""
@@ -65,29 +66,6 @@ def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
             f"fine-tuned one (WiSE-FT{how})."
         )
     return text
-
-
-def _strategy_phases(recipe: Recipe, summary: dict[str, Any]) -> str:
-    finetune = recipe.finetune
-    if finetune.probe_stages:
-        probe = (
-            f"a probe of the new head and the last {finetune.probe_stages} stages ({finetune.head_epochs} epochs on "
-            "cached outputs of the frozen stages before them)"
-        )
-    else:
-        probe = f"a linear probe ({finetune.head_epochs} epochs of the new head on cached backbone features)"
-    tuned = f"{summary['epochs_trained']:g} epochs of fine-tuning with the Trainer"
-    if finetune.strategy == "linear_probe":
-        kept = "the earlier stages kept their" if finetune.probe_stages else "the backbone kept its"
-        return f"Strategy `linear_probe`: {probe}; {kept} pretrained weights."
-    if finetune.strategy == "two_phase":
-        return f"Strategy `two_phase`: {probe}, then {tuned}."
-    if finetune.strategy == "gradual":
-        return (
-            f"Strategy `gradual`: {probe}, then {tuned}, unfreezing stages from the top ({finetune.unfreeze}, "
-            f"every {finetune.unfreeze_epochs} epoch(s)) with layer-wise learning-rate decay {finetune.lr_decay:g}."
-        )
-    return f"Strategy `{finetune.strategy}`: {tuned}."
 
 
 def _test_time_text(summary: dict[str, Any]) -> str:

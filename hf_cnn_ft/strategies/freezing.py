@@ -15,9 +15,9 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import BATCHNORM, stages
-from hf_cnn_ft.strategies.probe import pixel_batches
 
 logger = logging.getLogger(__name__)
 

@@ -11,39 +11,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from datasets import Dataset
 from torch import nn
-from torch.utils.data import DataLoader
+from transformers import get_cosine_schedule_with_warmup
 
 from hf_cnn_ft.config.sections import FinetuneArguments
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN
-from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.data.dataset import LABEL_COLUMN
+from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class HeadPhaseResult:
-    history: list[dict[str, float]]
-    seconds: float
-
-
-def pixel_batches(
-    dataset: Dataset, transform: Callable, batch_size: int, channels_last: bool = False
-) -> Iterator[torch.Tensor]:
-    """The dataset's images, transformed and batched in order (no labels, no shuffling)."""
-
-    def collate(rows: list[dict[str, Any]]) -> torch.Tensor:
-        pixels = torch.stack([transform(to_rgb(row[IMAGE_COLUMN])) for row in rows])
-        return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
-
-    yield from DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
 
 
 class _InputCaptured(Exception):
@@ -119,6 +100,75 @@ class BackboneFeatures:
         return features
 
 
+@dataclass
+class ProbeInputs:
+    """What a probe phase trains on: the splits, their transforms and the run's probe settings."""
+
+    train_split: Dataset
+    validation_split: Dataset
+    train_transform: Callable
+    eval_transform: Callable
+    finetune: FinetuneArguments
+    seed: int
+    channels_last: bool = False
+    loss_weights: torch.Tensor | None = None
+    train_batchnorm: bool = False  # whether BatchNorm in the probed stages trains (stage probe only)
+
+
+def fit_on_cache(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor | BackboneFeatures,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    args: FinetuneArguments,
+    seed: int,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    loss_weights: torch.Tensor | None = None,
+    hooks: ProbeHooks | None = None,
+) -> list[dict[str, float]]:
+    """The probe loop, shared by the linear and the stage probe: `head_epochs` shuffled passes of
+    `head_batch_size` over cached inputs, then a validation pass per epoch. Returns the history."""
+    hooks = hooks or ProbeHooks()
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
+    history = []
+    started = time.perf_counter()
+    for epoch in range(1, args.head_epochs + 1):
+        hooks.train_mode()
+        order = torch.randperm(len(inputs), generator=generator)
+        running = 0.0
+        for start in range(0, len(order), args.head_batch_size):
+            batch = order[start : start + args.head_batch_size]
+            loss = loss_fn(forward(inputs[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += loss.item() * len(batch)
+        entry = {"epoch": float(epoch), "loss": running / len(inputs), "seconds": time.perf_counter() - started}
+        if validation is not None:
+            with torch.no_grad():
+                logits = (hooks.validation_logits or forward)(validation[0])
+            entry["eval_loss"] = float(loss_fn(logits, validation[1]))
+            entry["eval_accuracy"] = float((logits.argmax(1) == validation[1]).float().mean())
+        history.append(entry)
+    return history
+
+
+@dataclass
+class ProbeHooks:
+    """Where the stage probe differs from the linear one: module modes per epoch, batched validation."""
+
+    train_mode: Callable[[], None] = lambda: None
+    validation_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def steps_of(count: int, args: FinetuneArguments) -> int:
+    """Optimizer steps of a probe over `count` cached rows."""
+    return max(1, math.ceil(count / args.head_batch_size) * args.head_epochs)
+
+
 def train_head(
     head: nn.Linear,
     features: torch.Tensor | BackboneFeatures,
@@ -132,58 +182,25 @@ def train_head(
 
     `features` is the cached tensor, or `BackboneFeatures` to recompute every batch (same result).
     """
-    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
-    steps_per_epoch = math.ceil(len(features) / args.head_batch_size)
-    total = max(1, steps_per_epoch * args.head_epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
-    history = []
-    started = time.perf_counter()
+    schedule = get_cosine_schedule_with_warmup(optimizer, 0, steps_of(len(features), args))
     head.train()
-    for epoch in range(1, args.head_epochs + 1):
-        order = torch.randperm(len(features), generator=generator)
-        running = 0.0
-        for start in range(0, len(order), args.head_batch_size):
-            batch = order[start : start + args.head_batch_size]
-            loss = loss_fn(head(features[batch]), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            running += loss.item() * len(batch)
-        entry = {"epoch": float(epoch), "loss": running / len(features), "seconds": time.perf_counter() - started}
-        if validation is not None:
-            with torch.no_grad():
-                logits = head(validation[0])
-                entry["eval_loss"] = float(loss_fn(logits, validation[1]))
-                entry["eval_accuracy"] = float((logits.argmax(1) == validation[1]).float().mean())
-        history.append(entry)
-    return history
+    return fit_on_cache(head, features, labels, optimizer, schedule, args, seed, validation, loss_weights)
 
 
-def linear_probe(
-    model: nn.Module,
-    train_split: Dataset,
-    validation_split: Dataset,
-    train_transform: Callable,
-    eval_transform: Callable,
-    args: FinetuneArguments,
-    seed: int,
-    channels_last: bool = False,
-    loss_weights: torch.Tensor | None = None,
-) -> list[dict[str, float]]:
+def linear_probe(model: nn.Module, probe: ProbeInputs) -> list[dict[str, float]]:
     """Fits the new head on frozen features: one unaugmented view plus `feature_views - 1` augmented ones."""
-    torch.manual_seed(seed)
+    args, channels_last = probe.finetune, probe.channels_last
+    torch.manual_seed(probe.seed)
     started = time.perf_counter()
-    views = [extract_features(model, train_split, eval_transform, channels_last=channels_last)]
+    views = [extract_features(model, probe.train_split, probe.eval_transform, channels_last=channels_last)]
     for _ in range(max(0, args.feature_views - 1)):
-        views.append(extract_features(model, train_split, train_transform, channels_last=channels_last))
+        views.append(extract_features(model, probe.train_split, probe.train_transform, channels_last=channels_last))
     features = torch.cat([v[0] for v in views])
     labels = torch.cat([v[1] for v in views])
-    validation = extract_features(model, validation_split, eval_transform, channels_last=channels_last)
+    validation = extract_features(model, probe.validation_split, probe.eval_transform, channels_last=channels_last)
     head = head_linear(backbone_of(model), model.config.num_labels)
-    history = train_head(head, features, labels, args, seed, validation, loss_weights)
+    history = train_head(head, features, labels, args, probe.seed, validation, probe.loss_weights)
     extraction = time.perf_counter() - started - (history[-1]["seconds"] if history else 0.0)
     for entry in history:  # seconds since the probe started, feature extraction included
         entry["seconds"] += extraction

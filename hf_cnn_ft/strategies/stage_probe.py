@@ -15,7 +15,6 @@ entry, say) before anything trains.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,12 +23,14 @@ import psutil
 import torch
 from datasets import Dataset
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 
 from hf_cnn_ft.config.sections import FinetuneArguments
 from hf_cnn_ft.data.dataset import LABEL_COLUMN
+from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import BATCHNORM, stages
-from hf_cnn_ft.strategies.probe import module_input, module_inputs, pixel_batches
+from hf_cnn_ft.strategies.probe import ProbeHooks, ProbeInputs, fit_on_cache, module_input, module_inputs, steps_of
 
 logger = logging.getLogger(__name__)
 
@@ -171,13 +172,7 @@ def _optimizer_and_schedule(
         weight_decay=args.head_weight_decay,
     )
     warmup = max(1, int(WARMUP_FRACTION * steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, steps)
 
 
 def _logits_in_batches(model: nn.Module, entry: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -191,84 +186,71 @@ def _logits_in_batches(model: nn.Module, entry: nn.Module, inputs: torch.Tensor,
         )
 
 
-def probe_last_stages(
-    model: nn.Module,
-    train_split: Dataset,
-    validation_split: Dataset,
-    train_transform: Callable,
-    eval_transform: Callable,
-    args: FinetuneArguments,
-    seed: int,
-    train_batchnorm: bool,
-    channels_last: bool = False,
-    loss_weights: torch.Tensor | None = None,
-) -> list[dict[str, float]]:
-    """Trains the last `args.probe_stages` stages and the head on cached inputs of the first of them:
+def probe_last_stages(model: nn.Module, probe: ProbeInputs) -> list[dict[str, float]]:
+    """Trains the last `probe_stages` stages and the head on cached inputs of the first of them:
     one unaugmented view plus `feature_views - 1` augmented ones. Returns the per-epoch history."""
-    torch.manual_seed(seed)
+    args = probe.finetune
+    torch.manual_seed(probe.seed)
     started = time.perf_counter()
     trained_stages = trained_stage_names(model, args.probe_stages)
     entry_name, entry = entry_module(model, trained_stages[0])
-    sample = next(pixel_batches(train_split.select(range(min(4, len(train_split)))), eval_transform, 4, channels_last))
-    sample_inputs = check_entry(model, entry_name, entry, sample)
-    per_image_bytes = sample_inputs[0].numel() * sample_inputs.element_size()
-    check_cache_fits(entry_name, per_image_bytes, len(train_split) * args.feature_views + len(validation_split))
-
-    def cache(split: Dataset, transform: Callable) -> torch.Tensor:
-        return module_inputs(model, entry, split, transform, channels_last=channels_last)
-
-    views = [cache(train_split, eval_transform)]
-    views += [cache(train_split, train_transform) for _ in range(args.feature_views - 1)]
-    inputs = torch.cat(views)
-    labels = torch.tensor(list(train_split[LABEL_COLUMN]) * len(views), dtype=torch.long)
-    validation_inputs = cache(validation_split, eval_transform)
-    validation_labels = torch.tensor(list(validation_split[LABEL_COLUMN]), dtype=torch.long)
-    caching_seconds = time.perf_counter() - started
+    inputs, labels, validation = _cache_entry_inputs(model, entry_name, entry, probe)
     logger.info(
         "probing the head and %s on %d cached inputs of %s %s (%.0f s to cache)",
         ", ".join(trained_stages),
         len(inputs),
         entry_name,
         tuple(inputs.shape[1:]),
-        caching_seconds,
+        time.perf_counter() - started,
     )
-
-    trained = _trained_parameter_names(model, trained_stages, train_batchnorm)
+    trained = _trained_parameter_names(model, trained_stages, probe.train_batchnorm)
     parameters = dict(model.named_parameters())
     requires_grad = {name: p.requires_grad for name, p in parameters.items()}
     for name, parameter in parameters.items():
         parameter.requires_grad_(name in trained)
-    steps_per_epoch = math.ceil(len(inputs) / args.head_batch_size)
-    optimizer, schedule = _optimizer_and_schedule(model, trained, args, steps_per_epoch * args.head_epochs)
-    loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
-    generator = torch.Generator().manual_seed(seed)
-    history = []
+    optimizer, schedule = _optimizer_and_schedule(model, trained, args, steps_of(len(inputs), args))
+    hooks = ProbeHooks(
+        train_mode=lambda: _set_modes(model, trained, probe.train_batchnorm),
+        validation_logits=lambda cached: _logits_in_batches(model, entry, cached, args.head_batch_size),
+    )
     try:
-        for epoch in range(1, args.head_epochs + 1):
-            _set_modes(model, trained, train_batchnorm)
-            order = torch.randperm(len(inputs), generator=generator)
-            running = 0.0
-            for begin in range(0, len(order), args.head_batch_size):
-                batch = order[begin : begin + args.head_batch_size]
-                loss = loss_fn(logits_from_stage_inputs(model, entry, inputs[batch]), labels[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                running += loss.item() * len(batch)
-            logits = _logits_in_batches(model, entry, validation_inputs, args.head_batch_size)
-            history.append(
-                {
-                    "epoch": float(epoch),
-                    "loss": running / len(inputs),
-                    "seconds": time.perf_counter() - started,  # caching included, as in the linear probe
-                    "eval_loss": float(loss_fn(logits, validation_labels)),
-                    "eval_accuracy": float((logits.argmax(1) == validation_labels).float().mean()),
-                }
-            )
-            logger.info("stage probe epoch %d: validation accuracy %.3f", epoch, history[-1]["eval_accuracy"])
+        history = fit_on_cache(
+            lambda cached: logits_from_stage_inputs(model, entry, cached),
+            inputs,
+            labels,
+            optimizer,
+            schedule,
+            args,
+            probe.seed,
+            validation,
+            probe.loss_weights,
+            hooks,
+        )
     finally:
         for name, parameter in parameters.items():
             parameter.requires_grad_(requires_grad[name])
         model.train()
+    caching = time.perf_counter() - started - (history[-1]["seconds"] if history else 0.0)
+    for entry_ in history:  # seconds since the probe started, caching included, as in the linear probe
+        entry_["seconds"] += caching
     return history
+
+
+def _cache_entry_inputs(
+    model: nn.Module, entry_name: str, entry: nn.Module, probe: ProbeInputs
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(training inputs, their labels, (validation inputs, labels)) of `entry`, checked and cached once."""
+    train, validation, channels_last = probe.train_split, probe.validation_split, probe.channels_last
+    sample = next(pixel_batches(train.select(range(min(4, len(train)))), probe.eval_transform, 4, channels_last))
+    sample_inputs = check_entry(model, entry_name, entry, sample)
+    per_image_bytes = sample_inputs[0].numel() * sample_inputs.element_size()
+    check_cache_fits(entry_name, per_image_bytes, len(train) * probe.finetune.feature_views + len(validation))
+
+    def cache(split: Dataset, transform: Callable) -> torch.Tensor:
+        return module_inputs(model, entry, split, transform, channels_last=channels_last)
+
+    views = [cache(train, probe.eval_transform)]
+    views += [cache(train, probe.train_transform) for _ in range(probe.finetune.feature_views - 1)]
+    labels = torch.tensor(list(train[LABEL_COLUMN]) * len(views), dtype=torch.long)
+    validation_labels = torch.tensor(list(validation[LABEL_COLUMN]), dtype=torch.long)
+    return torch.cat(views), labels, (cache(validation, probe.eval_transform), validation_labels)

@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator, set_seed
 
 from hf_cnn_ft.config.sections import Recipe
+from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.plots import pyplot
 from hf_cnn_ft.strategies.freezing import parameter_groups
-from hf_cnn_ft.training.train import prepare_model, with_image_transform
+from hf_cnn_ft.training.train import prepare_model
 
 
 @dataclass
@@ -68,7 +69,7 @@ def find_learning_rate(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7,
     scales = [group["lr"] for group in groups]
     optimizer = torch.optim.AdamW(groups, lr=start_lr)
     loader = DataLoader(
-        with_image_transform(prepared.data.splits["train"], prepared.augmentation),
+        with_pixel_values(prepared.data.splits["train"], prepared.augmentation),
         collate_fn=default_data_collator,
         batch_size=args.per_device_train_batch_size,
         shuffle=True,

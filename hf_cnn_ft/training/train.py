@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from datasets import Dataset
+from torch import nn
 from transformers import (
     EarlyStoppingCallback,
     PreTrainedModel,
@@ -24,11 +24,11 @@ from transformers import (
     set_seed,
 )
 
-from hf_cnn_ft.config.sections import STRATEGY_PRESETS, Recipe
+from hf_cnn_ft.config.sections import Recipe
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
 from hf_cnn_ft.data.decode import decode_once
-from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import batch_mixer, eval_transform, evaluation_views, train_transform
 from hf_cnn_ft.evaluation.metrics import classification_report, trainer_compute_metrics
@@ -46,8 +46,8 @@ from hf_cnn_ft.strategies.freezing import (
     frozen_stage_names,
     resolve_bn_policy,
 )
-from hf_cnn_ft.strategies.probe import linear_probe
-from hf_cnn_ft.strategies.stage_probe import probe_last_stages
+from hf_cnn_ft.strategies.probe import ProbeInputs
+from hf_cnn_ft.strategies.registry import get_strategy
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan, fingerprint
 from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, load_start, save_start, snapshot
 from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
@@ -63,18 +63,6 @@ class TrainResult:
     evaluated_on: str
     train_seconds: float
     push: PushResult | None = None
-
-
-def with_image_transform(dataset: Dataset, transform) -> Dataset:
-    """Applies `transform` lazily, row by row, as the Trainer reads the dataset."""
-
-    def apply(batch: dict[str, list]) -> dict[str, list]:
-        return {
-            "pixel_values": [transform(to_rgb(image)) for image in batch[IMAGE_COLUMN]],
-            "labels": batch[LABEL_COLUMN],
-        }
-
-    return dataset.with_transform(apply)
 
 
 def warn_if_single_process_cpu_launch() -> None:
@@ -113,58 +101,62 @@ class PreparedModel:
 
 
 def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> PreparedModel:
-    """Builds the backbone, runs the linear probe if the strategy has one, and freezes as configured
-    (or wraps the model in a peft adapter)."""
-    strategy = recipe.finetune
+    """Builds the backbone, runs the strategy's probe phase (unless resuming), and freezes as configured
+    (or wraps the model in a peft adapter); the strategy's own hook has the last word."""
+    finetune = recipe.finetune
+    strategy = get_strategy(finetune.strategy)
     model, data_config = build_model(recipe.model, data.label_names)
     if recipe.data.decode_cache:
         with recipe.training.main_process_first(desc="decoding the images once"):
             data = decode_once(data, data_config)
-    frozen = frozen_stage_names(model, strategy.freeze)
+    frozen = frozen_stage_names(model, finetune.freeze)  # checked against the model before anything long
     if recipe.model.channels_last:
         model.to(memory_format=torch.channels_last)
     evaluation = eval_transform(data_config)
     augmentation = train_transform(data_config, recipe.augment)
-    loss_weights = class_loss_weights(strategy.class_weights, data.splits["train"][LABEL_COLUMN], data.label_names)
+    loss_weights = class_loss_weights(finetune.class_weights, data.splits["train"][LABEL_COLUMN], data.label_names)
+    bn_policy = resolve_bn_policy(finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
     started = time.perf_counter()
-    if strategy.bn_adapt and run_probe:  # a resumed run's checkpoint holds the adapted statistics
-        adapted = adapt_batchnorm(
-            model,
-            data.splits["train"],
-            evaluation,
-            recipe.training.per_device_eval_batch_size,
-            recipe.model.channels_last,
-        )
-        logger.info(
-            "bn_adapt: re-estimated %d BatchNorm layers on %d training images", adapted, len(data.splits["train"])
-        )
-    pretrained = recipe.model.pretrained or recipe.model.weights is not None
-    bn_policy = resolve_bn_policy(strategy.bn, pretrained)
     probe_history: list[dict[str, float]] = []
-    if run_probe and STRATEGY_PRESETS[strategy.strategy].probes:
-        # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
-        probe_inputs = (data.splits["train"], data.splits["validation"], augmentation, evaluation, strategy)
-        if strategy.probe_stages:
-            probe_history = probe_last_stages(
-                model,
-                *probe_inputs,
-                seed=recipe.training.seed,
+    if run_probe:  # a resumed run's checkpoint holds the adapted statistics and the probed head
+        if finetune.bn_adapt:
+            _adapt_batchnorm(model, data, evaluation, recipe)
+        if strategy.preset.probes:
+            # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
+            probe = ProbeInputs(
+                data.splits["train"],
+                data.splits["validation"],
+                augmentation,
+                evaluation,
+                finetune,
+                recipe.training.seed,
+                recipe.model.channels_last,
+                loss_weights,
                 train_batchnorm=bn_policy != "frozen",
-                channels_last=recipe.model.channels_last,
-                loss_weights=loss_weights,
             )
-        else:
-            probe_history = linear_probe(
-                model,
-                *probe_inputs,
-                seed=recipe.training.seed,
-                channels_last=recipe.model.channels_last,
-                loss_weights=loss_weights,
-            )
+            probe_history = strategy.probe(model, probe)
     probe_seconds = time.perf_counter() - started
+    model, unfreeze = _set_trainable(model, recipe, frozen, bn_policy)
+    strategy.prepare(model, recipe)
+    return PreparedModel(
+        data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds, unfreeze
+    )
+
+
+def _adapt_batchnorm(model: nn.Module, data: ImageData, evaluation: Callable, recipe: Recipe) -> None:
+    train_split = data.splits["train"]
+    batch_size, channels_last = recipe.training.per_device_eval_batch_size, recipe.model.channels_last
+    adapted = adapt_batchnorm(model, train_split, evaluation, batch_size, channels_last)
+    logger.info("bn_adapt: re-estimated %d BatchNorm layers on %d training images", adapted, len(train_split))
+
+
+def _set_trainable(
+    model: PreTrainedModel, recipe: Recipe, frozen: list[str], bn_policy: str
+) -> tuple[nn.Module, UnfreezeCallback | None]:
+    """Freezes what the recipe freezes (or the unfreezing schedule's first step), or wraps the model in
+    a peft adapter: the base weights stay, adapter + head (+ BatchNorm) train."""
     if recipe.peft.peft_method:
-        # An adapter replaces freezing: the base weights stay, adapter + head (+ BatchNorm) train.
-        model = apply_adapter(model, recipe.peft, train_batchnorm=strategy.bn in ("auto", "train"))
+        model = apply_adapter(model, recipe.peft, train_batchnorm=recipe.finetune.bn in ("auto", "train"))
         trainable, total = parameter_counts(model)
         logger.info(
             "%s: training %s of %s parameters (%.2f%%)",
@@ -173,19 +165,14 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
             f"{total:,}",
             100 * trainable / total,
         )
-        return PreparedModel(
-            data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds
-        )
-    plan = build_plan(model, strategy, math.ceil(recipe.training.num_train_epochs))
+        return model, None
+    plan = build_plan(model, recipe.finetune, math.ceil(recipe.training.num_train_epochs))
     if plan is None:
         apply_freezing(model, frozen, bn_policy)
-        unfreeze = None
-    else:
-        unfreeze = UnfreezeCallback(plan, bn_policy, masked=recipe.training.world_size > 1)
-        unfreeze.apply(model, 0)  # before the Trainer wraps the model (DDP must see the final trainable set)
-    return PreparedModel(
-        data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds, unfreeze
-    )
+        return model, None
+    unfreeze = UnfreezeCallback(plan, bn_policy, masked=recipe.training.world_size > 1)
+    unfreeze.apply(model, 0)  # before the Trainer wraps the model (DDP must see the final trainable set)
+    return model, unfreeze
 
 
 def _validation_metrics(trainer: Trainer) -> dict[str, float]:
@@ -203,7 +190,7 @@ def _final_evaluation(
     split = data.evaluation_split
     # predict() gathers across processes without the padding duplicates of the last batch.
     outputs = [
-        trainer.predict(with_image_transform(data.splits[split], view), metric_key_prefix=split)
+        trainer.predict(with_pixel_values(data.splits[split], view), metric_key_prefix=split)
         for view in evaluation_views(evaluation, test_time_flips)
     ]
     labels = outputs[0].label_ids
@@ -249,7 +236,7 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
         if is_main and not resume:
             save_start(wise_start, output_dir)
 
-    callbacks = list(callbacks or [])
+    callbacks = [*(callbacks or []), *get_strategy(strategy.strategy).callbacks(recipe)]
     if args.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
     if repo_id and recipe.hub.push_strategy != "end":
@@ -257,8 +244,8 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
     trainer = FineTuneTrainer(
         model=model,
         args=args,
-        train_dataset=with_image_transform(data.splits["train"], augmentation),
-        eval_dataset=with_image_transform(data.splits["validation"], evaluation),
+        train_dataset=with_pixel_values(data.splits["train"], augmentation),
+        eval_dataset=with_pixel_values(data.splits["validation"], evaluation),
         data_collator=default_data_collator,
         compute_metrics=trainer_compute_metrics(data.label_names),
         callbacks=callbacks,
@@ -277,7 +264,7 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
         weight_average=WeightAverage(strategy.ema_decay) if strategy.ema_decay else None,
     )
     started = time.perf_counter()
-    if STRATEGY_PRESETS[strategy.strategy].trains:
+    if get_strategy(strategy.strategy).preset.trains:
         trainer.train(resume_from_checkpoint=resume)
 
     fingerprints, interpolation = None, None

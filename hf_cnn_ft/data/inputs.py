@@ -1,0 +1,62 @@
+"""Images to model inputs: the one place where a decoded image becomes a row of `pixel_values`.
+
+Training, both probes, AdaBN, evaluation, prediction and the ONNX check all go through
+`pixel_values`, so every path converts modes (to 8-bit RGB), transforms and lays out memory alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from datasets import Dataset
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN
+from hf_cnn_ft.data.images import to_rgb
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def view_pixel_values(
+    images: Sequence[Image.Image], views: Sequence[Transform], channels_last: bool = False
+) -> list[torch.Tensor]:
+    """One batch of model inputs per view: each image converted to RGB once, then transformed by every view
+    and stacked (NHWC in memory if asked)."""
+    rgb = [to_rgb(image) for image in images]
+    batches = [torch.stack([view(image) for image in rgb]) for view in views]
+    return [b.contiguous(memory_format=torch.channels_last) for b in batches] if channels_last else batches
+
+
+def pixel_values(images: Sequence[Image.Image], transform: Transform, channels_last: bool = False) -> torch.Tensor:
+    """A batch of model inputs: each image as RGB, transformed, stacked."""
+    return view_pixel_values(images, [transform], channels_last)[0]
+
+
+def with_pixel_values(dataset: Dataset, transform: Transform) -> Dataset:
+    """`dataset` as the Trainer reads it: `pixel_values` and `labels`, transformed lazily, row by row."""
+
+    def apply(batch: dict[str, list]) -> dict[str, Any]:
+        return {"pixel_values": list(pixel_values(batch[IMAGE_COLUMN], transform)), "labels": batch[LABEL_COLUMN]}
+
+    return dataset.with_transform(apply)
+
+
+def pixel_batches(
+    dataset: Dataset, transform: Transform, batch_size: int, channels_last: bool = False
+) -> Iterator[torch.Tensor]:
+    """The dataset's images as model inputs, batched in order (no labels, no shuffling)."""
+    yield from (views[0] for views in view_batches(dataset, [transform], batch_size, channels_last))
+
+
+def view_batches(
+    dataset: Dataset, views: Sequence[Transform], batch_size: int, channels_last: bool = False
+) -> Iterator[list[torch.Tensor]]:
+    """Like `pixel_batches`, with one batch of pixel values per view (test-time views)."""
+
+    def collate(rows: list[dict[str, Any]]) -> list[torch.Tensor]:
+        return view_pixel_values([row[IMAGE_COLUMN] for row in rows], views, channels_last)
+
+    yield from DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
