@@ -1,13 +1,15 @@
 # Every target creates its own virtualenv (.venv) on first use; nothing is installed by hand.
+# Installs are pinned by constraints.txt (`make lock` refreshes it), so CI gets the same versions every day.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast lint install lock clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -15,11 +17,22 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/hf-cnn-ft demo
 
-test: $(BIN)/.installed
+lint: $(BIN)/.installed
+	$(BIN)/ruff check hf_cnn_ft tests benchmarks
+	$(BIN)/ruff format --check hf_cnn_ft tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: $(BIN)/.installed
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The newest versions that pyproject.toml allows, installed in a scratch virtualenv and written down.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	.venv-lock/bin/python -m pip freeze --exclude-editable --disable-pip-version-check > constraints.txt
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) outputs data

@@ -54,3 +54,29 @@ def test_epoch_history_splits_train_and_validation_series():
     series = epoch_history(log, "accuracy")
     assert series["train_loss"] == [(1.0, 1.0), (2.0, 0.5)]
     assert series["eval_accuracy"] == [(1.0, 0.5), (2.0, 0.8)]
+
+
+def test_report_agrees_with_scikit_learn_on_random_labels_with_classes_never_predicted():
+    from sklearn.metrics import classification_report as sklearn_report
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(0)
+    references = rng.integers(0, 7, size=300)
+    predictions = rng.choice([0, 1, 2, 4], size=300)  # classes 3, 5 and 6 are never predicted
+    names = [f"c{i}" for i in range(8)]  # class 7: neither in the references nor predicted
+    report = classification_report(one_hot_scores(predictions, 8), references, names)
+    expected = sklearn_report(references, predictions, output_dict=True, zero_division=0)
+    assert report["accuracy"] == pytest.approx(expected["accuracy"])
+    for average in ("macro", "weighted"):
+        for name in ("precision", "recall", "f1"):
+            assert report[f"{name}_{average}"] == pytest.approx(
+                expected[f"{average} avg"][f"{name}-score" if name == "f1" else name]
+            )
+    for i in range(7):
+        ours, theirs = report["per_class"][f"c{i}"], expected[str(i)]
+        assert ours["precision"] == pytest.approx(theirs["precision"]) and ours["recall"] == pytest.approx(
+            theirs["recall"]
+        )
+        assert ours["f1"] == pytest.approx(theirs["f1-score"]) and ours["support"] == theirs["support"]
+    assert report["per_class"]["c7"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert report["confusion_matrix"] == confusion_matrix(references, predictions, labels=range(8)).tolist()

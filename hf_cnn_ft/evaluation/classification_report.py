@@ -1,9 +1,9 @@
 """An `evaluate` metric module for image classification that works offline.
 
 ``evaluate.load("accuracy")`` fetches its script from the Hub; this module ships with the
-package instead. Load it with ``evaluate.load(hf_cnn_ft.metrics.METRIC_SCRIPT)`` or instantiate
-``ClassificationReport`` directly. It depends only on numpy, datasets and evaluate, so the file
-also works when copied on its own.
+package instead. Load it with ``evaluate.load(hf_cnn_ft.evaluation.metrics.METRIC_SCRIPT)`` or
+instantiate ``ClassificationReport`` directly. The math is scikit-learn's; the file depends only on
+numpy, scikit-learn, datasets and evaluate, so it also works when copied on its own.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import datasets
 import evaluate
 import numpy as np
+from sklearn import metrics
 
 _DESCRIPTION = """
 Accuracy, precision, recall and F1 (macro, weighted and per class), top-5 accuracy when there
 are more than five classes, and the confusion matrix (rows: true class, columns: predicted).
-Macro averages run over the classes present in the references or the predictions.
+Macro and weighted averages run over the classes present in the references or the predictions.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -29,43 +30,36 @@ Returns:
 """
 
 
-def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=np.float64), where=denominator > 0)
-
-
 def compute_classification_report(
     scores: np.ndarray, references: np.ndarray, label_names: list[str] | None = None
 ) -> dict:
-    """All classification metrics from a (N, K) score matrix and N true labels."""
+    """All classification metrics from a (N, K) score matrix and N true labels, by scikit-learn.
+
+    Per-class figures cover every class; the macro and weighted averages, like scikit-learn's own
+    `classification_report`, cover the classes present in the references or the predictions.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     references = np.asarray(references, dtype=np.int64)
     num_classes = scores.shape[1]
     names = list(label_names) if label_names is not None else [str(i) for i in range(num_classes)]
     predictions = scores.argmax(axis=1)
-    matrix = np.bincount(references * num_classes + predictions, minlength=num_classes**2).reshape(
-        num_classes, num_classes
+    every = list(range(num_classes))
+    seen = sorted(set(references.tolist()) | set(predictions.tolist()))
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        references, predictions, labels=every, zero_division=0
     )
-    true_positives = np.diag(matrix).astype(np.float64)
-    support = matrix.sum(axis=1).astype(np.float64)
-    predicted = matrix.sum(axis=0).astype(np.float64)
-    precision = _safe_divide(true_positives, predicted)
-    recall = _safe_divide(true_positives, support)
-    f1 = _safe_divide(2 * precision * recall, precision + recall)
-    seen = (support > 0) | (predicted > 0)
-    total = support.sum()
-    report = {
-        "accuracy": float(true_positives.sum() / total) if total else 0.0,
-        "precision_macro": float(precision[seen].mean()) if seen.any() else 0.0,
-        "recall_macro": float(recall[seen].mean()) if seen.any() else 0.0,
-        "f1_macro": float(f1[seen].mean()) if seen.any() else 0.0,
-        "precision_weighted": float((precision * support).sum() / total) if total else 0.0,
-        "recall_weighted": float((recall * support).sum() / total) if total else 0.0,
-        "f1_weighted": float((f1 * support).sum() / total) if total else 0.0,
-    }
+    report = {"accuracy": float(metrics.accuracy_score(references, predictions)) if len(references) else 0.0}
+    for average in ("macro", "weighted"):
+        values = metrics.precision_recall_fscore_support(
+            references, predictions, labels=seen or every, average=average, zero_division=0
+        )[:3]
+        for name, value in zip(("precision", "recall", "f1"), values):
+            report[f"{name}_{average}"] = float(value) if len(references) else 0.0
     if num_classes > 5:
-        top5 = np.argsort(-scores, axis=1)[:, :5]
-        report["top5_accuracy"] = float((top5 == references[:, None]).any(axis=1).mean()) if total else 0.0
-    report["num_samples"] = int(total)
+        report["top5_accuracy"] = (
+            float(metrics.top_k_accuracy_score(references, scores, k=5, labels=every)) if len(references) else 0.0
+        )
+    report["num_samples"] = len(references)
     report["per_class"] = {
         name: {
             "precision": float(precision[i]),
@@ -75,7 +69,7 @@ def compute_classification_report(
         }
         for i, name in enumerate(names)
     }
-    report["confusion_matrix"] = matrix.tolist()
+    report["confusion_matrix"] = metrics.confusion_matrix(references, predictions, labels=every).tolist()
     return report
 
 
