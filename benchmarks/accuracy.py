@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from hf_cnn_ft.cli.process import prepare_cpu_process
-from hf_cnn_ft.config.loading import load_recipe
+from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS, import_known_weights
 from hf_cnn_ft.extras.offline_data import prepare_dataset
 from hf_cnn_ft.training.train import train

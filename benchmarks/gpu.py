@@ -27,7 +27,7 @@ from common import TRAINING_ONLY, StepClock, make_photos, sync  # benchmarks/ is
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from hf_cnn_ft.config.loading import build_recipe
+from hf_cnn_ft.config.recipe import build_recipe
 from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data

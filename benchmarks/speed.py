@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
 from hf_cnn_ft.cli.process import prepare_cpu_process
-from hf_cnn_ft.config.loading import build_recipe, load_recipe
+from hf_cnn_ft.config.recipe import build_recipe, load_recipe
 from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.inputs import with_pixel_values

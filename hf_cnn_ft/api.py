@@ -1,13 +1,13 @@
 """The Python API, for notebooks and scripts: the same steps as the command line, as functions.
 
-    from hf_cnn_ft import Recipe, evaluate, load_model, predict, prepare_cpu_process, train
+from hf_cnn_ft import Recipe, evaluate, load_model, predict, prepare_cpu_process, train
 
-    prepare_cpu_process()  # once per process, on a CPU machine: what the command line does
-    recipe = Recipe.from_yaml("recipes/food-mobilenetv2.yaml", num_train_epochs=5, output_dir="outputs/food")
-    result = train(recipe)  # result.metrics, result.output_dir, result.model
-    evaluate(result.output_dir)["accuracy"]
-    predict(result.output_dir, ["photo.jpg"], top_k=3)
-    model, data_config = load_model(result.output_dir)
+prepare_cpu_process()  # once per process, on a CPU machine: what the command line does
+recipe = Recipe.from_yaml("recipes/food-mobilenetv2.yaml", num_train_epochs=5, output_dir="outputs/food")
+result = train(recipe)  # result.metrics, result.output_dir, result.model
+evaluate(result.output_dir)["accuracy"]
+predict(result.output_dir, ["photo.jpg"], top_k=3)
+model, data_config = load_model(result.output_dir)
 """
 
 from __future__ import annotations

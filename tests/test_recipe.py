@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_cnn_ft.config.loading import load_recipe, parse_overrides, recipe_to_yaml
+from hf_cnn_ft.config.loading import parse_overrides, recipe_to_yaml
+from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.config.sections import KEY_OWNERS
 from hf_cnn_ft.errors import UserError
 

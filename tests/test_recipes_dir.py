@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import timm
 
-from hf_cnn_ft.config.loading import load_recipe
+from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS
 from hf_cnn_ft.extras.offline_data import OFFLINE_DATASETS
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from hf_cnn_ft.cli.main import EXIT_USER_ERROR, main
-from hf_cnn_ft.config.loading import build_recipe
+from hf_cnn_ft.config.recipe import build_recipe
 from hf_cnn_ft.strategies.wise import AUTO_ALPHAS, START_FILE
 from hf_cnn_ft.training.train import train
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from hf_cnn_ft.cli.process import prepare_cpu_process
-from hf_cnn_ft.config.loading import load_recipe
+from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.report import format_report
 from hf_cnn_ft.extras.known_weights import import_known_weights

@@ -30,7 +30,7 @@ def _configure_logging() -> None:
 
 
 def _train(options: argparse.Namespace, extra: list[str]) -> int:
-    from hf_cnn_ft.config.loading import load_recipe
+    from hf_cnn_ft.config.recipe import load_recipe
     from hf_cnn_ft.training.train import train
 
     overrides = list(extra)
@@ -54,7 +54,7 @@ def _train(options: argparse.Namespace, extra: list[str]) -> int:
 def _compare(options: argparse.Namespace, extra: list[str]) -> int:
     from statistics import fmean
 
-    from hf_cnn_ft.config.loading import load_recipe
+    from hf_cnn_ft.config.recipe import load_recipe
     from hf_cnn_ft.training.compare import compare_models, ranked
 
     recipe = load_recipe(options.recipe, extra)
@@ -74,7 +74,7 @@ def _compare(options: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
-    from hf_cnn_ft.config.loading import load_recipe
+    from hf_cnn_ft.config.recipe import load_recipe
     from hf_cnn_ft.training.lr_find import find_learning_rate
 
     recipe = load_recipe(options.recipe, extra)

@@ -10,14 +10,13 @@ the model is built.)
 
 from __future__ import annotations
 
-from hf_cnn_ft.config.sections import (
-    METRIC_NAMES,
-    STRATEGY_PRESETS,
-    FinetuneArguments,
-    Recipe,
-    StrategyPreset,
-)
+from typing import TYPE_CHECKING
+
+from hf_cnn_ft.config.sections import METRIC_NAMES, STRATEGY_PRESETS, FinetuneArguments, StrategyPreset
 from hf_cnn_ft.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: config.recipe runs these checks
+    from hf_cnn_ft.config.recipe import Recipe
 
 
 def strategy_preset(name: str) -> StrategyPreset:

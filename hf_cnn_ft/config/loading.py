@@ -5,19 +5,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import os
 import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from transformers import TrainingArguments
 
-from hf_cnn_ft.config.checks import check_recipe
-from hf_cnn_ft.config.sections import KEY_OWNERS, SECTIONS, Recipe, TrainArguments, init_fields
+from hf_cnn_ft.config.sections import KEY_OWNERS, SECTIONS, TrainArguments, init_fields
 from hf_cnn_ft.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe, from these helpers
+    from hf_cnn_ft.config.recipe import Recipe
 
 # Settings of a single invocation that must not be replayed from a saved recipe.
 _NOT_SAVED = {"resume_from_checkpoint", "local_rank"}
@@ -189,9 +190,8 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def build_recipe(values: dict[str, Any], origin: str = "recipe") -> Recipe:
-    """Builds the recipe dataclasses from flat ``{key: value}`` settings, checks every value and fills the
-    strategy's defaults: the result is final."""
+def section_values(values: dict[str, Any], origin: str) -> dict[str, dict[str, Any]]:
+    """Flat ``{key: value}`` settings as ``{section: {key: value}}``, each value read as its field declares."""
     per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in values.items():
         section = KEY_OWNERS.get(key)
@@ -199,25 +199,12 @@ def build_recipe(values: dict[str, Any], origin: str = "recipe") -> Recipe:
             raise UserError(f"{origin}: unknown key '{key}'{_suggest(key, list(KEY_OWNERS))}")
         hint = _type_hints(SECTIONS[section])[key]
         per_section[section][key] = coerce_value(value, hint, f"{origin}: {section}.{key}")
-    try:
-        built = {s: SECTIONS[s](**kwargs) for s, kwargs in per_section.items()}
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{origin}: {exc}".splitlines()[0]) from None
-    try:
-        return check_recipe(Recipe(**built))
-    except UserError as exc:
-        raise UserError(f"{origin}: {exc}") from None
+    return per_section
 
 
-def load_recipe(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Recipe:
-    """Reads a recipe file (if any), applies command-line overrides, and validates the result."""
-    values: dict[str, Any] = {}
-    origin = "command line"
-    if path is not None:
-        origin = str(path)
-        values = {k: v for k, (_, v) in _flatten_recipe(_read_yaml(Path(path)), origin).items()}
-    values.update(parse_overrides(overrides))
-    return build_recipe(values, origin)
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """A recipe file's settings as flat ``{key: value}``, sectioned or flat in the file."""
+    return {key: value for key, (_, value) in _flatten_recipe(_read_yaml(path), str(path)).items()}
 
 
 def _plain(value: Any) -> Any:

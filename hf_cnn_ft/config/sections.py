@@ -422,17 +422,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-@dataclass
-class Recipe:
-    data: DataArguments
-    model: ModelArguments
-    augment: AugmentArguments
-    finetune: FinetuneArguments
-    peft: PeftArguments
-    hub: HubArguments
-    training: TrainArguments
-
-
 def init_fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.init}
 

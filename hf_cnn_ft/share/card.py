@@ -12,7 +12,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_cnn_ft.config.loading import recipe_to_yaml
-from hf_cnn_ft.config.sections import Recipe
+from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.strategies.registry import get_strategy
 
 PICTURES = {

@@ -20,7 +20,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, Repository
 from huggingface_hub.utils import validate_repo_id
 from transformers import TrainerCallback
 
-from hf_cnn_ft.config.loading import load_recipe
+from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.config.sections import HubArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError, first_line

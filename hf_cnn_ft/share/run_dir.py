@@ -22,8 +22,8 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hf_cnn_ft.config.loading import load_recipe
-from hf_cnn_ft.config.sections import DataArguments, Recipe
+from hf_cnn_ft.config.recipe import Recipe, load_recipe
+from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.build import build_model

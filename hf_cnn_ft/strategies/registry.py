@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
-from hf_cnn_ft.config.sections import STRATEGY_PRESETS, FinetuneArguments, Recipe, StrategyPreset
+from hf_cnn_ft.config.recipe import Recipe
+from hf_cnn_ft.config.sections import STRATEGY_PRESETS, FinetuneArguments, StrategyPreset
 from hf_cnn_ft.strategies.probe import ProbeInputs, linear_probe
 from hf_cnn_ft.strategies.stage_probe import probe_last_stages
 

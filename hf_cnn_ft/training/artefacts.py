@@ -14,7 +14,8 @@ from transformers import (
 )
 
 from hf_cnn_ft.config.loading import recipe_to_yaml
-from hf_cnn_ft.config.sections import METRIC_NAMES, Recipe, TrainArguments
+from hf_cnn_ft.config.recipe import Recipe
+from hf_cnn_ft.config.sections import METRIC_NAMES, TrainArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import ImageData
 from hf_cnn_ft.evaluation.plots import plot_confusion_matrix, plot_training_curves

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hf_cnn_ft.config.sections import Recipe
+from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.sources import load_raw_dataset
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.share.run_dir import load_run

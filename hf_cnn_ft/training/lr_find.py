@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import default_data_collator, set_seed
 
-from hf_cnn_ft.config.sections import Recipe
+from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError

@@ -24,7 +24,7 @@ from transformers import (
     set_seed,
 )
 
-from hf_cnn_ft.config.sections import Recipe
+from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
 from hf_cnn_ft.data.decode import decode_once
@@ -58,11 +58,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
+    """What a run produced: everything is also on disk, in `output_dir`."""
+
     output_dir: Path
-    report: dict[str, Any]
-    evaluated_on: str
+    report: dict[str, Any]  # every metric on the evaluation split (metrics.json holds more)
+    evaluated_on: str  # test, or validation when there is no test split
     train_seconds: float
     push: PushResult | None = None
+    model: nn.Module | None = None  # the final model, in inference mode (a peft model for adapter runs)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.report
 
 
 def warn_if_single_process_cpu_launch() -> None:
@@ -309,4 +316,4 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
     if repo_id:
         hub = recipe.hub
         push = push_model_dir(output_dir, repo_id, hub.private, hub.branch, hub.commit_message)
-    return TrainResult(output_dir, report, evaluated_on, train_seconds, push)
+    return TrainResult(output_dir, report, evaluated_on, train_seconds, push, trainer.model.eval())

@@ -1,0 +1,87 @@
+"""The recipe: one object that describes a whole fine-tuning run, built from YAML, overrides or a dict.
+
+A `Recipe` is always complete and checked: every way of making one goes through `build_recipe`, which
+reads each value as its section declares it, runs every check (`config.checks`) and fills the
+strategy's defaults. Nothing downstream changes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hf_cnn_ft.config.checks import check_recipe
+from hf_cnn_ft.config.loading import parse_overrides, read_recipe_file, recipe_to_dict, recipe_to_yaml, section_values
+from hf_cnn_ft.config.sections import (
+    SECTIONS,
+    AugmentArguments,
+    DataArguments,
+    FinetuneArguments,
+    HubArguments,
+    ModelArguments,
+    PeftArguments,
+    TrainArguments,
+)
+from hf_cnn_ft.errors import UserError
+
+
+@dataclass
+class Recipe:
+    """A whole fine-tuning run, one dataclass per section (see `config.sections` for every key)."""
+
+    data: DataArguments
+    model: ModelArguments
+    augment: AugmentArguments
+    finetune: FinetuneArguments
+    peft: PeftArguments
+    hub: HubArguments
+    training: TrainArguments
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike | None = None, **overrides: Any) -> Recipe:
+        """Reads a recipe file and applies keyword overrides: ``Recipe.from_yaml(path, learning_rate=3e-4)``."""
+        return load_recipe(path, values=overrides)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Recipe:
+        """Builds a recipe from flat ``{key: value}`` settings; unset keys keep their defaults."""
+        return build_recipe(values)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The recipe as plain data, by section (what `recipe.yaml` holds)."""
+        return recipe_to_dict(self)
+
+    def to_yaml(self) -> str:
+        return recipe_to_yaml(self)
+
+
+def build_recipe(values: dict[str, Any], origin: str = "recipe") -> Recipe:
+    """Builds the recipe dataclasses from flat ``{key: value}`` settings, checks every value and fills the
+    strategy's defaults: the result is final."""
+    per_section = section_values(values, origin)
+    try:
+        built = {s: SECTIONS[s](**kwargs) for s, kwargs in per_section.items()}
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{origin}: {exc}".splitlines()[0]) from None
+    try:
+        return check_recipe(Recipe(**built))
+    except UserError as exc:
+        raise UserError(f"{origin}: {exc}") from None
+
+
+def load_recipe(
+    path: str | os.PathLike | None, overrides: Sequence[str] = (), values: dict[str, Any] | None = None
+) -> Recipe:
+    """Reads a recipe file (if any), applies command-line `overrides` (``--key value``) and then `values`
+    (``{key: value}``, typed or as strings), and checks the result."""
+    settings: dict[str, Any] = {}
+    origin = "command line"
+    if path is not None:
+        origin = str(path)
+        settings = read_recipe_file(Path(path))
+    settings.update(parse_overrides(overrides))
+    settings.update(values or {})
+    return build_recipe(settings, origin)
