@@ -1,9 +1,11 @@
-"""The package's shape: imports flow one way down the pipeline, without cycles."""
+"""The package's shape: imports flow one way down the pipeline, without cycles; modules and functions stay small."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_cnn_ft"
 
@@ -11,6 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_cnn_ft"
 LAYERS = ("config", "data", "models", "strategies", "share", "evaluation", "training", "extras", "cli")
 # Shared by every layer: the one exception type.
 COMMON = {"hf_cnn_ft.errors"}
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 def module_name(path: Path) -> str:
@@ -103,3 +107,16 @@ def test_imports_flow_down_the_pipeline():
 def test_every_module_belongs_to_a_stage():
     loose = [p.name for p in PACKAGE.glob("*.py") if p.stem not in {"__init__", "__main__", "errors", "api"}]
     assert not loose, f"modules outside the stage packages: {loose}"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_functions_stay_small(path: Path):
+    text = path.read_text()
+    assert text.count("\n") <= MAX_MODULE_LINES, f"{path.name} has {text.count(chr(10))} lines"
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines in {path.name}: {long}"

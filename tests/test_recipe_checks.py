@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hf_cnn_ft.cli.main import EXIT_USER_ERROR, main
+from hf_cnn_ft.config.choices import STRATEGY_PRESETS
 from hf_cnn_ft.config.recipe import build_recipe
-from hf_cnn_ft.config.sections import STRATEGY_PRESETS
 
 # (overrides, the key the error names, the bad value it quotes, a piece of what it allows)
 BAD_VALUES = [

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from hf_cnn_ft.cli.main import main
-from hf_cnn_ft.config.sections import STRATEGY_PRESETS, StrategyPreset
+from hf_cnn_ft.config.choices import STRATEGY_PRESETS, StrategyPreset
 from hf_cnn_ft.models.anatomy import stages
 from hf_cnn_ft.strategies.registry import STRATEGIES, Strategy, register_strategy
 

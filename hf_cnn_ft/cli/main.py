@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hf_cnn_ft.cli.process import prepare_cpu_process
+from hf_cnn_ft.cli.tools import TOOL_HANDLERS, add_tool_verbs
+from hf_cnn_ft.config.choices import TEST_TIME_FLIPS
 from hf_cnn_ft.config.loading import recipe_help
-from hf_cnn_ft.config.sections import TEST_TIME_FLIPS
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.report import format_report
 
@@ -164,77 +165,6 @@ def _merge(options: argparse.Namespace) -> int:
     return 0
 
 
-def _data(options: argparse.Namespace) -> int:
-    from hf_cnn_ft.extras.offline_data import OFFLINE_DATASETS, prepare_dataset
-
-    spec = OFFLINE_DATASETS.get(options.name)
-    folder = prepare_dataset(options.name, Path(options.root))
-    if spec is not None:
-        print(f"{options.name}: {spec.description}\nsource: {spec.source}\nlicence: {spec.licence}")
-    print(f"ready: {folder}")
-    return 0
-
-
-def _import_weights(options: argparse.Namespace) -> int:
-    from hf_cnn_ft.extras.known_weights import import_known_weights
-    from hf_cnn_ft.models.weights_import import import_weights
-
-    if options.known:
-        output = import_known_weights(options.known, Path(options.output) if options.output else None)
-    else:
-        if not (options.weights_file and options.architecture and options.output):
-            raise UserError("import-weights needs FILE --architecture NAME --output DIR (or --known NAME)")
-        preprocessing = {
-            key: value
-            for key, value in {
-                "input_size": options.input_size,
-                "interpolation": options.interpolation,
-                "mean": options.mean,
-                "std": options.std,
-                "crop_pct": options.crop_pct,
-            }.items()
-            if value is not None
-        }
-        output = import_weights(
-            Path(options.weights_file), options.architecture, Path(options.output), options.layout, preprocessing
-        )
-    print(f"model directory: {output}")
-    return 0
-
-
-def _inspect(options: argparse.Namespace) -> int:
-    from hf_cnn_ft.config.sections import ModelArguments
-    from hf_cnn_ft.models.anatomy import describe_stages
-    from hf_cnn_ft.models.build import build_model
-
-    # Architecture names build randomly initialised: the stages do not depend on the weights.
-    pretrained = Path(options.model).expanduser().exists() or "/" in options.model
-    model, data_config = build_model(ModelArguments(model=options.model, pretrained=pretrained), ["a", "b"])
-    rows = describe_stages(model)
-    total = sum(count for _, count in rows)
-    print(f"{options.model}: {type(model).__name__}, input {data_config.input_size} px, {total:,} parameters")
-    if options.modules:
-        from hf_cnn_ft.strategies.adapters import default_target_modules
-
-        targets = set(default_target_modules(model))
-        for name, module in model.named_modules():
-            if name and not list(module.children()):
-                mark = "  (peft default target)" if name in targets else ""
-                print(f"  {name:<50} {type(module).__name__}{mark}")
-        return 0
-    for position, (name, count) in enumerate(rows):
-        print(f"  {position:>2}  {name:<10} {count:>12,}")
-    print("freeze: N freezes the first N stages; 'backbone' all but the head")
-    return 0
-
-
-def _demo(options: argparse.Namespace) -> int:
-    from hf_cnn_ft.cli.demo import run_demo
-
-    run_demo(Path(options.output_dir), Path(options.recipe))
-    return 0
-
-
 RECIPE_VERBS = ("train", "lr-find", "compare")
 
 
@@ -264,7 +194,14 @@ def _parse_recipe_verb(verb: str, args: list[str]) -> tuple[argparse.Namespace, 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-cnn-ft", description="Fine-tune pretrained CNNs on your own images.")
     verbs = parser.add_subparsers(dest="verb", required=True)
+    _add_recipe_verbs(verbs)
+    _add_run_verbs(verbs)
+    add_tool_verbs(verbs)
+    return parser
 
+
+def _add_recipe_verbs(verbs: argparse._SubParsersAction) -> None:
+    """train, lr-find and compare: a recipe and its overrides."""
     train = verbs.add_parser(
         "train",
         help="fine-tune as a recipe says",
@@ -292,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("recipe", nargs="?")
     _add_recipe_verb_options(compare, "compare")
 
+
+def _add_run_verbs(verbs: argparse._SubParsersAction) -> None:
+    """Verbs on a fine-tuned model: evaluate, predict, push, export, merge."""
     evaluate = verbs.add_parser("evaluate", help="evaluate a fine-tuned model on a labelled dataset")
     evaluate.add_argument("model_dir")
     evaluate.add_argument("--data", help="dataset source; default: the one in MODEL_DIR/recipe.yaml")
@@ -313,28 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--branch", help="push to this branch (created if missing)")
     push.add_argument("--commit-message", "--commit_message", dest="commit_message")
 
-    data = verbs.add_parser("data", help="fetch a real offline dataset into data/ with fixed splits")
-    data.add_argument("name", help="food, elpv, elpv4 or fashion-mnist")
-    data.add_argument("--root", default="data")
-
-    weights = verbs.add_parser(
-        "import-weights", help="turn a checkpoint file into a model directory transformers and timm load"
-    )
-    weights.add_argument("weights_file", nargs="?", help=".safetensors or PyTorch state dict")
-    weights.add_argument("--known", help="fetch and import known offline weights (efficientnet_lite0, mobilenet_v2...)")
-    weights.add_argument("--architecture", help="timm architecture the weights belong to")
-    weights.add_argument("--layout", default="timm", choices=["timm", "torchvision", "efficientnet-pytorch"])
-    weights.add_argument("--output", help="model directory to write")
-    weights.add_argument("--input_size", type=int)
-    weights.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"])
-    weights.add_argument("--mean", type=float, nargs=3)
-    weights.add_argument("--std", type=float, nargs=3)
-    weights.add_argument("--crop_pct", type=float)
-
-    inspect = verbs.add_parser("inspect", help="print a model's stages (what finetune.freeze counts)")
-    inspect.add_argument("model", help="timm name, Hub id or local model directory")
-    inspect.add_argument("--modules", action="store_true", help="list the layers (peft.target_modules names)")
-
     export = verbs.add_parser("export", help="export to ONNX (checked with onnxruntime), optionally int8")
     export.add_argument("model_dir", help="a model directory, adapter run or Hub repo id")
     export.add_argument("--format", default="onnx", choices=["onnx"])
@@ -348,10 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapter_dir")
     merge.add_argument("output_dir")
 
-    demo = verbs.add_parser("demo", help="fine-tune pretrained EfficientNet-Lite0 on real food photos, offline")
-    demo.add_argument("--output_dir", default="outputs/demo")
-    demo.add_argument("--recipe", default="recipes/food-efficientnet-lite0.yaml")
-    return parser
+
+RECIPE_HANDLERS = {"train": _train, "lr-find": _lr_find, "compare": _compare}
+RUN_HANDLERS = {"evaluate": _evaluate, "predict": _predict, "push": _push, "export": _export, "merge": _merge}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,29 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         options, extra = parser.parse_args(argv), []
     try:
-        if options.verb == "train":
-            return _train(options, extra)
-        if options.verb == "compare":
-            return _compare(options, extra)
-        if options.verb == "lr-find":
-            return _lr_find(options, extra)
-        if options.verb == "evaluate":
-            return _evaluate(options)
-        if options.verb == "predict":
-            return _predict(options)
-        if options.verb == "export":
-            return _export(options)
-        if options.verb == "merge":
-            return _merge(options)
-        if options.verb == "push":
-            return _push(options)
-        if options.verb == "data":
-            return _data(options)
-        if options.verb == "import-weights":
-            return _import_weights(options)
-        if options.verb == "inspect":
-            return _inspect(options)
-        return _demo(options)
+        if options.verb in RECIPE_VERBS:
+            return RECIPE_HANDLERS[options.verb](options, extra)
+        return {**RUN_HANDLERS, **TOOL_HANDLERS}[options.verb](options)
     except UserError as exc:
         print(f"hf-cnn-ft: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hf_cnn_ft.config.sections import METRIC_NAMES, STRATEGY_PRESETS, FinetuneArguments, StrategyPreset
+from hf_cnn_ft.config.choices import METRIC_NAMES, STRATEGY_PRESETS, StrategyPreset
+from hf_cnn_ft.config.sections import FinetuneArguments
 from hf_cnn_ft.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: config.recipe runs these checks

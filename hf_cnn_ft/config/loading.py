@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from transformers import TrainingArguments
 
-from hf_cnn_ft.config.sections import KEY_OWNERS, SECTIONS, TrainArguments, init_fields
+from hf_cnn_ft.config.sections import KEY_OWNERS, SECTIONS, init_fields
+from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe, from these helpers
@@ -72,24 +73,8 @@ def coerce_value(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
         raise UserError(f"{key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise UserError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value))
-        except ValueError:
-            raise UserError(f"{key}: expected an integer, got {value!r}") from None
-    if hint is float:
-        if isinstance(value, bool):
-            raise UserError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{key}: expected a number, got {value!r}") from None
+    if hint in (int, float):
+        return _coerce_number(value, hint, key)
     if hint is str:
         if isinstance(value, (dict, list)):
             raise UserError(f"{key}: expected a string, got {value!r}")
@@ -101,23 +86,41 @@ def coerce_value(value: Any, hint: Any, key: str) -> Any:
             choices = ", ".join(m.value for m in hint)
             raise UserError(f"{key}: {value!r} is not one of {choices}") from None
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(hint)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise UserError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(coerce_value(v, a, key) for v, a in zip(value, args))
-        item = args[0] if args else Any
-        items = [coerce_value(v, item, key) for v in value]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, hint, key)
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise UserError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
     return value
+
+
+def _coerce_number(value: Any, hint: type, key: str) -> int | float:
+    what = "an integer" if hint is int else "a number"
+    if isinstance(value, bool):
+        raise UserError(f"{key}: expected {what}, got {value!r}")
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return hint(value) if hint is float or isinstance(value, int) else int(str(value))
+    except (TypeError, ValueError):
+        raise UserError(f"{key}: expected {what}, got {value!r}") from None
+
+
+def _coerce_sequence(value: Any, hint: Any, key: str) -> list | tuple:
+    """A list or a fixed-length tuple; a string is split on commas (``--crop_scale 0.3,1``)."""
+    origin = typing.get_origin(hint)
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"{key}: expected a list, got {value!r}")
+    args = typing.get_args(hint)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise UserError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(coerce_value(v, a, key) for v, a in zip(value, args))
+    item = args[0] if args else Any
+    items = [coerce_value(v, item, key) for v in value]
+    return tuple(items) if origin is tuple else items
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from hf_cnn_ft.config.sections import (
     HubArguments,
     ModelArguments,
     PeftArguments,
-    TrainArguments,
 )
+from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.errors import UserError
 
 

@@ -17,6 +17,7 @@ from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.metrics import classification_report
+from hf_cnn_ft.evaluation.views import mean_logits
 from hf_cnn_ft.share.run_dir import load_run
 
 ALL_SPLITS = "all"
@@ -30,11 +31,6 @@ def _label_mapping(data_labels: list[str], model_labels: dict[str, int], source:
             f"the model's classes are: {', '.join(model_labels)}"
         )
     return np.array([model_labels[name] for name in data_labels], dtype=np.int64)
-
-
-def mean_logits(model: torch.nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
-    """The model's logits averaged over the views of one batch (each a batch of pixel values)."""
-    return torch.stack([model(pixel_values=pixels).logits.float() for pixels in views]).mean(0)
 
 
 def predict_scores(

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_cnn_ft.config.sections import METRIC_NAMES
+from hf_cnn_ft.config.choices import METRIC_NAMES
 from hf_cnn_ft.evaluation.classification_report import ClassificationReport
 
 METRIC_SCRIPT = str(Path(__file__).with_name("classification_report.py"))

@@ -15,7 +15,7 @@ from hf_cnn_ft.data.images import IMAGE_SUFFIXES
 from hf_cnn_ft.data.inputs import view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.evaluation.evaluate import mean_logits
+from hf_cnn_ft.evaluation.views import mean_logits
 from hf_cnn_ft.share.run_dir import load_run
 
 

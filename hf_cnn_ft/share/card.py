@@ -210,22 +210,28 @@ def _card_data(recipe: Recipe, summary: dict[str, Any], repo_id: str | None) -> 
 def build_model_card(
     recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None, pictures: list[str] = ()
 ) -> ModelCard:
-    evaluated_on = summary["evaluated_on"]
-    report = summary[evaluated_on]
-    labels = summary["label_names"]
-    base_model = summary.get("base_model") or recipe.model.model
-    overall = "\n".join(
-        f"| {key} | {report[key]:.4f} |"
-        for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "top5_accuracy")
-        if key in report
-    )
     images = "\n".join(f"![{PICTURES[name]}]({name})\n" for name in pictures)
-    revision = f" (revision `{recipe.data.dataset_revision}`)" if recipe.data.dataset_revision else ""
     text = f"""---
 {_card_data(recipe, summary, repo_id).to_yaml()}
 ---
 
-# {repo_id or "Image classifier"}: `{base_model}` fine-tuned for {len(labels)} classes
+{_body(recipe, summary, repo_id, images)}"""
+    return ModelCard(text)
+
+
+def _overall_table(report: dict[str, Any]) -> str:
+    keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "top5_accuracy")
+    return "\n".join(f"| {key} | {report[key]:.4f} |" for key in keys if key in report)
+
+
+def _body(recipe: Recipe, summary: dict[str, Any], repo_id: str | None, images: str) -> str:
+    """The card's text below its metadata: what the model is, its data, training, results, usage."""
+    evaluated_on = summary["evaluated_on"]
+    report, labels = summary[evaluated_on], summary["label_names"]
+    base_model = summary.get("base_model") or recipe.model.model
+    overall = _overall_table(report)
+    revision = f" (revision `{recipe.data.dataset_revision}`)" if recipe.data.dataset_revision else ""
+    return f"""# {repo_id or "Image classifier"}: `{base_model}` fine-tuned for {len(labels)} classes
 
 This model sorts an image into one of {len(labels)} classes: {", ".join(f"`{name}`" for name in labels)}.
 It is `{base_model}`, pretrained on ImageNet, with a new classification head, fine-tuned with
@@ -276,7 +282,6 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 {report["num_samples"]} held-out images from the same source as its training data; expect lower accuracy
 on images from another camera, scanner or setting.
 """
-    return ModelCard(text)
 
 
 def write_model_card(directory: Path, recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None) -> Path:

@@ -208,25 +208,36 @@ def export_onnx(
         },
     )
     result = ExportResult(output_dir, onnx_path, difference, len(check_pixels))
-
     if quantize == "int8":
-        calibration_pixels, _ = _pixels(
-            calibration_set.shuffle(seed=0).select(range(min(CALIBRATION_IMAGES, len(calibration_set)))), data_config
-        )
-        quantized = output_dir / "model.int8.onnx"
-        pending = output_dir / ".model.int8.onnx.tmp"
-        _quantize_int8(onnx_path, pending, calibration_pixels)
-        os.replace(pending, quantized)
-        result.quantized_path = quantized
-        if images is None:  # labelled validation images: report what quantization costs
-            pixels, labels_ = _pixels(check_set, data_config)
-            result.accuracy = {
-                "torch": _accuracy(_torch_logits(module, pixels), labels_),
-                "onnx": _accuracy(_run(session, pixels), labels_),
-                "int8": _accuracy(_run(_session(quantized), pixels), labels_),
-            }
+        _add_int8(result, module, session, data_config, calibration_set, check_set if images is None else None)
     write_json(output_dir / "export_report.json", _report(result, opset, tolerance))
     return result
+
+
+def _add_int8(
+    result: ExportResult,
+    module: nn.Module,
+    session,
+    data_config: DataConfig,
+    calibration_set: Dataset,
+    labelled: Dataset | None,
+) -> None:
+    """Writes the statically quantized model beside the float one; on labelled validation images, also
+    records what quantization costs in accuracy."""
+    calibration = calibration_set.shuffle(seed=0).select(range(min(CALIBRATION_IMAGES, len(calibration_set))))
+    calibration_pixels, _ = _pixels(calibration, data_config)
+    quantized = result.directory / "model.int8.onnx"
+    pending = result.directory / ".model.int8.onnx.tmp"
+    _quantize_int8(result.onnx_path, pending, calibration_pixels)
+    os.replace(pending, quantized)
+    result.quantized_path = quantized
+    if labelled is not None:
+        pixels, labels = _pixels(labelled, data_config)
+        result.accuracy = {
+            "torch": _accuracy(_torch_logits(module, pixels), labels),
+            "onnx": _accuracy(_run(session, pixels), labels),
+            "int8": _accuracy(_run(_session(quantized), pixels), labels),
+        }
 
 
 def _report(result: ExportResult, opset: int, tolerance: float) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
+from hf_cnn_ft.config.choices import STRATEGY_PRESETS, StrategyPreset
 from hf_cnn_ft.config.recipe import Recipe
-from hf_cnn_ft.config.sections import STRATEGY_PRESETS, FinetuneArguments, StrategyPreset
+from hf_cnn_ft.config.sections import FinetuneArguments
 from hf_cnn_ft.strategies.probe import ProbeInputs, linear_probe
 from hf_cnn_ft.strategies.stage_probe import probe_last_stages
 

@@ -9,13 +9,15 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from torch import nn
 from transformers import (
     Trainer,
 )
 
+from hf_cnn_ft.config.choices import METRIC_NAMES
 from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.recipe import Recipe
-from hf_cnn_ft.config.sections import METRIC_NAMES, TrainArguments
+from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import ImageData
 from hf_cnn_ft.evaluation.plots import plot_confusion_matrix, plot_training_curves
@@ -55,19 +57,8 @@ def write_artefacts(
     staging = artefacts.staging_dir(output_dir)
     plain_model = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
     base_model = base_model_id(recipe.model, plain_model)
-    peft_summary = None
-    if recipe.peft.peft_method:
-        save_adapter(trainer.model, base_model or recipe.model.model, staging)
-        trainable, total = parameter_counts(trainer.model)
-        peft_summary = {"method": recipe.peft.peft_method, "trainable_parameters": trainable, "total_parameters": total}
-    else:
-        save_model(trainer.model, data_config, staging)
-    metric = eval_metric_name(recipe.training).removeprefix("eval_")
-    plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
-    if trainer.state.log_history:
-        plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
-    if probe_history:
-        plot_training_curves(probe_history, "accuracy", staging / "linear_probe_curves.png")
+    peft_summary = _save_weights(recipe, trainer.model, data_config, base_model, staging)
+    _write_pictures(recipe, trainer, data, report, evaluated_on, probe_history, staging)
     artefacts.write_text(staging / "recipe.yaml", recipe_to_yaml(recipe))
     if data.skipped:
         lines = [f"{item.split}\t{item.path}\t{item.reason}" for item in data.skipped]
@@ -112,3 +103,32 @@ def _best_eval_entry(trainer: Trainer) -> dict[str, Any] | None:
         return None
     pick = max if trainer.args.greater_is_better else min
     return pick(entries, key=lambda e: e[key])
+
+
+def _save_weights(
+    recipe: Recipe, model: nn.Module, data_config: DataConfig, base_model: str | None, staging: Path
+) -> dict[str, Any] | None:
+    """Saves the model (or the peft adapter, whose summary is returned) into the staging folder."""
+    if not recipe.peft.peft_method:
+        save_model(model, data_config, staging)
+        return None
+    save_adapter(model, base_model or recipe.model.model, staging)
+    trainable, total = parameter_counts(model)
+    return {"method": recipe.peft.peft_method, "trainable_parameters": trainable, "total_parameters": total}
+
+
+def _write_pictures(
+    recipe: Recipe,
+    trainer: Trainer,
+    data: ImageData,
+    report: dict[str, Any],
+    evaluated_on: str,
+    probe_history: list[dict[str, float]],
+    staging: Path,
+) -> None:
+    metric = eval_metric_name(recipe.training).removeprefix("eval_")
+    plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
+    if trainer.state.log_history:
+        plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
+    if probe_history:
+        plot_training_curves(probe_history, "accuracy", staging / "linear_probe_curves.png")

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.utils import gather_object
 from torch import nn
@@ -25,6 +24,7 @@ from transformers import (
 )
 
 from hf_cnn_ft.config.recipe import Recipe
+from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
 from hf_cnn_ft.data.decode import decode_once
@@ -32,6 +32,7 @@ from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import batch_mixer, eval_transform, evaluation_views, train_transform
 from hf_cnn_ft.evaluation.metrics import classification_report, trainer_compute_metrics
+from hf_cnn_ft.evaluation.views import average_views
 from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.share import run_dir as artefacts
 from hf_cnn_ft.share.hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
@@ -201,11 +202,114 @@ def _final_evaluation(
         for view in evaluation_views(evaluation, test_time_flips)
     ]
     labels = outputs[0].label_ids
-    averaged = np.mean([output.predictions for output in outputs], axis=0)
+    averaged = average_views([output.predictions for output in outputs])
     report = classification_report(averaged, labels, data.label_names)
     if len(outputs) == 1:
         return report, None
     return report, classification_report(outputs[0].predictions, labels, data.label_names)
+
+
+@dataclass
+class RunStart:
+    """What is settled before the model is built: the data, the Hub target, the checkpoint to resume."""
+
+    data: ImageData
+    output_dir: Path
+    repo_id: str | None
+    resume: str | None
+
+
+def start_run(recipe: Recipe) -> RunStart:
+    """Loads the data, checks the Hub push and the checkpoint to resume, and marks the output unfinished."""
+    args = recipe.training
+    output_dir, is_main = Path(args.output_dir), args.process_index == 0
+    with args.main_process_first(desc="loading the dataset"):
+        data = load_image_data(recipe.data)
+    # A push that cannot work fails now, not after hours of training. Only the main process pushes.
+    repo_id = check_push_access(recipe.hub) if recipe.hub.repo_id and is_main else None
+    resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
+    if is_main:
+        artefacts.mark_incomplete(output_dir)
+    return RunStart(data, output_dir, repo_id, resume)
+
+
+def build_trainer(
+    recipe: Recipe, prepared: PreparedModel, callbacks: list[TrainerCallback], args: TrainArguments | None = None
+) -> FineTuneTrainer:
+    """The Trainer of the run's fine-tuning phase: datasets, metrics, per-stage rates, loss and sampler."""
+    finetune, data = recipe.finetune, prepared.data
+    labels, classes = data.splits["train"][LABEL_COLUMN], len(data.label_names)
+    return FineTuneTrainer(
+        model=prepared.model,
+        args=args or recipe.training,
+        train_dataset=with_pixel_values(data.splits["train"], prepared.augmentation),
+        eval_dataset=with_pixel_values(data.splits["validation"], prepared.evaluation),
+        data_collator=default_data_collator,
+        compute_metrics=trainer_compute_metrics(data.label_names),
+        callbacks=callbacks,
+        loss_weights=prepared.loss_weights,
+        backbone_lr_multiplier=finetune.backbone_lr_multiplier,
+        lr_decay=finetune.lr_decay,
+        sample_weights=balanced_sample_weights(labels, classes) if finetune.sampler == "balanced" else None,
+        l2sp_alpha=finetune.l2sp_alpha,
+        batch_mixer=batch_mixer(recipe.augment, classes),
+        unfreeze=prepared.unfreeze,
+        lr_restart=finetune.lr_restart,
+        weight_average=WeightAverage(finetune.ema_decay) if finetune.ema_decay else None,
+    )
+
+
+def _run_callbacks(recipe: Recipe, prepared: PreparedModel, repo_id: str | None) -> list[TrainerCallback]:
+    """The strategy's callbacks, early stopping, and Hub pushes during training."""
+    args = recipe.training
+    callbacks = get_strategy(recipe.finetune.strategy).callbacks(recipe)
+    if args.early_stopping_patience is not None and args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
+    if repo_id and recipe.hub.push_strategy != "end":
+        callbacks.append(PushDuringTrainingCallback(recipe.hub, repo_id, prepared.data_config))
+    return callbacks
+
+
+def _wise_start(recipe: Recipe, model: nn.Module, run: RunStart) -> dict[str, torch.Tensor] | None:
+    """The start of the WiSE-FT interpolation: the probed model, before the Trainer changes anything."""
+    if recipe.finetune.wise_alpha is None:
+        return None
+    if run.resume:
+        return load_start(run.output_dir)
+    start = snapshot(model)
+    if recipe.training.process_index == 0:
+        save_start(start, run.output_dir)
+    return start
+
+
+def _share_main_process_statistics(trainer: Trainer) -> None:
+    """DDP averages gradients, but BatchNorm statistics move on each rank's own batches and are only
+    re-broadcast at the next forward pass: take the main process's, as DDP would, so that the test
+    evaluation (sharded across ranks) and the saved model use one set of statistics."""
+    for buffer in trainer.model.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
+
+
+def _rank_fingerprints(trainer: Trainer) -> list[str]:
+    """Every rank must end with the same weights; a DDP bug that lets them drift would go unnoticed."""
+    fingerprints = gather_object([fingerprint(trainer.model)])
+    if len(set(fingerprints)) > 1:
+        logger.error("the %d processes ended with different weights: %s", len(fingerprints), fingerprints)
+    return fingerprints
+
+
+def _interpolate(trainer: Trainer, recipe: Recipe, start: dict[str, torch.Tensor] | None) -> dict[str, Any] | None:
+    if start is None:
+        return None
+    args, metric = recipe.training, eval_metric_name(recipe.training)
+    return apply_wise(
+        trainer.model,
+        start,
+        recipe.finetune.wise_alpha,
+        lambda: _validation_metrics(trainer)[metric],
+        metric.removeprefix("eval_"),
+        bool(args.greater_is_better),
+    )
 
 
 def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
@@ -213,107 +317,51 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
 
     `callbacks` join the Trainer's own (early stopping, unfreezing, weight average, Hub pushes).
     """
-    args = recipe.training
+    args, several = recipe.training, recipe.training.world_size > 1
     warn_if_single_process_cpu_launch()
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormal floats cost 20-30x on some CPUs
     set_seed(args.seed)
-    output_dir = Path(args.output_dir)
-    is_main = args.process_index == 0
-
-    with args.main_process_first(desc="loading the dataset"):
-        data = load_image_data(recipe.data)
-    for item in data.skipped:
-        logger.warning("skipped unreadable image %s (%s)", item.path, item.reason)
-    # A push that cannot work fails now, not after hours of training. Only the main process pushes.
-    repo_id = check_push_access(recipe.hub) if recipe.hub.repo_id and is_main else None
-    resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
-    if is_main:
-        artefacts.mark_incomplete(output_dir)
-    # A resumed run's checkpoint already holds the probed head.
-    prepared = prepare_model(recipe, data, run_probe=resume is None)
-    data = prepared.data
-    model, data_config, strategy = prepared.model, prepared.data_config, recipe.finetune
-    augmentation, evaluation, loss_weights = prepared.augmentation, prepared.evaluation, prepared.loss_weights
-    probe_history = prepared.probe_history
-    wise_start = None
-    if strategy.wise_alpha is not None:
-        # The start of the interpolation: the probed model, before the Trainer changes anything.
-        wise_start = load_start(output_dir) if resume else snapshot(model)
-        if is_main and not resume:
-            save_start(wise_start, output_dir)
-
-    callbacks = [*(callbacks or []), *get_strategy(strategy.strategy).callbacks(recipe)]
-    if args.early_stopping_patience is not None and args.load_best_model_at_end:
-        callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
-    if repo_id and recipe.hub.push_strategy != "end":
-        callbacks.append(PushDuringTrainingCallback(recipe.hub, repo_id, data_config))
-    trainer = FineTuneTrainer(
-        model=model,
-        args=args,
-        train_dataset=with_pixel_values(data.splits["train"], augmentation),
-        eval_dataset=with_pixel_values(data.splits["validation"], evaluation),
-        data_collator=default_data_collator,
-        compute_metrics=trainer_compute_metrics(data.label_names),
-        callbacks=callbacks,
-        loss_weights=loss_weights,
-        backbone_lr_multiplier=strategy.backbone_lr_multiplier,
-        lr_decay=strategy.lr_decay,
-        sample_weights=(
-            balanced_sample_weights(data.splits["train"][LABEL_COLUMN], len(data.label_names))
-            if strategy.sampler == "balanced"
-            else None
-        ),
-        l2sp_alpha=strategy.l2sp_alpha,
-        batch_mixer=batch_mixer(recipe.augment, len(data.label_names)),
-        unfreeze=prepared.unfreeze,
-        lr_restart=strategy.lr_restart,
-        weight_average=WeightAverage(strategy.ema_decay) if strategy.ema_decay else None,
-    )
+    run = start_run(recipe)
+    prepared = prepare_model(recipe, run.data, run_probe=run.resume is None)  # a checkpoint holds the probe
+    wise_start = _wise_start(recipe, prepared.model, run)
+    trainer = build_trainer(recipe, prepared, [*(callbacks or []), *_run_callbacks(recipe, prepared, run.repo_id)])
     started = time.perf_counter()
-    if get_strategy(strategy.strategy).preset.trains:
-        trainer.train(resume_from_checkpoint=resume)
-
-    fingerprints, interpolation = None, None
-    if args.world_size > 1:
-        # DDP averages gradients, but BatchNorm statistics move on each rank's own batches and are only
-        # re-broadcast at the next forward pass: take the main process's, as DDP would, so that the
-        # test evaluation (sharded across ranks) and the saved model use one set of statistics.
-        for buffer in trainer.model.buffers():
-            torch.distributed.broadcast(buffer.data, src=0)
-    if wise_start is not None:
-        metric = eval_metric_name(args)
-        interpolation = apply_wise(
-            trainer.model,
-            wise_start,
-            strategy.wise_alpha,
-            lambda: _validation_metrics(trainer)[metric],
-            metric.removeprefix("eval_"),
-            bool(args.greater_is_better),
-        )
+    if get_strategy(recipe.finetune.strategy).preset.trains:
+        trainer.train(resume_from_checkpoint=run.resume)
+    if several:
+        _share_main_process_statistics(trainer)
+    interpolation = _interpolate(trainer, recipe, wise_start)
     train_seconds = prepared.probe_seconds + time.perf_counter() - started  # the choice of alpha included
-    if args.world_size > 1:
-        # Every rank must end with the same weights; a DDP bug that lets them drift would go unnoticed.
-        fingerprints = gather_object([fingerprint(trainer.model)])
-        if len(set(fingerprints)) > 1:
-            logger.error("the %d processes ended with different weights: %s", len(fingerprints), fingerprints)
-    evaluated_on = data.evaluation_split
-    report, plain_report = _final_evaluation(trainer, data, evaluation, recipe.augment.test_time_flips)
-    push = None
+    fingerprints = _rank_fingerprints(trainer) if several else None
+    flips = recipe.augment.test_time_flips
+    report, plain_report = _final_evaluation(trainer, prepared.data, prepared.evaluation, flips)
     if trainer.is_world_process_zero():
         extra = {
             "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
             "rank_weight_fingerprints": fingerprints,
             "weight_interpolation": interpolation,
-            "test_time_flips": recipe.augment.test_time_flips,
+            "test_time_flips": flips,
             "without_test_time_augmentation": plain_report,
         }
+        data, evaluated_on = prepared.data, prepared.data.evaluation_split
         write_artefacts(
-            recipe, data, trainer, data_config, report, evaluated_on, train_seconds, probe_history, repo_id, extra
+            recipe,
+            data,
+            trainer,
+            prepared.data_config,
+            report,
+            evaluated_on,
+            train_seconds,
+            prepared.probe_history,
+            run.repo_id,
+            extra,
         )
-        (output_dir / START_FILE).unlink(missing_ok=True)  # only a resumed run needed it
+        (run.output_dir / START_FILE).unlink(missing_ok=True)  # only a resumed run needed it
     trainer.accelerator.wait_for_everyone()
-    if repo_id:
+    push = None
+    if run.repo_id:
         hub = recipe.hub
-        push = push_model_dir(output_dir, repo_id, hub.private, hub.branch, hub.commit_message)
-    return TrainResult(output_dir, report, evaluated_on, train_seconds, push, trainer.model.eval())
+        push = push_model_dir(run.output_dir, run.repo_id, hub.private, hub.branch, hub.commit_message)
+    evaluated_on = prepared.data.evaluation_split
+    return TrainResult(run.output_dir, report, evaluated_on, train_seconds, push, trainer.model.eval())

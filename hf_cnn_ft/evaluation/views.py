@@ -1,0 +1,22 @@
+"""Test-time views: the one rule by which the logits of an image's views become its logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+Logits = TypeVar("Logits")  # a torch.Tensor or a numpy array of (images, classes)
+
+
+def average_views(per_view: Sequence[Logits]) -> Logits:
+    """The mean of the logits over the views (the plain view first; `augment.test_time_flips`). Every
+    evaluation path averages with this: the run's final evaluation, `evaluate` and `predict`."""
+    return sum(per_view[1:], per_view[0]) / len(per_view)
+
+
+def mean_logits(model: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The model's logits for one batch, averaged over its views (each a batch of pixel values)."""
+    return average_views([model(pixel_values=pixels).logits.float() for pixels in views])
