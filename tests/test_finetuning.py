@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import TINY_SETTINGS, overrides
 from safetensors.torch import load_file
-from transformers import ResNetConfig, ResNetForImageClassification, set_seed
+from transformers import ResNetConfig, ResNetForImageClassification, TrainerCallback, set_seed
 
 from hf_cnn_ft.cli.main import main
 from hf_cnn_ft.config.sections import ModelArguments
@@ -126,7 +126,7 @@ def test_auto_class_weights_are_normalised_inverse_frequencies():
 
 
 def test_class_weights_change_the_trainers_loss(tmp_path):
-    from hf_cnn_ft.config.sections import TrainArguments
+    from hf_cnn_ft.config.training_arguments import TrainArguments
     from hf_cnn_ft.training.trainer import FineTuneTrainer
 
     model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False, zero_init_head=False), LABELS)
@@ -148,7 +148,7 @@ def test_auto_batchnorm_policy_freezes_pretrained_statistics_only():
 
 
 def test_optimizer_groups_carry_per_stage_learning_rates_and_no_decay_on_norms(tmp_path, shapes_dir):
-    from hf_cnn_ft.config.sections import TrainArguments
+    from hf_cnn_ft.config.training_arguments import TrainArguments
     from hf_cnn_ft.training.trainer import FineTuneTrainer
 
     model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
@@ -204,7 +204,7 @@ def test_cached_features_train_the_same_head_as_running_the_backbone(shapes_dir)
 
 
 def _plain_trainer(tmp_path, model, **kwargs):
-    from hf_cnn_ft.config.sections import TrainArguments
+    from hf_cnn_ft.config.training_arguments import TrainArguments
     from hf_cnn_ft.training.trainer import FineTuneTrainer
 
     args = TrainArguments(
@@ -312,3 +312,41 @@ def test_bn_adapt_replaces_the_statistics_with_those_of_the_training_images(shap
     torch.testing.assert_close(first_bn.running_var, batch_vars.mean(0), rtol=1e-4, atol=1e-6)
     assert first_bn.momentum == 0.1 and model.training
     assert all(torch.equal(v, weights_before[k]) for k, v in model.named_parameters())  # statistics only
+
+
+class OptimizerGroups(TrainerCallback):
+    """Records, when training starts, what each optimizer parameter group holds and its rate ratio."""
+
+    def __init__(self) -> None:
+        self.groups: list[tuple] = []
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        names = {id(p): n for n, p in model.named_parameters()}
+        rates = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]  # before any schedule
+        self.groups = [
+            (group.get("stage"), round(rate / max(rates), 6), tuple(sorted(names[id(p)] for p in group["params"])))
+            for group, rate in zip(optimizer.param_groups, rates)
+        ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "phase", [{"freeze": "backbone", "strategy": "full"}, {"mixup_alpha": 0.4, "lr_decay": 0.5, "strategy": "full"}]
+)
+def test_lr_find_trains_exactly_the_parameter_groups_the_run_trains(tmp_path, shapes_dir, phase):
+    from hf_cnn_ft.config.recipe import Recipe
+    from hf_cnn_ft.training.lr_find import find_learning_rate
+    from hf_cnn_ft.training.train import train
+
+    settings = {**TINY_SETTINGS, "num_train_epochs": 1, "dataset": str(shapes_dir), **phase}
+    in_run, in_sweep = OptimizerGroups(), OptimizerGroups()
+    train(Recipe.from_dict({**settings, "output_dir": str(tmp_path / "run")}), callbacks=[in_run])
+    result = find_learning_rate(
+        Recipe.from_dict({**settings, "output_dir": str(tmp_path / "sweep")}), 8, 1e-4, 1.0, callbacks=[in_sweep]
+    )
+    assert in_run.groups and in_sweep.groups == in_run.groups
+    if "freeze" in phase:
+        assert {stage for stage, _, _ in in_run.groups} == {"head"}
+    else:
+        assert len({ratio for _, ratio, _ in in_run.groups}) > 2  # per-stage rates, kept in ratio by the sweep
+    assert len(result.losses) == len(result.learning_rates) >= 5

@@ -86,3 +86,44 @@ def test_images_not_larger_than_needed_keep_their_original_bytes(photos, tmp_pat
         stored = cached.splits[name].cast_column(IMAGE_COLUMN, datasets.Image(decode=False))[IMAGE_COLUMN]
         for path, item in zip(_paths(data.splits[name]), stored):
             assert item["bytes"] == open(path, "rb").read()
+
+
+def test_each_image_is_decoded_once_before_training(tmp_path, monkeypatch):
+    folder = make_shapes_folder(tmp_path / "shapes", per_class=6, size=40)
+    (folder / "red_disc" / "broken.png").write_bytes(b"not a png")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    opened = []
+    real_open = Image.open
+
+    def counting_open(source, *args, **kwargs):
+        opened.append(source)
+        return real_open(source, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    args = DataArguments(dataset=str(folder), validation_fraction=0.2, test_fraction=0.2)
+    data = decode_once(load_image_data(args, check_images=False), CONFIG, root=tmp_path / "cache")
+    assert len(opened) == len(files)  # the cache build is the only decoding pass, the broken file included
+    assert [(s.path.endswith("broken.png"), s.reason.split(":")[0]) for s in data.skipped] == [
+        (True, "UnidentifiedImageError")
+    ]
+    assert sum(len(split) for split in data.splits.values()) == len(files) - 1
+
+    opened.clear()
+    again = decode_once(load_image_data(args, check_images=False), CONFIG, root=tmp_path / "cache")
+    assert opened == [] and len(again.skipped) == 1  # a cache hit decodes nothing, and still knows the bad file
+
+
+@pytest.mark.slow
+def test_a_skipped_image_is_reported_once_by_a_run(tmp_path, caplog):
+    from conftest import TINY_SETTINGS, overrides
+
+    from hf_cnn_ft.cli.main import main
+
+    folder = make_shapes_folder(tmp_path / "shapes", per_class=12, size=40)
+    (folder / "green_square" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    settings = {**TINY_SETTINGS, "num_train_epochs": 1, "dataset": folder, "output_dir": tmp_path / "out"}
+    assert main(["train", *overrides(settings)]) == 0
+    warnings = [r for r in caplog.records if "broken.jpg" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    listed = (tmp_path / "out" / "skipped_images.tsv").read_text().splitlines()
+    assert len(listed) == 2 and listed[1].split("\t")[1].endswith("broken.jpg")

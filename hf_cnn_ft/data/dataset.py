@@ -182,6 +182,11 @@ def drop_unreadable_images(splits: DatasetDict) -> tuple[DatasetDict, list[Skipp
             good = [i for i, r in enumerate(reasons) if not r]
             split = split.select(good)
         cleaned[name] = split
+    report_skipped(skipped)
+    return DatasetDict(cleaned), skipped
+
+
+def report_skipped(skipped: list[SkippedImage]) -> None:
+    """One warning per unreadable image; whichever pass found it is the only one to say so."""
     for item in skipped:
         logger.warning("skipping unreadable image %s (%s)", item.path, item.reason)
-    return DatasetDict(cleaned), skipped

@@ -34,13 +34,15 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, ImageData
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, ImageData, SkippedImage, report_skipped
 from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.data.loading import require_usable
 from hf_cnn_ft.data.transforms import interpolation_mode
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"  # 3: unreadable images are marked in the cache
+UNREADABLE = "_unreadable"
 
 
 def cache_root() -> Path:
@@ -73,17 +75,25 @@ def _shrinker(config: DataConfig, like_evaluation: bool) -> Callable[[Image.Imag
     return shrink
 
 
-def _encoded(item: dict, shrink: Callable[[Image.Image], Image.Image | None]) -> dict:
-    data = item.get("bytes")
-    if data is None:
-        data = Path(item["path"]).read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        small = shrink(image)
+def _encoded(item: dict, shrink: Callable[[Image.Image], Image.Image | None]) -> tuple[dict, str]:
+    """The image as stored in the cache, and "" — or, for an image that cannot be decoded, why not."""
+    try:
+        data = item.get("bytes")
+        if data is None:
+            data = Path(item["path"]).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # the one full decode, also of images kept as they are
+            small = shrink(image)
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return {
+            "bytes": None,
+            "path": None,
+        }, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
     if small is None:
-        return {"bytes": data, "path": None}
+        return {"bytes": data, "path": None}, ""
     buffer = io.BytesIO()
     small.save(buffer, format="PNG", compress_level=1)  # lossless; level 1 decodes as fast, encodes faster
-    return {"bytes": buffer.getvalue(), "path": None}
+    return {"bytes": buffer.getvalue(), "path": None}, ""
 
 
 def _spec(config: DataConfig, like_evaluation: bool) -> str:
@@ -92,25 +102,46 @@ def _spec(config: DataConfig, like_evaluation: bool) -> str:
 
 
 def decode_once(data: ImageData, config: DataConfig, root: Path | None = None) -> ImageData:
-    """`data` with every split read from a decoded, resized Arrow cache (built on first use)."""
+    """`data` with every split read from a decoded, resized Arrow cache (built on first use).
+
+    Building the cache is the one pass that decodes each image: an image that fails is dropped from its
+    split and added to `skipped` (reported once, here), so the splits need no separate readable check.
+    """
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    cached = {}
+    cached, skipped = {}, []
     for name, split in data.splits.items():
-        like_evaluation = name != "train"
-        key = hashlib.sha256(f"{source_fingerprint(split)}-{_spec(config, like_evaluation)}".encode()).hexdigest()
-        shrink = _shrinker(config, like_evaluation)
-
-        def encode(batch: dict[str, list], shrink=shrink) -> dict[str, list[dict]]:
-            return {IMAGE_COLUMN: [_encoded(item, shrink) for item in batch[IMAGE_COLUMN]]}
-
         raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
-        cached[name] = raw.map(
-            encode,
-            batched=True,
-            batch_size=64,
-            cache_file_name=str(root / f"{name}-{key[:32]}.arrow"),
-            load_from_cache_file=True,
-            desc=f"Decoding the {name} images once",
-        ).cast_column(IMAGE_COLUMN, datasets.Image())
-    return replace(data, splits=DatasetDict(cached))
+        encoded = _cached_split(raw, name, config, root)
+        reasons = encoded[UNREADABLE]
+        bad = [i for i, reason in enumerate(reasons) if reason]
+        if bad:
+            sources = raw.select(bad)[IMAGE_COLUMN]
+            skipped += [SkippedImage(name, s.get("path") or f"{name}[{i}]", reasons[i]) for i, s in zip(bad, sources)]
+            encoded = encoded.select([i for i, reason in enumerate(reasons) if not reason])
+        cached[name] = encoded.remove_columns(UNREADABLE).cast_column(IMAGE_COLUMN, datasets.Image())
+    report_skipped(skipped)
+    splits = DatasetDict(cached)
+    require_usable(splits, data.source)
+    return replace(data, splits=splits, skipped=[*data.skipped, *skipped])
+
+
+def _cached_split(raw: Dataset, name: str, config: DataConfig, root: Path) -> Dataset:
+    like_evaluation = name != "train"
+    key = hashlib.sha256(f"{source_fingerprint(raw)}-{_spec(config, like_evaluation)}".encode()).hexdigest()
+    shrink = _shrinker(config, like_evaluation)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        images, reasons = (
+            zip(*(_encoded(item, shrink) for item in batch[IMAGE_COLUMN])) if batch[IMAGE_COLUMN] else ((), ())
+        )
+        return {IMAGE_COLUMN: list(images), UNREADABLE: list(reasons)}
+
+    return raw.map(
+        encode,
+        batched=True,
+        batch_size=64,
+        cache_file_name=str(root / f"{name}-{key[:32]}.arrow"),
+        load_from_cache_file=True,
+        desc=f"Decoding the {name} images once",
+    )

@@ -48,5 +48,10 @@ def unreadable_reason(image: dict[str, Any]) -> str | None:
             if img.width < 1 or img.height < 1:
                 return "empty image"
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        return failure_reason(exc)
     return None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why an image could not be decoded, in one line: the exception type and its first line."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"

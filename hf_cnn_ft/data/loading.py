@@ -25,8 +25,12 @@ def _truncate(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     return dataset.shuffle(seed=seed).select(range(limit))
 
 
-def load_image_data(args: DataArguments) -> ImageData:
-    """Loads, normalises, splits and checks the dataset that a recipe describes."""
+def load_image_data(args: DataArguments, check_images: bool | None = None) -> ImageData:
+    """Loads, normalises, splits and checks the dataset that a recipe describes.
+
+    `check_images` (default: data.check_images) decodes every image to drop the unreadable ones; a run
+    that builds the decode-once cache passes False, since building it is that decoding pass.
+    """
     raw, base_dir = load_raw_dataset(args)
     raw = _normalise_columns(raw, args, base_dir)
     raw, label_names = _encode_labels(raw)
@@ -35,7 +39,7 @@ def load_image_data(args: DataArguments) -> ImageData:
         raise UserError(f"{args.dataset}: found a single class{found}; a classifier needs at least two")
     splits = arrange_splits(raw, args)
     skipped: list[SkippedImage] = []
-    if args.check_images:
+    if args.check_images if check_images is None else check_images:
         splits, skipped = drop_unreadable_images(splits)
     splits = DatasetDict(
         {
@@ -45,10 +49,14 @@ def load_image_data(args: DataArguments) -> ImageData:
             for name, split in splits.items()
         }
     )
+    require_usable(splits, args.dataset or "")
+    return ImageData(splits=splits, label_names=label_names, source=args.dataset or "", skipped=skipped)
+
+
+def require_usable(splits: DatasetDict, source: str) -> None:
+    """Every split has images, and the training split at least two classes."""
     for name, split in splits.items():
         if len(split) == 0:
-            raise UserError(f"{args.dataset}: the {name} split has no usable images")
-    present = np.unique(splits["train"][LABEL_COLUMN])
-    if len(present) < 2:
-        raise UserError(f"{args.dataset}: the training split holds a single class; a classifier needs at least two")
-    return ImageData(splits=splits, label_names=label_names, source=args.dataset or "", skipped=skipped)
+            raise UserError(f"{source}: the {name} split has no usable images")
+    if len(np.unique(splits["train"][LABEL_COLUMN])) < 2:
+        raise UserError(f"{source}: the training split holds a single class; a classifier needs at least two")

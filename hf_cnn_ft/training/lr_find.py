@@ -2,29 +2,30 @@
 
 The learning rate grows exponentially from `start_lr` to `end_lr` over `steps` mini-batches while
 the (smoothed) training loss is recorded; the suggestion is the rate where the loss falls fastest.
-The model is prepared exactly as `train` prepares it (probe, freezing, per-stage rates) and then
-thrown away: nothing is written but the plot and the numbers.
+The test runs on the run's own Trainer (`build_trainer`): the model prepared as `train` prepares it
+(probe, freezing or the first unfreezing step, adapters), its optimizer with its per-stage parameter
+groups, its sampler, class weights, MixUp/CutMix and L2-SP; a callback only sets the rate before each
+step. The model is then thrown away: nothing is written but the plot and the numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from transformers import default_data_collator, set_seed
+from transformers import TrainerCallback, set_seed
 
 from hf_cnn_ft.config.recipe import Recipe
-from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.plots import pyplot
-from hf_cnn_ft.strategies.freezing import parameter_groups
-from hf_cnn_ft.training.train import prepare_model
+from hf_cnn_ft.training.train import build_trainer, prepare_model
 
 
 @dataclass
@@ -33,6 +34,37 @@ class RangeTest:
     losses: list[float]
     suggestion: float
     plot: Path
+
+
+class LearningRateSweep(TrainerCallback):
+    """Sets every parameter group's rate to `rate x its own scale` before each step, the rate growing
+    exponentially, and records the training loss; stops once the loss diverges.
+
+    The Trainer runs at learning_rate 1 with a constant schedule, so each group's rate is its scale
+    (the per-stage multipliers of the recipe) and the sweep keeps their ratios.
+    """
+
+    def __init__(self, start_lr: float, end_lr: float, steps: int) -> None:
+        self.start_lr, self.factor = start_lr, (end_lr / start_lr) ** (1 / (steps - 1))
+        self.scales: list[float] | None = None
+        self.learning_rates: list[float] = []
+        self.losses: list[float] = []
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.scales is None:
+            self.scales = [group["lr"] for group in optimizer.param_groups]
+        rate = self.start_lr * self.factor ** len(self.learning_rates)
+        for group, scale in zip(optimizer.param_groups, self.scales):
+            group["lr"] = rate * scale
+        self.learning_rates.append(rate)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        self.losses.append(float(logs["loss"]))
+        curve = smoothed(self.losses)
+        if not math.isfinite(self.losses[-1]) or curve[-1] > 4 * min(curve):
+            control.should_training_stop = True  # diverged: larger rates tell nothing more
 
 
 def smoothed(losses: list[float], beta: float = 0.9) -> list[float]:
@@ -54,50 +86,48 @@ def steepest_descent(learning_rates: list[float], losses: list[float]) -> float:
     return float(learning_rates[int(np.argmin(slopes))])
 
 
-def find_learning_rate(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 1.0) -> RangeTest:
+def find_learning_rate(
+    recipe: Recipe,
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 1.0,
+    callbacks: list[TrainerCallback] | None = None,
+) -> RangeTest:
+    """Runs the range test for the phase `train` would run; `callbacks` join the Trainer's."""
     if not 0 < start_lr < end_lr or steps < 5:
         raise UserError("lr-find needs 0 < start_lr < end_lr and at least 5 steps")
-    args, strategy = recipe.training, recipe.finetune
+    args = recipe.training
     if not torch.cuda.is_available():
         torch.set_flush_denormal(True)  # denormal floats cost 20-30x on some CPUs
     set_seed(args.seed)
-    data = load_image_data(recipe.data)
-    prepared = prepare_model(recipe, data)
-    model, loss_weights = prepared.model, prepared.loss_weights
-
-    groups = parameter_groups(model, 1.0, args.weight_decay, strategy.backbone_lr_multiplier, strategy.lr_decay)
-    scales = [group["lr"] for group in groups]
-    optimizer = torch.optim.AdamW(groups, lr=start_lr)
-    loader = DataLoader(
-        with_pixel_values(prepared.data.splits["train"], prepared.augmentation),
-        collate_fn=default_data_collator,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        drop_last=True,
-    )
-    loss_fn = torch.nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=args.label_smoothing_factor)
-    factor = (end_lr / start_lr) ** (1 / (steps - 1))
-    if len(loader) == 0:
+    prepared = prepare_model(recipe, load_image_data(recipe.data))
+    if len(prepared.data.splits["train"]) < args.per_device_train_batch_size:
         raise UserError(
             "lr-find: the training split holds fewer images than one batch; lower per_device_train_batch_size"
         )
-    learning_rates, losses = [], []
-    model.train()
-    for step, batch in zip(range(steps), _endless(loader)):
-        rate = start_lr * factor**step
-        for group, scale in zip(optimizer.param_groups, scales):
-            group["lr"] = rate * scale
-        loss = loss_fn(model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        learning_rates.append(rate)
-        losses.append(loss.item())
-        curve = smoothed(losses)
-        if not math.isfinite(losses[-1]) or curve[-1] > 4 * min(curve):
-            break  # diverged: larger rates tell nothing more
+    sweep = LearningRateSweep(start_lr, end_lr, steps)
+    with tempfile.TemporaryDirectory() as scratch:
+        sweep_args = dataclasses.replace(
+            args,
+            output_dir=scratch,
+            learning_rate=1.0,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_steps=steps,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_strategy="steps",
+            logging_steps=1,
+            load_best_model_at_end=False,
+            report_to="none",
+        )
+        build_trainer(recipe, prepared, [sweep, *(callbacks or [])], sweep_args).train()
+    rates, losses = sweep.learning_rates[: len(sweep.losses)], sweep.losses
+    return _write_results(rates, losses, Path(args.output_dir))
+
+
+def _write_results(learning_rates: list[float], losses: list[float], output_dir: Path) -> RangeTest:
     suggestion = steepest_descent(learning_rates, losses)
-    output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     plot = output_dir / "lr_find.png"
     _plot(learning_rates, losses, suggestion, plot)
@@ -107,11 +137,6 @@ def find_learning_rate(recipe: Recipe, steps: int = 100, start_lr: float = 1e-7,
         )
     )
     return RangeTest(learning_rates, losses, suggestion, plot)
-
-
-def _endless(loader: DataLoader):
-    while True:
-        yield from loader
 
 
 def _plot(learning_rates: list[float], losses: list[float], suggestion: float, path: Path) -> None:

@@ -224,7 +224,8 @@ def start_run(recipe: Recipe) -> RunStart:
     args = recipe.training
     output_dir, is_main = Path(args.output_dir), args.process_index == 0
     with args.main_process_first(desc="loading the dataset"):
-        data = load_image_data(recipe.data)
+        # With the decode-once cache, building it is the pass that finds unreadable images.
+        data = load_image_data(recipe.data, check_images=recipe.data.check_images and not recipe.data.decode_cache)
     # A push that cannot work fails now, not after hours of training. Only the main process pushes.
     repo_id = check_push_access(recipe.hub) if recipe.hub.repo_id and is_main else None
     resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
