@@ -57,9 +57,8 @@ class Strategy:
         else:
             kept = "the earlier stages kept their" if finetune.probe_stages else "the backbone kept its"
             phases.append(f"{kept} pretrained weights")
-        text = f"Strategy `{self.name}` ({self.summary}): " + ("; " if not self.preset.trains else ", then ").join(
-            phases
-        )
+        separator = ", then " if self.preset.trains else "; "
+        text = f"Strategy `{self.name}` ({self.summary}): " + separator.join(phases)
         if finetune.unfreeze != "none":
             text += f", unfreezing stages from the top ({finetune.unfreeze}, every {finetune.unfreeze_epochs} epoch(s))"
         if finetune.lr_decay != 1:

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from transformers import TrainerCallback, set_seed
 
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.plots import pyplot
-from hf_cnn_ft.training.train import build_trainer, prepare_model
+from hf_cnn_ft.training.train import build_trainer, flush_denormals_on_cpu, prepare_model
 
 
 @dataclass
@@ -97,8 +96,7 @@ def find_learning_rate(
     if not 0 < start_lr < end_lr or steps < 5:
         raise UserError("lr-find needs 0 < start_lr < end_lr and at least 5 steps")
     args = recipe.training
-    if not torch.cuda.is_available():
-        torch.set_flush_denormal(True)  # denormal floats cost 20-30x on some CPUs
+    flush_denormals_on_cpu()
     set_seed(args.seed)
     prepared = prepare_model(recipe, load_image_data(recipe.data))
     if len(prepared.data.splits["train"]) < args.per_device_train_batch_size:
