@@ -13,3 +13,8 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name if it has none), for a one-line error."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def located(origin: str, message: str) -> str:
+    """`message` prefixed with the file it concerns, when there is one (command-line values have none)."""
+    return f"{origin}: {message}" if origin else message

@@ -110,17 +110,29 @@ class HubState:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self.tokens: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}  # token -> user name
+        self.token_roles: dict[str, str] = {}  # token -> "read" or "write", as the Hub's access tokens
+        self.memberships: dict[str, dict[str, str]] = {}  # user -> {org: role in the org}
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, token)
         self.unhandled: list[str] = []
         self.drop_connection_on: str | None = None  # a regex of request paths to answer by hanging up
 
-    def add_user(self, name: str) -> str:
+    def add_user(self, name: str, role: str = "write", orgs: dict[str, str] | None = None) -> str:
+        """A user and a token for it; `role` read tokens may not write anywhere, and the user may write to
+        its own namespace and to the orgs where its role is write or admin."""
         token = f"hf_test_{uuid.uuid4().hex}"
         self.tokens[token] = name
+        self.token_roles[token] = role
+        self.memberships.setdefault(name, {}).update(orgs or {})
         return token
+
+    def may_write(self, token: str | None, namespace: str) -> bool:
+        user = self.tokens.get(token or "")
+        if user is None or self.token_roles.get(token) != "write":
+            return False
+        return namespace == user or self.memberships.get(user, {}).get(namespace) in ("write", "admin")
 
     def repo(self, repo_id: str, repo_type: str = "model") -> Repo | None:
         return self.repos.get((repo_type, repo_id))
@@ -236,7 +248,7 @@ class HubHandler(BaseHTTPRequestHandler):
         user = self._user(required=False)
         if found is None or (found.private and user != found.owner):
             raise HubError(404 if found is None else 401, f"Repository {repo} not found", "RepoNotFound")
-        if write and user != found.owner:
+        if write and not self.server.state.may_write(self._token(), found.repo_id.split("/")[0]):
             raise HubError(403, "You don't have the rights to write to this repository")
         return found
 
@@ -252,8 +264,13 @@ class HubHandler(BaseHTTPRequestHandler):
 
     # -- account and repos ------------------------------------------------------------------------
     def do_whoami(self) -> None:
-        name = self._user()
-        self._json({"type": "user", "name": name, "fullname": name, "orgs": [], "auth": {"type": "access_token"}})
+        name, state = self._user(), self.server.state
+        orgs = [{"type": "org", "name": org, "roleInOrg": role} for org, role in state.memberships[name].items()]
+        token = {"displayName": "test", "role": state.token_roles[self._token()]}
+        self._json(
+            {"type": "user", "name": name, "fullname": name, "orgs": orgs,
+             "auth": {"type": "access_token", "accessToken": token}}
+        )  # fmt: skip
 
     def do_agent_harnesses(self) -> None:
         self._json({"standardEnvVars": [], "harnesses": {}})
@@ -262,7 +279,7 @@ class HubHandler(BaseHTTPRequestHandler):
         user = self._user()
         payload = json.loads(self.raw_body or b"{}")
         namespace = payload.get("organization") or user
-        if namespace != user:
+        if not self.server.state.may_write(self._token(), namespace):
             raise HubError(403, f"You don't have the rights to create a repo under {namespace}")
         repo_type = payload.get("type") or "model"
         repo_id = f"{namespace}/{payload['name']}"

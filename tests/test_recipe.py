@@ -87,19 +87,26 @@ def test_unknown_override_suggests_the_closest_key():
     assert "unknown override --lerning_rate; did you mean 'learning_rate'?" in str(info.value)
 
 
-def test_saved_recipe_round_trips_and_never_holds_tokens(tmp_path):
+def test_saved_recipe_is_fully_resolved_round_trips_and_never_holds_tokens(tmp_path):
+    output_dir = tmp_path / "o"
+    (output_dir / "checkpoint-3").mkdir(parents=True)  # a complete checkpoint, for --resume to find
+    (output_dir / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (output_dir / "checkpoint-3" / "model.safetensors").write_bytes(b"x")
     path = write(
-        tmp_path, "data: {dataset: d}\nmodel: {model: m}\ntraining: {output_dir: o, hub_token: hf_secret123}\n"
+        tmp_path,
+        f"data: {{dataset: d}}\nmodel: {{model: m}}\ntraining: {{output_dir: {output_dir}, hub_token: hf_x1}}\n",
     )
     recipe = load_recipe(path, ["--learning_rate", "5e-4", "--resume_from_checkpoint", "latest"])
     text = recipe_to_yaml(recipe)
-    assert "hf_secret123" not in text and "token" not in text
+    assert "hf_x1" not in text and "token" not in text
     assert "resume_from_checkpoint" not in text
-    saved = write(tmp_path, text)
-    again = load_recipe(saved)
+    saved = yaml.safe_load(text)["training"]
+    # Resolved: the values the run used, not only the keys given (a changed default cannot change a rerun).
+    assert saved["learning_rate"] == 5e-4 and saved["seed"] == 42 and saved["lr_scheduler_type"] == "cosine"
+    assert saved["num_train_epochs"] == 10 and "max_grad_norm" in saved and "adam_beta2" in saved
+    again = load_recipe(write(tmp_path, text))
     assert again.data == recipe.data and again.model == recipe.model and again.augment == recipe.augment
-    assert again.training.learning_rate == recipe.training.learning_rate
-    assert yaml.safe_load(text)["training"] == {"output_dir": "o", "learning_rate": 5e-4}
+    assert yaml.safe_load(recipe_to_yaml(again)) == yaml.safe_load(text)
 
 
 def test_every_key_is_unique_across_sections():
@@ -107,3 +114,8 @@ def test_every_key_is_unique_across_sections():
     assert KEY_OWNERS["learning_rate"] == "training"
     assert KEY_OWNERS["dataset"] == "data"
     assert KEY_OWNERS["crop_scale"] == "augment"
+    # Our sections' keys are declared without importing transformers: none may shadow a TrainingArguments field.
+    from hf_cnn_ft.config.training_arguments import training_fields
+
+    shadowing = {key for key, owner in KEY_OWNERS.items() if owner != "training" and key in training_fields()}
+    assert not shadowing

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import TINY_SETTINGS, cli_env, overrides
 
-from hf_cnn_ft.share.run_dir import is_complete_checkpoint
+from hf_cnn_ft.config.checkpoints import is_complete_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,8 @@
 """The `hf-cnn-ft` command line: parses arguments, calls the library, reports results.
 
 Bad input raises `UserError` anywhere below; here it becomes one line on stderr and exit code 2.
-Unexpected errors keep their traceback.
+Unexpected errors keep their traceback. Heavy libraries (torch, transformers) are imported inside the
+handlers, after the recipe and the arguments are checked: `--help` and a bad input answer at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.cli.tools import TOOL_HANDLERS, add_tool_verbs
 from hf_cnn_ft.config.choices import TEST_TIME_FLIPS
 from hf_cnn_ft.config.loading import recipe_help
@@ -32,12 +32,14 @@ def _configure_logging() -> None:
 
 def _train(options: argparse.Namespace, extra: list[str]) -> int:
     from hf_cnn_ft.config.recipe import load_recipe
-    from hf_cnn_ft.training.train import train
 
     overrides = list(extra)
     if options.resume:
         overrides += ["--resume_from_checkpoint", "latest"]
     recipe = load_recipe(options.recipe, overrides)
+    from hf_cnn_ft.cli.process import prepare_cpu_process
+    from hf_cnn_ft.training.train import train
+
     prepare_cpu_process(recipe.training.keep_freed_memory)
     result = train(recipe)
     if recipe.training.process_index == 0:
@@ -56,9 +58,11 @@ def _compare(options: argparse.Namespace, extra: list[str]) -> int:
     from statistics import fmean
 
     from hf_cnn_ft.config.recipe import load_recipe
-    from hf_cnn_ft.training.compare import compare_models, ranked
 
     recipe = load_recipe(options.recipe, extra)
+    from hf_cnn_ft.cli.process import prepare_cpu_process
+    from hf_cnn_ft.training.compare import compare_models, ranked
+
     prepare_cpu_process(recipe.training.keep_freed_memory)
     models = [m.strip() for m in options.models.split(",") if m.strip()]
     seeds = [recipe.training.seed + i for i in range(options.seeds)]
@@ -76,9 +80,11 @@ def _compare(options: argparse.Namespace, extra: list[str]) -> int:
 
 def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
     from hf_cnn_ft.config.recipe import load_recipe
-    from hf_cnn_ft.training.lr_find import find_learning_rate
 
     recipe = load_recipe(options.recipe, extra)
+    from hf_cnn_ft.cli.process import prepare_cpu_process
+    from hf_cnn_ft.training.lr_find import find_learning_rate
+
     prepare_cpu_process(recipe.training.keep_freed_memory)
     result = find_learning_rate(recipe, options.steps, options.start_lr, options.end_lr)
     print(f"suggested learning rate: {result.suggestion:.2e} (steepest fall of the loss)")

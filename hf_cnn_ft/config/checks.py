@@ -1,23 +1,95 @@
 """Every check of a recipe's values, and the defaults its strategy fills in: run once, when it loads.
 
 Choice-valued keys are checked by their `Literal` types as the values are read; what is left here
-are ranges and the constraints between keys. Each failure is one line naming the key, the value and
-what is allowed. After `check_recipe` nothing downstream validates or changes the recipe: by the
-time a dataset, image or model is touched, every setting is known to be usable. (A few checks need
-the data or the model itself, such as `freeze: 7` on a backbone of five stages; those stay where
-the model is built.)
+are ranges, the paths a recipe names and the constraints between keys. Each failure is one line naming
+the key, the value and what to use instead. The checks read `RecipeValues`, the recipe before its
+training section becomes a transformers `TrainingArguments` (whose import takes seconds), so a bad value
+fails at once. After `check_recipe` nothing downstream validates or changes the recipe. (A few checks need
+the data or the model itself, such as `freeze: 7` on a backbone of five stages; those stay where the model
+is built.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from hf_cnn_ft.config.checkpoints import NO_RESUME, RESUME_LATEST, last_complete_checkpoint
 from hf_cnn_ft.config.choices import METRIC_NAMES, STRATEGY_PRESETS, StrategyPreset
-from hf_cnn_ft.config.sections import FinetuneArguments
+from hf_cnn_ft.config.paths import looks_like_local_path
+from hf_cnn_ft.config.sections import (
+    AugmentArguments,
+    DataArguments,
+    FinetuneArguments,
+    HubArguments,
+    ModelArguments,
+    PeftArguments,
+)
 from hf_cnn_ft.errors import UserError
 
-if TYPE_CHECKING:  # annotations only: config.recipe runs these checks
-    from hf_cnn_ft.config.recipe import Recipe
+
+@dataclass
+class RecipeValues:
+    """What the checks read: six built sections, and the training values as given over the declared
+    defaults (transformers' own defaults are valid by definition)."""
+
+    data: DataArguments
+    model: ModelArguments
+    augment: AugmentArguments
+    finetune: FinetuneArguments
+    peft: PeftArguments
+    hub: HubArguments
+    training: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+
+
+PROBABILITY = Interval(0, 1)
+FRACTION = Interval(0, 1, open_high=True)
+POSITIVE = Interval(0, open_low=True)
+NON_NEGATIVE = Interval(0)
+COUNT = Interval(1)
+
+# Every numeric key with a bound, by section. A null value means "unset" and is not checked.
+RANGES: dict[str, dict[str, Interval]] = {
+    "data": {"validation_fraction": FRACTION, "test_fraction": FRACTION, "max_train_samples": COUNT,
+             "max_eval_samples": COUNT},
+    "model": {"image_size": Interval(16), "crop_pct": Interval(0, 1, open_low=True), "drop_rate": FRACTION,
+              "drop_path_rate": FRACTION},
+    "augment": {"hflip": PROBABILITY, "vflip": PROBABILITY, "rotation": Interval(0, 180), "color_jitter": NON_NEGATIVE,
+                "randaugment_ops": COUNT, "randaugment_magnitude": Interval(0, 30), "random_erasing": PROBABILITY,
+                "mixup_alpha": NON_NEGATIVE, "cutmix_alpha": NON_NEGATIVE, "mix_prob": PROBABILITY},
+    "finetune": {"unfreeze_epochs": COUNT, "head_epochs": NON_NEGATIVE, "head_learning_rate": POSITIVE,
+                 "head_weight_decay": NON_NEGATIVE, "head_batch_size": COUNT, "feature_views": COUNT,
+                 "probe_stages": NON_NEGATIVE, "backbone_lr_multiplier": NON_NEGATIVE, "l2sp_alpha": NON_NEGATIVE,
+                 "lr_decay": Interval(0, 1, open_low=True), "ema_decay": Interval(0, 1, True, True)},
+    "peft": {"lora_rank": COUNT, "lora_alpha": POSITIVE, "lora_dropout": FRACTION},
+    "training": {"learning_rate": NON_NEGATIVE, "num_train_epochs": POSITIVE, "per_device_train_batch_size": COUNT,
+                 "per_device_eval_batch_size": COUNT, "gradient_accumulation_steps": COUNT,
+                 "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "warmup_ratio": PROBABILITY,
+                 "max_grad_norm": NON_NEGATIVE, "label_smoothing_factor": FRACTION,
+                 "dataloader_num_workers": NON_NEGATIVE, "early_stopping_patience": COUNT,
+                 "early_stopping_threshold": NON_NEGATIVE, "save_total_limit": COUNT, "logging_steps": POSITIVE,
+                 "eval_steps": POSITIVE, "save_steps": POSITIVE},
+}  # fmt: skip
 
 
 def strategy_preset(name: str) -> StrategyPreset:
@@ -32,20 +104,75 @@ def _require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
-def _check_data(recipe: Recipe) -> None:
-    for key in ("validation_fraction", "test_fraction"):
-        value = getattr(recipe.data, key)
-        _require(0.0 <= value < 1.0, f"data.{key}: {value} is not in [0, 1)")
+def _section_values(values: RecipeValues, section: str) -> Mapping[str, Any]:
+    return values.training if section == "training" else vars(getattr(values, section))
 
 
-def _check_augment(recipe: Recipe) -> None:
-    augment = recipe.augment
-    low, high = augment.crop_scale
+def _check_ranges(values: RecipeValues) -> None:
+    for section, bounds in RANGES.items():
+        given = _section_values(values, section)
+        for key, interval in bounds.items():
+            value = given.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue  # unset, or not a number: its type was checked when it was read
+            if key == "num_train_epochs" and (given.get("max_steps") or -1) > 0:
+                continue  # max_steps overrides the epochs
+            _require(value in interval, f"{section}.{key}: {value} is out of range: use a value {interval}")
+
+
+def _check_paths(values: RecipeValues) -> None:
+    """What the recipe names on this machine must be there; a Hub id is checked when it is fetched."""
+    dataset = values.data.dataset
+    if dataset and looks_like_local_path(dataset):
+        _require(
+            Path(dataset).expanduser().exists(),
+            f"data path {dataset} does not exist: check data.dataset (a folder, CSV/JSONL file or Hub id)",
+        )
+    model = values.model.model
+    if model and looks_like_local_path(model):
+        _require(
+            Path(model).expanduser().is_dir(),
+            f"model.model: {model} is not a model directory: give a model folder, timm name or Hub id",
+        )
+    weights = values.model.weights
+    if weights is not None:
+        _require(
+            Path(weights).expanduser().is_file(),
+            f"model.weights: {weights} is not a file: give a .safetensors or PyTorch weights file",
+        )
+    output_dir = Path(str(values.training.get("output_dir"))).expanduser()
+    _require(
+        not output_dir.exists() or output_dir.is_dir(),
+        f"training.output_dir: {output_dir} is a file: choose a folder for the run's outputs",
+    )
+
+
+def _check_resume(training: Mapping[str, Any]) -> None:
+    """--resume continues a run: it needs a checkpoint, or a typo in output_dir would start afresh."""
+    value = training.get("resume_from_checkpoint")
+    if value is None or str(value).lower() in NO_RESUME:
+        return
+    output_dir = Path(str(training.get("output_dir"))).expanduser()
+    if str(value).lower() in RESUME_LATEST:
+        _require(
+            last_complete_checkpoint(output_dir) is not None,
+            f"--resume: no complete checkpoint in {output_dir} to resume from: check training.output_dir, "
+            "or drop --resume to start a new run",
+        )
+    else:
+        _require(
+            Path(str(value)).expanduser().is_dir(),
+            f"training.resume_from_checkpoint: checkpoint {value} does not exist: give a checkpoint folder, "
+            "or --resume for the latest one in output_dir",
+        )
+
+
+def _check_augment(values: RecipeValues) -> None:
+    low, high = values.augment.crop_scale
     _require(
         0 < low <= high <= 1,
-        f"augment.crop_scale: {list(augment.crop_scale)} must satisfy 0 < low <= high <= 1",
+        f"augment.crop_scale: {list(values.augment.crop_scale)} must satisfy 0 < low <= high <= 1",
     )
-    _require(0 <= augment.mix_prob <= 1, f"augment.mix_prob: {augment.mix_prob} is not in [0, 1]")
 
 
 def _check_freeze(value: str) -> None:
@@ -74,31 +201,15 @@ def _check_class_weights(setting: object) -> None:
     )
 
 
-def _check_finetune(recipe: Recipe) -> None:
-    finetune = recipe.finetune
+def _check_finetune(values: RecipeValues) -> None:
+    finetune = values.finetune
     preset = strategy_preset(finetune.strategy)
     _check_freeze(finetune.freeze)
     _check_milestones(finetune)
     _check_class_weights(finetune.class_weights)
-    _require(finetune.unfreeze_epochs >= 1, f"finetune.unfreeze_epochs: {finetune.unfreeze_epochs} is not >= 1")
     _require(
         not preset.probes or finetune.head_epochs >= 1,
         f"finetune.head_epochs: {finetune.head_epochs} is not >= 1, which strategy {finetune.strategy} needs",
-    )
-    _require(finetune.feature_views >= 1, f"finetune.feature_views: {finetune.feature_views} is not >= 1")
-    _require(finetune.probe_stages >= 0, f"finetune.probe_stages: {finetune.probe_stages} is not 0 (the head) or more")
-    _require(finetune.l2sp_alpha >= 0, f"finetune.l2sp_alpha: {finetune.l2sp_alpha} is not >= 0")
-    _require(
-        finetune.backbone_lr_multiplier >= 0,
-        f"finetune.backbone_lr_multiplier: {finetune.backbone_lr_multiplier} is not >= 0",
-    )
-    _require(
-        finetune.lr_decay is None or 0 < finetune.lr_decay <= 1,
-        f"finetune.lr_decay: {finetune.lr_decay} is not in (0, 1]",
-    )
-    _require(
-        finetune.ema_decay is None or 0 < finetune.ema_decay < 1,
-        f"finetune.ema_decay: {finetune.ema_decay} is not between 0 and 1 (e.g. 0.999)",
     )
     _check_wise(finetune, preset)
 
@@ -115,15 +226,14 @@ def _check_wise(finetune: FinetuneArguments, preset: StrategyPreset) -> None:
     _require(alpha == "auto" or 0 <= alpha <= 1, f"finetune.wise_alpha: {alpha} is not auto or in [0, 1]")
 
 
-def _check_peft(recipe: Recipe) -> None:
+def _check_peft(values: RecipeValues) -> None:
     """The settings an adapter run cannot honour."""
-    peft, finetune = recipe.peft, recipe.finetune
-    _require(peft.lora_rank >= 1, f"peft.lora_rank: {peft.lora_rank} is not >= 1")
+    peft, finetune = values.peft, values.finetune
     if not peft.peft_method:
         return
     adapting = [name for name, preset in STRATEGY_PRESETS.items() if preset.adapters]
     _require(
-        recipe.model.pretrained or recipe.model.weights is not None,
+        values.model.pretrained or values.model.weights is not None,
         "peft adapts pretrained weights: with model.pretrained false use strategy full instead",
     )
     _require(
@@ -148,24 +258,25 @@ def _check_peft(recipe: Recipe) -> None:
     )
 
 
-def _check_training(recipe: Recipe) -> None:
-    args = recipe.training
-    metric = args.metric_for_best_model
+def _check_training(values: RecipeValues) -> None:
+    training = values.training
+    metric = training.get("metric_for_best_model")
     if metric is not None:
         _require(
             metric.removeprefix("eval_") in (*METRIC_NAMES, "loss"),
             f"training.metric_for_best_model: {metric!r} is not one of loss, {', '.join(METRIC_NAMES)}",
         )
     _require(
-        not (args.push_to_hub or args.hub_model_id),
+        not (training.get("push_to_hub") or training.get("hub_model_id")),
         "set hub.repo_id instead of training.push_to_hub / hub_model_id: the hub section pushes the model "
         "card and a layout that both transformers and timm load",
     )
     _require(
-        not args.remove_unused_columns,
+        not training.get("remove_unused_columns"),
         "training.remove_unused_columns must stay false: the transforms need the raw image column "
         "(transformers #17894)",
     )
+    _check_resume(training)
 
 
 def resolve_strategy_defaults(finetune: FinetuneArguments) -> None:
@@ -177,12 +288,12 @@ def resolve_strategy_defaults(finetune: FinetuneArguments) -> None:
         finetune.lr_decay = preset.lr_decay
 
 
-CHECKS = (_check_data, _check_augment, _check_finetune, _check_peft, _check_training)
+CHECKS = (_check_ranges, _check_augment, _check_finetune, _check_peft, _check_training, _check_paths)
 
 
-def check_recipe(recipe: Recipe) -> Recipe:
-    """Runs every check, then resolves the strategy's defaults; returns the recipe, complete."""
+def check_recipe(values: RecipeValues) -> RecipeValues:
+    """Runs every check, then resolves the strategy's defaults."""
     for check in CHECKS:
-        check(recipe)
-    resolve_strategy_defaults(recipe.finetune)
-    return recipe
+        check(values)
+    resolve_strategy_defaults(values.finetune)
+    return values

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from transformers import TrainingArguments
 
-from hf_cnn_ft.config.sections import KEY_OWNERS, SECTIONS, init_fields
-from hf_cnn_ft.config.training_arguments import TrainArguments
-from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.config.sections import KEY_OWNERS, SECTIONS, every_key, field_type, init_fields, owner_of
+from hf_cnn_ft.errors import UserError, located
 
 if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe, from these helpers
     from hf_cnn_ft.config.recipe import Recipe
@@ -28,10 +26,6 @@ _NOT_SAVED = {"resume_from_checkpoint", "local_rank"}
 def _suggest(key: str, candidates: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _describe(hint: Any) -> str:
@@ -147,19 +141,29 @@ def _flatten_recipe(raw: dict[str, Any], origin: str) -> dict[str, tuple[str, An
             if top_value is None:
                 continue
             if not isinstance(top_value, dict):
-                raise UserError(f"{origin}: section '{top_key}' must be a mapping of keys to values")
-            fields_ = init_fields(SECTIONS[top_key])
+                raise UserError(located(origin, f"section '{top_key}' must be a mapping of keys to values"))
             for key, value in top_value.items():
-                if key not in fields_:
-                    hint = _suggest(key, list(fields_)) or _moved_hint(key)
-                    raise UserError(f"{origin}: unknown key '{key}' in section '{top_key}'{hint}")
+                if _section_of(key, top_key) != top_key:
+                    hint = _suggest(key, _section_keys(top_key)) or _moved_hint(key)
+                    raise UserError(located(origin, f"unknown key '{key}' in section '{top_key}'{hint}"))
                 flat[key] = (top_key, value)
-        elif top_key in KEY_OWNERS:
-            flat[top_key] = (KEY_OWNERS[top_key], top_value)
+        elif owner_of(top_key) is not None:
+            flat[top_key] = (owner_of(top_key), top_value)
         else:
-            hint = _suggest(top_key, list(SECTIONS) + list(KEY_OWNERS))
-            raise UserError(f"{origin}: unknown key '{top_key}'{hint}")
+            hint = _suggest(top_key, list(SECTIONS) + every_key())
+            raise UserError(located(origin, f"unknown key '{top_key}'{hint}"))
     return flat
+
+
+def _section_of(key: str, section: str) -> str | None:
+    # Only the training section is open-ended (any TrainingArguments field): no other needs transformers.
+    return owner_of(key) if section == "training" else KEY_OWNERS.get(key)
+
+
+def _section_keys(section: str) -> list[str]:
+    if section == "training":
+        return [key for key in every_key() if key not in KEY_OWNERS or KEY_OWNERS[key] == "training"]
+    return list(init_fields(SECTIONS[section]))
 
 
 def _moved_hint(key: str) -> str:
@@ -184,10 +188,11 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
                 value = "true"
         section, dot, name = key.rpartition(".")
         name = name.replace("-", "_")
-        if name not in KEY_OWNERS:
-            raise UserError(f"unknown override --{key}{_suggest(name, list(KEY_OWNERS))}")
-        if dot and section != KEY_OWNERS[name]:
-            raise UserError(f"unknown override --{key}; '{name}' belongs in section '{KEY_OWNERS[name]}'")
+        owner = owner_of(name)
+        if owner is None:
+            raise UserError(f"unknown override --{key}{_suggest(name, every_key())}")
+        if dot and section != owner:
+            raise UserError(f"unknown override --{key}; '{name}' belongs in section '{owner}'")
         overrides[name] = yaml.safe_load(value) if value != "" else ""
         i += 1
     return overrides
@@ -197,11 +202,10 @@ def section_values(values: dict[str, Any], origin: str) -> dict[str, dict[str, A
     """Flat ``{key: value}`` settings as ``{section: {key: value}}``, each value read as its field declares."""
     per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in values.items():
-        section = KEY_OWNERS.get(key)
+        section = owner_of(key)
         if section is None:
-            raise UserError(f"{origin}: unknown key '{key}'{_suggest(key, list(KEY_OWNERS))}")
-        hint = _type_hints(SECTIONS[section])[key]
-        per_section[section][key] = coerce_value(value, hint, f"{origin}: {section}.{key}")
+            raise UserError(located(origin, f"unknown key '{key}'{_suggest(key, every_key())}"))
+        per_section[section][key] = coerce_value(value, field_type(section, key), located(origin, f"{section}.{key}"))
     return per_section
 
 
@@ -222,24 +226,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _training_changes(args: TrainArguments) -> dict[str, Any]:
-    """Training settings that differ from the defaults, so a saved recipe stays readable."""
-    default = TrainArguments()
-    current, baseline = args.to_dict(), default.to_dict()
-    return {
-        key: _plain(value)
-        for key, value in current.items()
-        if key not in _NOT_SAVED and "token" not in key and value != baseline.get(key)
-    }
+def _training_values(recipe: Recipe) -> dict[str, Any]:
+    """Every training setting as resolved, this project's keys first; no tokens, nothing per-invocation."""
+    resolved = recipe.training.to_dict()
+    ours = [key for key in init_fields(SECTIONS["training"]) if key in resolved]
+    ordered = ours + sorted(key for key in resolved if key not in ours)
+    return {key: _plain(resolved[key]) for key in ordered if key not in _NOT_SAVED and "token" not in key}
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """The resolved recipe as plain data: every data/model/augment key, changed training keys."""
+    """The resolved recipe as plain data: every key of every section, as the run used it."""
     result: dict[str, dict[str, Any]] = {}
     for section in ("data", "model", "augment", "finetune", "peft", "hub"):
         obj = getattr(recipe, section)
         result[section] = {f: _plain(getattr(obj, f)) for f in init_fields(type(obj))}
-    result["training"] = _training_changes(recipe.training)
+    result["training"] = _training_values(recipe)
     return result
 
 
@@ -257,16 +258,13 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 
 
 def recipe_help() -> str:
-    """One line per recipe key of every section but training, for `--help`."""
+    """One line per declared recipe key, for `train --help`."""
     lines = []
     for section, cls in SECTIONS.items():
-        fields = dataclasses.fields(cls)
         if section == "training":
-            lines.append("training: any transformers TrainingArguments field, and")
-            inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
-            fields = [f for f in fields if f.name not in inherited]
+            lines.append("training: any transformers TrainingArguments field; these with fine-tuning defaults:")
         else:
             lines.append(f"{section}:")
-        for f in fields:
+        for f in dataclasses.fields(cls):
             lines.append(f"  {f.name}: {f.metadata.get('help', '')}")
     return "\n".join(lines)

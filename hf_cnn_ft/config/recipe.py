@@ -7,13 +7,14 @@ strategy's defaults. Nothing downstream changes it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hf_cnn_ft.config.checks import check_recipe
+from hf_cnn_ft.config.checks import RecipeValues, check_recipe
 from hf_cnn_ft.config.loading import parse_overrides, read_recipe_file, recipe_to_dict, recipe_to_yaml, section_values
 from hf_cnn_ft.config.sections import (
     SECTIONS,
@@ -24,8 +25,11 @@ from hf_cnn_ft.config.sections import (
     ModelArguments,
     PeftArguments,
 )
-from hf_cnn_ft.config.training_arguments import TrainArguments
-from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.config.training_defaults import TrainingDefaults
+from hf_cnn_ft.errors import UserError, first_line, located
+
+if TYPE_CHECKING:  # built in build_recipe, after the checks: importing it takes seconds
+    from hf_cnn_ft.config.training_arguments import TrainArguments
 
 
 @dataclass
@@ -58,18 +62,25 @@ class Recipe:
         return recipe_to_yaml(self)
 
 
-def build_recipe(values: dict[str, Any], origin: str = "recipe") -> Recipe:
+def _declared_training_defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(TrainingDefaults) if f.default is not dataclasses.MISSING}
+
+
+def build_recipe(values: dict[str, Any], origin: str = "") -> Recipe:
     """Builds the recipe dataclasses from flat ``{key: value}`` settings, checks every value and fills the
-    strategy's defaults: the result is final."""
+    strategy's defaults: the result is final. transformers is imported only once every check has passed."""
     per_section = section_values(values, origin)
+    training = per_section.pop("training")
     try:
-        built = {s: SECTIONS[s](**kwargs) for s, kwargs in per_section.items()}
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{origin}: {exc}".splitlines()[0]) from None
-    try:
-        return check_recipe(Recipe(**built))
+        sections = {s: SECTIONS[s](**kwargs) for s, kwargs in per_section.items()}
+        check_recipe(RecipeValues(**sections, training={**_declared_training_defaults(), **training}))
+        from hf_cnn_ft.config.training_arguments import TrainArguments
+
+        return Recipe(**sections, training=TrainArguments(**training))
     except UserError as exc:
-        raise UserError(f"{origin}: {exc}") from None
+        raise UserError(located(origin, str(exc))) from None
+    except (ValueError, TypeError) as exc:  # transformers' own checks of its arguments
+        raise UserError(located(origin, first_line(exc))) from None
 
 
 def load_recipe(
@@ -78,7 +89,7 @@ def load_recipe(
     """Reads a recipe file (if any), applies command-line `overrides` (``--key value``) and then `values`
     (``{key: value}``, typed or as strings), and checks the result."""
     settings: dict[str, Any] = {}
-    origin = "command line"
+    origin = ""  # command-line values: the error names the key
     if path is not None:
         origin = str(path)
         settings = read_recipe_file(Path(path))

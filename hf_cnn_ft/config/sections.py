@@ -10,8 +10,9 @@ are all derived from these dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from hf_cnn_ft.config.choices import (
     AUTO_AUGMENT_POLICIES,
@@ -23,7 +24,7 @@ from hf_cnn_ft.config.choices import (
     TEST_TIME_FLIPS,
     UNFREEZE_SCHEDULES,
 )
-from hf_cnn_ft.config.training_arguments import TrainArguments
+from hf_cnn_ft.config.training_defaults import TrainingDefaults
 
 
 @dataclass
@@ -321,7 +322,7 @@ SECTIONS: dict[str, type] = {
     "finetune": FinetuneArguments,
     "peft": PeftArguments,
     "hub": HubArguments,
-    "training": TrainArguments,
+    "training": TrainingDefaults,  # declared keys; any transformers TrainingArguments field is accepted too
 }
 
 
@@ -340,3 +341,29 @@ def _key_owners() -> dict[str, str]:
 
 
 KEY_OWNERS = _key_owners()
+
+
+def _training_fields() -> dict[str, Any]:
+    from hf_cnn_ft.config.training_arguments import training_fields  # imports transformers: seconds
+
+    return training_fields()
+
+
+def owner_of(key: str) -> str | None:
+    """The section a key belongs to, None for an unknown key. A training key this project does not
+    declare is looked up among transformers' TrainingArguments fields, which imports transformers:
+    only a recipe that names such a key pays for it before its checks."""
+    if key in KEY_OWNERS:
+        return KEY_OWNERS[key]
+    return "training" if key in _training_fields() else None
+
+
+def field_type(section: str, key: str) -> Any:
+    """The declared type of `section.key` (the key must belong to the section)."""
+    hints = typing.get_type_hints(SECTIONS[section])
+    return hints[key] if key in hints else _training_fields()[key]
+
+
+def every_key() -> list[str]:
+    """All recipe keys, transformers' TrainingArguments fields included (for suggestions)."""
+    return [*KEY_OWNERS, *(key for key in _training_fields() if key not in KEY_OWNERS)]

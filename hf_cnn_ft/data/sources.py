@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
 
+from hf_cnn_ft.config.paths import TABLE_SUFFIXES, looks_like_local_path
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import LABEL_COLUMN
 from hf_cnn_ft.data.images import IMAGE_SUFFIXES
 from hf_cnn_ft.errors import UserError
-
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-def _looks_like_local_path(source: str) -> bool:
-    return (
-        source.startswith(("/", ".", "~"))
-        or Path(source).suffix.lower() in TABLE_SUFFIXES
-        or source.count("/") > 1
-        or os.sep != "/"
-        and os.sep in source
-    )
 
 
 def _load_table(path: Path) -> DatasetDict:
@@ -76,7 +64,7 @@ def load_raw_dataset(args: DataArguments) -> tuple[DatasetDict, Path | None]:
                 loaded = DatasetDict({"train": loaded})
             return loaded, path.resolve()
         return _load_image_folder(path), path.resolve()
-    if _looks_like_local_path(source):
+    if looks_like_local_path(source):
         raise UserError(f"data path {source} does not exist: check data.dataset (a folder, CSV/JSONL file or Hub id)")
     try:
         loaded = datasets.load_dataset(source, args.dataset_config, revision=args.dataset_revision)

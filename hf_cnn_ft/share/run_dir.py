@@ -20,21 +20,24 @@ from typing import Any
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hf_cnn_ft.config.checkpoints import (
+    NO_RESUME,
+    RESUME_LATEST,
+    checkpoints,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+)
 from hf_cnn_ft.config.recipe import Recipe, load_recipe
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.models.io import load_model, save_model
-from hf_cnn_ft.share import run_dir as artefacts
 from hf_cnn_ft.share.card import write_model_card
 from hf_cnn_ft.strategies.adapters import is_adapter_dir
 
 logger = logging.getLogger(__name__)
-
-TRAINER_STATE_NAME = "trainer_state.json"  # written last into every Trainer checkpoint
 
 COMPLETION_MARKER = "metrics.json"
 STAGING_DIR = ".staging"
@@ -74,32 +77,6 @@ def publish(staging: Path, output_dir: Path) -> None:
     for path in files:
         os.replace(path, output_dir / path.name)
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint counts only if its trainer state, written last by the Trainer, parses."""
-    state = path / TRAINER_STATE_NAME
-    if not state.is_file():
-        return False
-    try:
-        json.loads(state.read_text())
-    except (OSError, ValueError):
-        return False
-    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-
-
-def checkpoints(output_dir: Path) -> list[Path]:
-    found = []
-    for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        step = path.name.rpartition("-")[2]
-        if path.is_dir() and step.isdigit():
-            found.append(path)
-    return sorted(found, key=lambda p: int(p.name.rpartition("-")[2]))
-
-
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    complete = [p for p in checkpoints(output_dir) if is_complete_checkpoint(p)]
-    return complete[-1] if complete else None
 
 
 def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
@@ -188,23 +165,18 @@ def data_arguments_for(model_dir: Path, dataset: str | None) -> DataArguments:
     return args
 
 
-RESUME_LATEST = {"true", "latest", "last", "yes", "1"}
-
-
 def resolve_resume(value: str | None, output_dir: Path, is_main: bool) -> str | None:
-    """`true`/`latest` means the last complete checkpoint in the output directory, if any."""
-    if value is None or str(value).lower() in {"false", "no", "0", "none", ""}:
+    """`true`/`latest` means the last complete checkpoint in the output directory (the recipe checks made
+    sure there is one); checkpoints a crash cut short are removed first."""
+    if value is None or str(value).lower() in NO_RESUME:
         return None
-    if str(value).lower() in RESUME_LATEST:
-        if is_main:
-            for path in artefacts.remove_incomplete_checkpoints(output_dir):
-                logger.warning("removed checkpoint %s: it was cut short by a crash", path)
-        checkpoint = artefacts.last_complete_checkpoint(output_dir)
-        if checkpoint is None:
-            logger.warning("no checkpoint to resume from in %s: training from the start", output_dir)
-            return None
-        logger.info("resuming from %s", checkpoint)
-        return str(checkpoint)
-    if not Path(value).is_dir():
-        raise UserError(f"checkpoint {value} does not exist (use --resume to continue from the latest one)")
-    return str(value)
+    if str(value).lower() not in RESUME_LATEST:
+        return str(value)
+    if is_main:
+        for path in remove_incomplete_checkpoints(output_dir):
+            logger.warning("removed checkpoint %s: it was cut short by a crash", path)
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        raise UserError(f"--resume: no complete checkpoint in {output_dir} to resume from")
+    logger.info("resuming from %s", checkpoint)
+    return str(checkpoint)
