@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
 from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
 from datasets import load_dataset
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import HfApi, ModelCard, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForImageClassification, pipeline
 
@@ -272,8 +273,7 @@ def test_connection_dropped_mid_upload(finished_run, hub, capsys):
         hub.server.state.drop_connection_on = None
     line = _one_line_error(capsys)
     assert "could not reach the Hub" in line and "nothing was pushed" in line and f"push {finished_run}" in line
-    after = _tree_digest(finished_run)
-    assert after.keys() == before.keys() and after["metrics.json"] == before["metrics.json"]
+    assert _tree_digest(finished_run) == before  # byte-identical: not even the card was rewritten
     assert "model.safetensors" not in HfApi().list_repo_files(repo_id)
 
 
@@ -289,3 +289,115 @@ def test_server_down(finished_run, hub, monkeypatch, capsys):
     assert main(["push", str(finished_run), hub.repo_id("down")]) == 2
     line = _one_line_error(capsys)
     assert f"could not reach the Hub at {closed}" in line and "nothing was pushed" in line
+
+
+@pytest.mark.parametrize(
+    ("role", "orgs", "namespace", "reason"),
+    [
+        ("read", {}, None, "read-only token"),
+        ("write", {}, "someone-else", "is not a member of someone-else"),
+        ("write", {"team": "read"}, "team", "role in team is read"),
+    ],
+)
+def test_a_token_that_may_not_write_there_fails_before_any_training(
+    tmp_path, shapes_dir, hub, monkeypatch, capsys, role, orgs, namespace, reason
+):
+    user = f"limited-{role}-{len(orgs)}-{namespace}"
+    monkeypatch.setenv("HF_TOKEN", hub.server.state.add_user(user, role=role, orgs=orgs))
+    out = tmp_path / "out"
+    settings = {**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": out}
+    assert main(["train", *overrides(settings), "--repo_id", f"{namespace or user}/model"]) == 2
+    line = _one_line_error(capsys)
+    assert reason in line and "HF_TOKEN may not push" in line
+    assert not out.exists()  # nothing was started: no data loaded, no output directory
+
+
+def test_a_member_with_the_write_role_pushes_to_the_org(finished_run, hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", hub.server.state.add_user(f"member-{hub.name}", orgs={"lab": "write"}))
+    assert main(["push", str(finished_run), f"lab/model-{hub.name}"]) == 0
+    assert "model.safetensors" in HfApi().list_repo_files(f"lab/model-{hub.name}")
+
+
+def test_fine_grained_token_needs_repo_write_on_the_namespace():
+    from hf_cnn_ft.share.hub import write_refusal
+
+    def me(scoped):
+        token = {"role": "fineGrained", "fineGrained": {"scoped": scoped}}
+        return {"name": "ada", "orgs": [], "auth": {"accessToken": token}}
+
+    reading = [{"entity": {"type": "user", "name": "ada"}, "permissions": ["repo.content.read"]}]
+    writing = [{"entity": {"type": "user", "name": "ada"}, "permissions": ["repo.content.read", "repo.write"]}]
+    one_repo = [{"entity": {"type": "model", "name": "ada/model"}, "permissions": ["repo.write"]}]
+    assert "repo.write on ada" in write_refusal(me(reading), "ada/model")
+    assert write_refusal(me(writing), "ada/model") is None
+    assert write_refusal(me(one_repo), "ada/model") is None
+    assert write_refusal(me(one_repo), "ada/other") is not None
+
+
+def test_pushing_leaves_the_run_untouched_and_publishes_no_local_path(finished_run, hub, tmp_path_factory, shapes_dir):
+    outside = "/srv/scans/2026/broken.png"  # an image outside the dataset folder, as a CSV source can name
+    (finished_run / "skipped_images.tsv").write_text(f"path\terror\n{outside}\tUnidentifiedImageError\n")
+    before = _tree_digest(finished_run)
+    repo_id = hub.repo_id("no-paths")
+    assert main(["push", str(finished_run), repo_id]) == 0
+    assert _tree_digest(finished_run) == before  # the card for the repo was rendered in memory
+
+    pulled = Path(snapshot_download(repo_id))
+    local_roots = [str(tmp_path_factory.getbasetemp()), str(Path.home()), "/srv/scans"]
+    for path in pulled.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert not [root for root in local_roots if root.encode() in content], path.name
+    recipe = yaml.safe_load((pulled / "recipe.yaml").read_text())
+    assert recipe["data"]["dataset"] == shapes_dir.name  # a folder name the user can point at their copy
+    assert "broken.png" in (pulled / "skipped_images.tsv").read_text()
+    assert f'model="{repo_id}"' in (pulled / "README.md").read_text()
+
+
+def test_invalid_token_on_a_public_repo_names_the_token(finished_run, hub, monkeypatch, capsys, shapes_dir):
+    repo_id = hub.repo_id("public")
+    assert main(["push", str(finished_run), repo_id]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    assert main(["predict", repo_id, str(next(shapes_dir.rglob("*.png")))]) == 2
+    line = _one_line_error(capsys)
+    assert "401" in line and "HF_TOKEN" in line and "hf_not_a_real_token" not in line
+
+
+def _closed_endpoint() -> str:
+    import socket
+
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_hub_down_predicts_from_the_cache_with_a_note(finished_run, hub, monkeypatch, capsys, caplog, shapes_dir):
+    from huggingface_hub import constants
+
+    repo_id, image = hub.repo_id("cached"), str(next(shapes_dir.rglob("*.png")))
+    assert main(["push", str(finished_run), repo_id]) == 0
+    assert main(["predict", repo_id, image]) == 0  # online: downloads into the cache
+    online = capsys.readouterr().out.splitlines()[-1]
+
+    closed = _closed_endpoint()
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    assert main(["predict", repo_id, image]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == online
+    assert f"could not reach the Hub at {closed}" in caplog.text and f"cached copy of {repo_id}" in caplog.text
+
+    assert main(["predict", hub.repo_id("never-downloaded"), image]) == 2
+    line = _one_line_error(capsys)
+    assert f"could not reach the Hub at {closed}" in line and "not in the local cache" in line
+
+
+def test_library_warnings_print_once(python):
+    script = (
+        "from hf_cnn_ft.cli.main import _configure_logging; _configure_logging()\n"
+        "from huggingface_hub.utils import logging as hub_logging\n"
+        "hub_logging.get_logger('huggingface_hub.file_download').warning('retrying once')\n"
+        "import logging; logging.getLogger('hf_cnn_ft.x').warning('our own warning')\n"
+    )
+    result = subprocess.run([python, "-c", script], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert result.stderr.count("retrying once") == 1, result.stderr
+    assert result.stderr.count("our own warning") == 1, result.stderr

@@ -24,8 +24,26 @@ from hf_cnn_ft.evaluation.report import format_report
 EXIT_USER_ERROR = 2
 
 
+def _not_printed_yet(record: logging.LogRecord) -> bool:
+    """False for records that a library's own handler (huggingface_hub, transformers, datasets) has printed
+    already on their way up to the root logger."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if logger.handlers:
+            return False
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return True
+
+
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not logging.root.handlers:  # like logging.basicConfig, which leaves a configured root alone
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_not_printed_yet)
+        logging.root.addHandler(handler)
+        logging.root.setLevel(logging.WARNING)
     logging.getLogger("hf_cnn_ft").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -94,8 +112,10 @@ def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
 
 def _evaluate(options: argparse.Namespace) -> int:
     from hf_cnn_ft.evaluation.evaluate import evaluate_model
+    from hf_cnn_ft.models.io import check_model_location
     from hf_cnn_ft.share.run_dir import data_arguments_for, test_time_flips_for
 
+    check_model_location(options.model_dir)  # a wrong model path is about the model, not the data
     model_dir = Path(options.model_dir)
     data_args = data_arguments_for(model_dir, options.data)
     report = evaluate_model(model_dir, data_args, options.split, test_time_flips_for(model_dir, options.tta))

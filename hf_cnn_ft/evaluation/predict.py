@@ -56,11 +56,12 @@ def predict_files(
 ) -> list[Prediction]:
     """Top-k labels and probabilities for each image (from logits averaged over the test-time views);
     unreadable files get an error, not a crash."""
+    files = collect_images(inputs)
     model, data_config = load_run(model_dir)
     views = evaluation_views(eval_transform(data_config), test_time_flips)
     top_k = max(1, min(top_k, model.config.num_labels))
     results: list[Prediction] = []
-    for chunk in _batches(collect_images(inputs), batch_size):
+    for chunk in _batches(files, batch_size):
         images, readable = [], []
         for path in chunk:
             try:
@@ -79,7 +80,12 @@ def predict_files(
             prediction.labels = [model.config.id2label[i] for i in row_indices]
             prediction.scores = [round(s, 6) for s in row_scores]
             results.append(prediction)
-    order = {str(p): i for i, p in enumerate(collect_images(inputs))}
+    if all(r.error for r in results):
+        raise UserError(
+            f"none of the {len(results)} file(s) is a readable image ({results[0].path}: {results[0].error}): "
+            "give image files or folders of images"
+        )
+    order = {str(p): i for i, p in enumerate(files)}
     return sorted(results, key=lambda r: order.get(r.path, 0))
 
 

@@ -25,6 +25,7 @@ from hf_cnn_ft.config.sections import ModelArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError, first_line
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear, is_timm_model, timm_architecture
+from hf_cnn_ft.models.hub import model_source
 from hf_cnn_ft.models.io import resolve_data_config, set_data_config
 from hf_cnn_ft.models.state_dicts import load_backbone_weights
 
@@ -167,8 +168,8 @@ def build_model(args: ModelArguments, label_names: list[str]) -> tuple[PreTraine
         model = _build_timm(args, architecture, label_names)
         processor_source = None
     elif "/" in source and not source.startswith((".", "/", "~")):
-        model, new_head = _build_from_pretrained(args, source, label_names)
-        processor_source = source
+        processor_source = model_source(source, args.model_revision)
+        model, new_head = _build_from_pretrained(args, processor_source, label_names)
     elif "/" in source or source.startswith((".", "~")):
         raise UserError(f"model directory {source} does not exist")
     else:

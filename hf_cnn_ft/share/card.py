@@ -284,11 +284,14 @@ on images from another camera, scanner or setting.
 """
 
 
+def pictures_in(directory: Path) -> list[str]:
+    return [name for name in PICTURES if (directory / name).is_file()]
+
+
 def write_model_card(directory: Path, recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None) -> Path:
     """Writes README.md into `directory`, referencing the pictures that are there."""
-    pictures = [name for name in PICTURES if (directory / name).is_file()]
     path = directory / "README.md"
     temporary = path.with_name(".README.md.tmp")
-    build_model_card(recipe, summary, repo_id, pictures).save(temporary)
+    build_model_card(recipe, summary, repo_id, pictures_in(directory)).save(temporary)
     temporary.replace(path)
     return path

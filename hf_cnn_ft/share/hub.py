@@ -6,39 +6,31 @@ and is never passed around, logged or written: a recipe has no field for it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from huggingface_hub import HfApi, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import TrainerCallback
 
-from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.config.sections import HubArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError, first_line
+from hf_cnn_ft.models.hub import TOKENS_PAGE, hub_errors, token_source
 from hf_cnn_ft.models.io import save_model
 from hf_cnn_ft.share import run_dir as artefacts
-from hf_cnn_ft.share.card import write_model_card
+from hf_cnn_ft.share.publish import folder_operations, repo_operations
 
 logger = logging.getLogger(__name__)
 
-# Never pushed: Trainer checkpoints (optimizer state, hundreds of MB) and hidden staging files.
-NOT_PUSHED = ["checkpoint-*", ".*"]
-
-try:  # the transport huggingface_hub uses: httpx2 since 2.x, httpx before
-    import httpx2 as _httpx
-except ImportError:  # pragma: no cover
-    import httpx as _httpx
-
-NETWORK_ERRORS = (_httpx.TransportError, ConnectionError, TimeoutError)
+# Roles in an organisation that may create and write its repos.
+WRITING_ROLES = {"admin", "write", "contributor"}
 
 
 @dataclass
@@ -53,73 +45,78 @@ class PushResult:
         return f"{constants.ENDPOINT}/{self.repo_id}"
 
 
-@contextlib.contextmanager
-def hub_errors(repo_id: str, model_dir: Path | None = None) -> Iterator[None]:
-    """Turns the Hub client's exceptions into one actionable line; no token ever appears in it."""
-    kept = f"; nothing was pushed and {model_dir} is intact" if model_dir else ""
-    retry = f": push it again with `hf-cnn-ft push {model_dir} {repo_id}`" if model_dir else ""
-    try:
-        yield
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401 and not isinstance(exc, RepositoryNotFoundError):
-            raise UserError(
-                f"the Hub rejected the token (401 Unauthorized){kept}; set HF_TOKEN to a valid token with write "
-                "access, or run `hf auth login`"
-            ) from None
-        if status == 403:
-            raise UserError(f"the token may not write to {repo_id} (403 Forbidden){kept}") from None
-        if isinstance(exc, RepositoryNotFoundError):
-            raise UserError(f"Hub repo {repo_id} not found, or the token may not see it{kept}") from None
-        raise UserError(
-            f"the Hub refused the push to {repo_id} (HTTP {status}: {first_line(exc)}){kept}{retry}"
-        ) from None
-    except NETWORK_ERRORS as exc:
-        raise UserError(
-            f"could not reach the Hub at {constants.ENDPOINT} ({type(exc).__name__}){kept}{retry}"
-        ) from None
+def _whoami(repo_id: str, kept: str = "") -> dict[str, Any]:
+    if get_token() is None:
+        raise UserError("pushing to the Hub needs a token: set HF_TOKEN or run `hf auth login`")
+    with hub_errors(repo_id, kept):
+        return HfApi().whoami()
 
 
-def resolve_repo_id(repo_id: str) -> str:
-    """Validates a repo id and, when it has no namespace, puts it under the token's user."""
+def _scoped_write(access: dict[str, Any], repo_id: str) -> bool:
+    """Whether a fine-grained token's scopes include writing to `repo_id` or its namespace."""
+    namespace = repo_id.split("/")[0]
+    return any(
+        scope.get("entity", {}).get("name") in (namespace, repo_id) and "repo.write" in scope.get("permissions", [])
+        for scope in access.get("fineGrained", {}).get("scoped", [])
+    )
+
+
+def write_refusal(me: dict[str, Any], repo_id: str) -> str | None:
+    """Why the token that `me` (whoami's answer) describes may not push to `repo_id`; None when it may."""
+    namespace, user = repo_id.split("/")[0], me.get("name")
+    access = me.get("auth", {}).get("accessToken", {})
+    role = access.get("role")
+    if role == "read":
+        return f"it is a read-only token: create one with write access at {TOKENS_PAGE} and set HF_TOKEN to it"
+    if role == "fineGrained" and not _scoped_write(access, repo_id):
+        return f"its fine-grained permissions do not include repo.write on {namespace}: add it at {TOKENS_PAGE}"
+    if namespace == user:
+        return None
+    org_role = next((org.get("roleInOrg") for org in me.get("orgs", []) if org.get("name") == namespace), None)
+    if org_role is None:
+        return f"{user} is not a member of {namespace}: push to {user}/{repo_id.split('/')[1]} instead"
+    if org_role not in WRITING_ROLES:
+        return f"{user}'s role in {namespace} is {org_role}: ask an admin of {namespace} for the write role"
+    return None
+
+
+def check_push_access(repo_id: str, kept: str = "") -> str:
+    """Fails before training, not after it, when the push could not work: a malformed id, no token, a token
+    the Hub rejects, or one that may not write to the namespace. Returns the full repo id."""
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise UserError(f"'{repo_id}' is not a valid Hub repo id (namespace/name): {first_line(exc)}") from None
-    if get_token() is None:
-        raise UserError("pushing to the Hub needs a token: set HF_TOKEN or run `hf auth login`")
-    if "/" in repo_id:
-        return repo_id
-    with hub_errors(repo_id):
-        user = HfApi().whoami()["name"]
-    return f"{user}/{repo_id}"
+    me = _whoami(repo_id, kept)
+    full_id = repo_id if "/" in repo_id else f"{me['name']}/{repo_id}"
+    refusal = write_refusal(me, full_id)
+    if refusal:
+        raise UserError(f"{token_source()} may not push to {full_id}{kept}: {refusal}")
+    return full_id
 
 
-def check_push_access(hub: HubArguments) -> str:
-    """Fails before training, not after it, when the push could not work. Returns the full repo id."""
-    repo_id = resolve_repo_id(hub.repo_id)
-    with hub_errors(repo_id):
-        HfApi().whoami()
-    return repo_id
+def _kept(model_dir: Path | None) -> str:
+    return f"; nothing was pushed and {model_dir} is intact" if model_dir else ""
 
 
 def _upload(
-    folder: Path, repo_id: str, private: bool, branch: str | None, message: str, model_dir: Path | None
+    operations: list[CommitOperationAdd],
+    repo_id: str,
+    private: bool,
+    branch: str | None,
+    message: str,
+    model_dir: Path | None,
 ) -> PushResult:
     api = HfApi()
     revision = branch or "main"
-    with hub_errors(repo_id, model_dir):
+    kept = _kept(model_dir)
+    retry = f": push it again with `hf-cnn-ft push {model_dir} {repo_id}`" if model_dir else ""
+    with hub_errors(repo_id, kept, retry):
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         before = api.repo_info(repo_id, revision=revision).sha
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            revision=revision,
-            commit_message=message,
-            ignore_patterns=NOT_PUSHED,
-        )
+        commit = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
     return PushResult(repo_id, revision, commit.commit_url, changed=commit.oid != before)
 
 
@@ -130,7 +127,9 @@ def push_model_dir(
     branch: str | None = None,
     commit_message: str | None = None,
 ) -> PushResult:
-    """Pushes a finished run's output directory, with its model card rendered for `repo_id`."""
+    """Pushes a finished run's output directory, with its model card rendered for `repo_id`.
+
+    Nothing in `model_dir` changes: the card and the path-free copies of text files are built in memory."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
         raise UserError(f"{model_dir} is not a model directory (no config.json or adapter_config.json)")
@@ -139,12 +138,10 @@ def push_model_dir(
             f"{model_dir} is not a finished run (no {artefacts.COMPLETION_MARKER}): finish it with "
             "`hf-cnn-ft train RECIPE --resume` before pushing"
         )
-    repo_id = resolve_repo_id(repo_id)
+    repo_id = check_push_access(repo_id, _kept(model_dir))
     summary = json.loads((model_dir / artefacts.COMPLETION_MARKER).read_text())
-    if (model_dir / "recipe.yaml").is_file():
-        write_model_card(model_dir, load_recipe(model_dir / "recipe.yaml"), summary, repo_id=repo_id)
     message = commit_message or f"Upload fine-tuned {summary.get('base_model') or 'CNN'} (hf-cnn-ft)"
-    return _upload(model_dir, repo_id, private, branch, message, model_dir)
+    return _upload(repo_operations(model_dir, repo_id), repo_id, private, branch, message, model_dir)
 
 
 class PushDuringTrainingCallback(TrainerCallback):
@@ -171,7 +168,8 @@ class PushDuringTrainingCallback(TrainerCallback):
             # A copy, so that saving (contiguous layout for safetensors) leaves the training model alone.
             save_model(copy.deepcopy(model), self.data_config, Path(folder))
             try:
-                result = _upload(Path(folder), self.repo_id, self.hub.private, self.hub.branch, message, None)
+                operations = folder_operations(Path(folder))
+                result = _upload(operations, self.repo_id, self.hub.private, self.hub.branch, message, None)
                 logger.info("pushed epoch %g to %s", state.epoch, result.commit_url)
             except UserError as exc:
                 logger.warning("intermediate push failed, training goes on: %s", exc)

@@ -226,14 +226,14 @@ class RunStart:
 
 
 def start_run(recipe: Recipe) -> RunStart:
-    """Loads the data, checks the Hub push and the checkpoint to resume, and marks the output unfinished."""
+    """Checks the Hub push, loads the data, checks the checkpoint to resume, and marks the output unfinished."""
     args = recipe.training
     output_dir, is_main = Path(args.output_dir), args.process_index == 0
+    # A push that cannot work fails now, not after hours of training. Only the main process pushes.
+    repo_id = check_push_access(recipe.hub.repo_id) if recipe.hub.repo_id and is_main else None
     with args.main_process_first(desc="loading the dataset"):
         # With the decode-once cache, building it is the pass that finds unreadable images.
         data = load_image_data(recipe.data, check_images=recipe.data.check_images and not recipe.data.decode_cache)
-    # A push that cannot work fails now, not after hours of training. Only the main process pushes.
-    repo_id = check_push_access(recipe.hub) if recipe.hub.repo_id and is_main else None
     resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
     if is_main:
         artefacts.mark_incomplete(output_dir)
