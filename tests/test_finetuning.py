@@ -113,6 +113,13 @@ def test_inspect_prints_the_stages_with_parameter_counts(capsys):
     assert main(["inspect", "test_convnext"]) == 0
     out = capsys.readouterr().out
     assert "0  stem" in out and "head" in out and "parameters" in out
+    assert "head: replaced by one for your classes" in out
+
+
+def test_inspect_on_a_run_directory_shows_the_runs_own_head(trained_run, capsys):
+    assert main(["inspect", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "head: 3 classes (blue_triangle, green_square, red_disc)" in out
 
 
 def test_auto_class_weights_are_normalised_inverse_frequencies():

@@ -56,6 +56,19 @@ def test_model_card_describes_data_procedure_and_results(trained_run):
         assert f"]({picture})" in card.text and (trained_run / picture).is_file()
 
 
+def test_a_randomly_initialised_run_says_so_in_card_and_config(trained_run):
+    from huggingface_hub import ModelCard
+
+    assert TINY_SETTINGS["pretrained"] is False
+    card = ModelCard.load(trained_run / "README.md")
+    assert "randomly initialised" in card.text and "trained-from-scratch" in card.data.tags
+    assert "ImageNet" not in card.text and "pretrained weights" not in card.text
+    assert card.data.base_model is None
+    pretrained_cfg = json.loads((trained_run / "config.json").read_text())["pretrained_cfg"]
+    assert not {"tag", "hf_hub_id", "url"} & pretrained_cfg.keys()  # no claim about ImageNet weights
+    assert pretrained_cfg["mean"] and pretrained_cfg["input_size"]  # the preprocessing stays
+
+
 def test_pipeline_on_the_output_directory_predicts_the_users_labels(trained_run, shapes_dir):
     classifier = pipeline("image-classification", model=str(trained_run))
     hits = 0

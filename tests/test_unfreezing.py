@@ -84,7 +84,30 @@ def test_resume_across_an_unfreeze_boundary_ends_with_the_same_weights(tmp_path,
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = json.loads((interrupted / "metrics.json").read_text())["unfreeze_history"]
+    assert history == json.loads((uninterrupted / "metrics.json").read_text())["unfreeze_history"]
     assert [entry["epoch"] for entry in history] == [0, 2]  # frozen from the start (resumed in epoch 1), unfrozen at 2
+
+
+def test_resume_in_the_middle_of_an_epoch_records_the_uninterrupted_history(tmp_path, shapes_dir):
+    settings = {**SCHEDULE_RUN, "dataset": shapes_dir, "unfreeze": "one_per_epochs"}
+    settings.update({"save_strategy": "steps", "save_steps": 5})  # 6 steps an epoch: one lands at 1.67
+    uninterrupted = tmp_path / "a"
+    assert main(["train", *overrides({**settings, "output_dir": uninterrupted})]) == 0
+
+    def epoch_of(checkpoint: Path) -> float:
+        return json.loads((checkpoint / "trainer_state.json").read_text())["epoch"]
+
+    # Killed part-way through epoch 1 (1.67 is still epoch 1, not the next stage's epoch 2), then resumed.
+    middle = [p for p in uninterrupted.glob("checkpoint-*") if 1.5 <= epoch_of(p) < 2]
+    assert middle, "no checkpoint in the second half of epoch 1"
+    interrupted = tmp_path / "b"
+    interrupted.mkdir()
+    shutil.copytree(middle[0], interrupted / middle[0].name)
+    assert main(["train", *overrides({**settings, "output_dir": interrupted}), "--resume"]) == 0
+
+    expected = json.loads((uninterrupted / "metrics.json").read_text())["unfreeze_history"]
+    assert [entry["epoch"] for entry in expected] == [0, 1, 2, 3]
+    assert json.loads((interrupted / "metrics.json").read_text())["unfreeze_history"] == expected
 
 
 @pytest.mark.slow
@@ -171,3 +194,9 @@ def test_weight_average_is_what_validation_sees_and_what_is_saved(tmp_path, shap
             model.weight.fill_(value)
         average.update(model)
         assert average.average["weight"].item() == pytest.approx(expected)
+
+
+def test_the_epoch_of_a_trainer_state_is_the_one_it_lies_in():
+    from hf_cnn_ft.strategies.unfreezing import _epoch_index
+
+    assert [_epoch_index(e) for e in (None, 0.0, 1.67, 2.0, 2.5, 2.9999999)] == [0, 0, 1, 2, 2, 3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from hf_cnn_ft.errors import UserError
 
@@ -46,17 +47,33 @@ def _import_weights(options: argparse.Namespace) -> int:
     return 0
 
 
-def _inspect(options: argparse.Namespace) -> int:
+def _model_to_inspect(source: str) -> tuple[Any, Any, str]:
+    """A run or model directory as it was saved, head included; a backbone name or Hub id as training
+    builds it, with the head that training replaces."""
     from hf_cnn_ft.config.sections import ModelArguments
-    from hf_cnn_ft.models.anatomy import describe_stages
     from hf_cnn_ft.models.build import build_model
+    from hf_cnn_ft.share.run_dir import load_run
 
+    local = Path(source).expanduser()
+    if any((local / name).is_file() for name in ("config.json", "adapter_config.json")):
+        model, data_config = load_run(local)
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        return model, data_config, f"{len(labels)} classes ({', '.join(labels)})"
     # Architecture names build randomly initialised: the stages do not depend on the weights.
-    pretrained = Path(options.model).expanduser().exists() or "/" in options.model
-    model, data_config = build_model(ModelArguments(model=options.model, pretrained=pretrained), ["a", "b"])
+    model, data_config = build_model(
+        ModelArguments(model=source, pretrained=local.exists() or "/" in source), ["a", "b"]
+    )
+    return model, data_config, "replaced by one for your classes when you train"
+
+
+def _inspect(options: argparse.Namespace) -> int:
+    from hf_cnn_ft.models.anatomy import describe_stages
+
+    model, data_config, head = _model_to_inspect(options.model)
     rows = describe_stages(model)
     total = sum(count for _, count in rows)
     print(f"{options.model}: {type(model).__name__}, input {data_config.input_size} px, {total:,} parameters")
+    print(f"head: {head}")
     if options.modules:
         from hf_cnn_ft.strategies.adapters import default_target_modules
 

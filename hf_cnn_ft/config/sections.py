@@ -154,8 +154,9 @@ class FinetuneArguments:
     bn: Literal[BN_POLICIES] = field(
         default="auto",
         metadata={
-            "help": "BatchNorm: frozen (inference mode everywhere, the Keras rule), frozen_in_frozen_stages, train, "
-            "or auto: frozen for pretrained weights, train for a randomly initialised model."
+            "help": "BatchNorm: frozen (inference mode and fixed scale/shift everywhere, in training stages too: "
+            "the Keras rule), frozen_in_frozen_stages, train, or auto: frozen for pretrained weights, train for a "
+            "randomly initialised model."
         },
     )
     bn_adapt: bool = field(

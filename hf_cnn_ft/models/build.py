@@ -58,6 +58,23 @@ def _label_maps(label_names: list[str]) -> dict[str, Any]:
     }
 
 
+# The keys of timm's pretrained_cfg that say which pretrained weights a model has.
+WEIGHT_PROVENANCE = (
+    "tag",
+    "hf_hub_id",
+    "hf_hub_filename",
+    "url",
+    "file",
+    "source",
+    "origin_url",
+    "paper_ids",
+    "paper_name",
+    "notes",
+    "license",
+    "description",
+)
+
+
 def _build_timm(args: ModelArguments, architecture: str, label_names: list[str]) -> PreTrainedModel:
     import timm
 
@@ -76,6 +93,10 @@ def _build_timm(args: ModelArguments, architecture: str, label_names: list[str])
         model.timm_model = pretrained
     pretrained_cfg = dict(model.timm_model.pretrained_cfg)
     pretrained_cfg.pop("num_classes", None)
+    if not args.pretrained and args.weights is None:
+        # Randomly initialised: the config keeps the preprocessing, not a claim about where weights came from.
+        for key in WEIGHT_PROVENANCE:
+            pretrained_cfg.pop(key, None)
     model.config.pretrained_cfg = _json_ready(pretrained_cfg)
     return model
 

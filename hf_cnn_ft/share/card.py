@@ -198,7 +198,8 @@ def _card_data(recipe: Recipe, summary: dict[str, Any], repo_id: str | None) -> 
         license=recipe.hub.license,
         library_name="peft" if _is_adapter(summary) else library,
         pipeline_tag="image-classification",
-        tags=["image-classification", "hf-cnn-ft", "cnn", f"strategy-{recipe.finetune.strategy}"],
+        tags=["image-classification", "hf-cnn-ft", "cnn", f"strategy-{recipe.finetune.strategy}"]
+        + ([] if recipe.model.pretrained or recipe.model.weights else ["trained-from-scratch"]),
         base_model=base_model if is_hub_id(base_model) else None,
         datasets=[dataset] if is_hub_id(dataset) else None,
         metrics=["accuracy", "f1", "precision", "recall"],
@@ -219,6 +220,20 @@ def build_model_card(
     return ModelCard(text)
 
 
+def _origin_text(recipe: Recipe, base_model: str) -> str:
+    """Where the weights started: pretrained, a weights file, or random initialisation (a baseline)."""
+    if recipe.model.weights:
+        start = f"initialised from the weights file `{Path(str(recipe.model.weights)).name}`"
+    elif recipe.model.pretrained:
+        start = "with its pretrained weights"
+    else:
+        return (
+            f"It is the `{base_model}` architecture, randomly initialised (`model.pretrained: false`) and "
+            f"trained from scratch with [hf-cnn-ft]({TOOL_URL}): a baseline, not a fine-tuned pretrained model."
+        )
+    return f"It is `{base_model}`, {start}, with a new classification head, fine-tuned with [hf-cnn-ft]({TOOL_URL})."
+
+
 def _overall_table(report: dict[str, Any]) -> str:
     keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "top5_accuracy")
     return "\n".join(f"| {key} | {report[key]:.4f} |" for key in keys if key in report)
@@ -234,8 +249,7 @@ def _body(recipe: Recipe, summary: dict[str, Any], repo_id: str | None, images: 
     return f"""# {repo_id or "Image classifier"}: `{base_model}` fine-tuned for {len(labels)} classes
 
 This model sorts an image into one of {len(labels)} classes: {", ".join(f"`{name}`" for name in labels)}.
-It is `{base_model}`, pretrained on ImageNet, with a new classification head, fine-tuned with
-[hf-cnn-ft]({TOOL_URL}).
+{_origin_text(recipe, base_model)}
 
 ## Training data
 

@@ -88,16 +88,34 @@ def fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _epoch_index(epoch: float | None) -> int:
+    """The epoch that `state.epoch` lies in: 2.0 and 2.5 (a run resumed mid-epoch) are both epoch 2, and the
+    float sum 2.9999999 that ends epoch 2 is epoch 3."""
+    return math.floor((epoch or 0) + 1e-6)
+
+
 class UnfreezeCallback(TrainerCallback):
     """Applies an `UnfreezePlan` at the start of every epoch (and of a resumed run)."""
 
     def __init__(self, plan: UnfreezePlan, bn_policy: str, masked: bool) -> None:
         self.plan, self.bn_policy, self.masked = plan, bn_policy, masked
         self.current: list[str] | None = None
-        self.history: list[dict[str, object]] = []
+        self.stage_names: list[str] = []
+        self.furthest_epoch = 0
         self.masked_parameters: list[torch.nn.Parameter] = []
 
+    @property
+    def history(self) -> list[dict[str, object]]:
+        """The stages trained from each change on, up to the furthest epoch reached. Derived from the plan,
+        so a resumed run records what an uninterrupted one does."""
+        epochs = [0, *(e for e in self.plan.changes if e <= self.furthest_epoch)]
+        return [
+            {"epoch": e, "training": [s for s in self.stage_names if s not in self.plan.frozen_at(e)]} for e in epochs
+        ]
+
     def apply(self, model: nn.Module, epoch: int) -> None:
+        self.stage_names = list(stages(model))
+        self.furthest_epoch = max(self.furthest_epoch, epoch)
         frozen = self.plan.frozen_at(epoch)
         if frozen == self.current:
             return
@@ -105,15 +123,13 @@ class UnfreezeCallback(TrainerCallback):
         named = dict(model.named_parameters())
         self.masked_parameters = [named[n] for n in sorted(frozen_names)] if self.masked else []
         self.current = frozen
-        training = [s for s in stages(model) if s not in frozen]
-        self.history.append({"epoch": epoch, "training": training})
-        logger.info("epoch %d: training %s", epoch, ", ".join(training))
+        logger.info("epoch %d: training %s", epoch, ", ".join(s for s in self.stage_names if s not in frozen))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.apply(model, int(state.epoch or 0))
+        self.apply(model, _epoch_index(state.epoch))
 
     def on_epoch_begin(self, args, state, control, model=None, **kwargs):
-        self.apply(model, int(round(state.epoch or 0)))
+        self.apply(model, _epoch_index(state.epoch))
 
 
 def restarting_schedule(
