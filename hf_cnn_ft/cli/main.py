@@ -18,6 +18,7 @@ from pathlib import Path
 from hf_cnn_ft.cli.tools import TOOL_HANDLERS, add_tool_verbs
 from hf_cnn_ft.config.choices import TEST_TIME_FLIPS
 from hf_cnn_ft.config.loading import recipe_help
+from hf_cnn_ft.config.paths import check_model_location, check_predictions_path, collect_images
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.report import format_report
 
@@ -111,11 +112,10 @@ def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _evaluate(options: argparse.Namespace) -> int:
+    check_model_location(options.model_dir)  # a wrong model path is about the model, not the data
     from hf_cnn_ft.evaluation.evaluate import evaluate_model
-    from hf_cnn_ft.models.io import check_model_location
     from hf_cnn_ft.share.run_dir import data_arguments_for, test_time_flips_for
 
-    check_model_location(options.model_dir)  # a wrong model path is about the model, not the data
     model_dir = Path(options.model_dir)
     data_args = data_arguments_for(model_dir, options.data)
     report = evaluate_model(model_dir, data_args, options.split, test_time_flips_for(model_dir, options.tta))
@@ -127,6 +127,10 @@ def _evaluate(options: argparse.Namespace) -> int:
 
 
 def _predict(options: argparse.Namespace) -> int:
+    check_model_location(options.model_dir)
+    collect_images(options.inputs)
+    if options.output:
+        check_predictions_path(Path(options.output))
     from hf_cnn_ft.evaluation.predict import predict_files, write_predictions
     from hf_cnn_ft.share.run_dir import test_time_flips_for
 
@@ -162,6 +166,7 @@ def _push(options: argparse.Namespace) -> int:
 
 
 def _export(options: argparse.Namespace) -> int:
+    check_model_location(options.model_dir)
     from hf_cnn_ft.share.export import export_onnx
 
     images = [Path(p) for p in options.images] if options.images else None
@@ -184,6 +189,7 @@ def _export(options: argparse.Namespace) -> int:
 
 
 def _merge(options: argparse.Namespace) -> int:
+    check_model_location(options.adapter_dir)
     from hf_cnn_ft.share.run_dir import merge_adapter_dir
 
     output = merge_adapter_dir(options.adapter_dir, options.output_dir)

@@ -23,7 +23,22 @@ if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe, fro
 _NOT_SAVED = {"resume_from_checkpoint", "local_rank"}
 
 
+# What other tools call our settings: a user coming from timm's train.py or Keras types these first.
+OTHER_NAMES = {
+    "epochs": "num_train_epochs",
+    "lr": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "wd": "weight_decay",
+    "img_size": "image_size",
+    "data_dir": "dataset",
+    "smoothing": "label_smoothing_factor",
+    "workers": "dataloader_num_workers",
+}
+
+
 def _suggest(key: str, candidates: Sequence[str]) -> str:
+    if OTHER_NAMES.get(key) in candidates:
+        return f"; did you mean {OTHER_NAMES[key]!r}?"
     close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -8,8 +8,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL image (grey, 16-bit, float, RGBA, palette, CMYK...) as 8-bit, 3-channel RGB.

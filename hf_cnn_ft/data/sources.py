@@ -8,10 +8,9 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict
 
-from hf_cnn_ft.config.paths import TABLE_SUFFIXES, looks_like_local_path
+from hf_cnn_ft.config.paths import IMAGE_SUFFIXES, TABLE_SUFFIXES, looks_like_local_path
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import LABEL_COLUMN
-from hf_cnn_ft.data.images import IMAGE_SUFFIXES
 from hf_cnn_ft.errors import UserError
 
 

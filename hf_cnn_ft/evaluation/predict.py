@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hf_cnn_ft.data.images import IMAGE_SUFFIXES
+from hf_cnn_ft.config.paths import check_predictions_path, collect_images
 from hf_cnn_ft.data.inputs import view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
@@ -25,21 +25,6 @@ class Prediction:
     labels: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     error: str | None = None
-
-
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly, plus those found (recursively) in named folders."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UserError(f"{item} does not exist")
-    if not files:
-        raise UserError(f"no image files found in {', '.join(map(str, inputs))}")
-    return files
 
 
 def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
@@ -91,6 +76,7 @@ def predict_files(
 
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
     """Writes predictions as .json (a list of records) or .csv (one row per image)."""
+    check_predictions_path(path)
     if path.suffix.lower() == ".json":
         records = [
             {
@@ -102,8 +88,6 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
         ]
         path.write_text(json.dumps(records, indent=2) + "\n")
         return
-    if path.suffix.lower() != ".csv":
-        raise UserError(f"--output {path}: use a .csv or .json file name")
     k = max((len(p.labels) for p in predictions), default=0)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)

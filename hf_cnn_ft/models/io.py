@@ -15,7 +15,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from hf_cnn_ft.config.paths import looks_like_local_path
+from hf_cnn_ft.config.paths import check_model_location
 from hf_cnn_ft.data.data_config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from hf_cnn_ft.errors import UserError, first_line
 from hf_cnn_ft.models.anatomy import is_timm_model
@@ -141,24 +141,6 @@ def _make_timm_loadable(directory: Path) -> None:
     for weights in directory.glob("*.safetensors"):
         state = {k.removeprefix("timm_model."): v for k, v in load_file(str(weights)).items()}
         save_file(state, str(weights), metadata={"format": "pt"})
-
-
-def check_model_location(source: str) -> bool:
-    """True for a local model directory, False for a Hub id; one line for a path that holds no model.
-
-    Called before any data work, so that a wrong model path is reported as such."""
-    local = Path(source).expanduser()
-    if not local.exists():
-        if looks_like_local_path(source) or source.count("/") != 1:
-            raise UserError(
-                f"model directory {source} does not exist: give the output_dir of a finished run, or a Hub repo id"
-            )
-        return False
-    if not any((local / name).is_file() for name in ("config.json", "adapter_config.json")):
-        raise UserError(
-            f"{source} holds no model (no config.json or adapter_config.json): give the output_dir of a finished run"
-        )
-    return True
 
 
 def load_model(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
