@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import TINY_SETTINGS, cli_env, overrides
 from PIL import Image
@@ -84,6 +85,19 @@ def test_saved_recipe_reproduces_the_run_settings(trained_run, shapes_dir):
     saved = yaml.safe_load((trained_run / "recipe.yaml").read_text())
     assert saved["model"]["model"] == "test_resnet" and saved["data"]["dataset"] == str(shapes_dir)
     assert saved["training"]["learning_rate"] == TINY_SETTINGS["learning_rate"]
+
+
+def test_training_the_saved_recipe_again_gives_the_same_model(trained_run, tmp_path):
+    from safetensors.torch import load_file
+
+    again = tmp_path / "again"
+    assert main(["train", str(trained_run / "recipe.yaml"), "--output_dir", str(again)]) == 0
+    first, second = load_file(str(trained_run / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    saved = yaml.safe_load((again / "recipe.yaml").read_text())
+    original = yaml.safe_load((trained_run / "recipe.yaml").read_text())
+    original["training"]["output_dir"] = str(again)
+    assert saved == original  # every resolved value written, the same both times
 
 
 def test_evaluate_reuses_the_runs_test_split(trained_run, capsys, tmp_path):
