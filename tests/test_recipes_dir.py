@@ -1,17 +1,38 @@
 """Every shared recipe loads, validates and names a model and dataset that can exist."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import timm
+import yaml
 
 from hf_cnn_ft.config.recipe import load_recipe
+from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS
 from hf_cnn_ft.extras.offline_data import OFFLINE_DATASETS
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@pytest.fixture(autouse=True)
+def fetched_weights_layout(tmp_path, monkeypatch):
+    """Recipes name offline weights under data/weights/, which the recipe checks require to exist: run
+    from a folder where they do (as after `hf-cnn-ft import-weights`), without fetching them."""
+    monkeypatch.chdir(tmp_path)
+    for path in RECIPES:
+        model = yaml.safe_load(path.read_text())["model"]["model"]
+        if model.startswith("data/"):
+            (tmp_path / model).mkdir(parents=True, exist_ok=True)
+
+
+def test_recipes_name_the_command_that_fetches_missing_weights(tmp_path):
+    offline = next(p for p in RECIPES if "data/weights/" in p.read_text())
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(UserError, match="import-weights"):
+        load_recipe(offline)
 
 
 def test_there_is_a_recipe_per_backbone_family():

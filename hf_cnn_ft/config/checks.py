@@ -132,7 +132,8 @@ def _check_paths(values: RecipeValues) -> None:
     if model and looks_like_local_path(model):
         _require(
             Path(model).expanduser().is_dir(),
-            f"model.model: {model} is not a model directory: give a model folder, timm name or Hub id",
+            f"model.model: {model} is not a model directory: give a model folder, timm name or Hub id (offline "
+            "weights: fetch them with `hf-cnn-ft import-weights --known NAME`)",
         )
     weights = values.model.weights
     if weights is not None:
