@@ -89,6 +89,8 @@ CASES = [
     Case("single class", train("--dataset", "{t}/one"), ("single class folder",), at_load=False),
     Case("missing label column", train("--label_column", "kind"), ("label column 'kind' not found in",), False),
     Case("unknown model", train("--model", "resnet5O"), ("unknown model 'resnet5O'",), at_load=False),
+    Case("missing slice column", train("--slice_column", "site"), ("slice column 'site' not found in",), False),
+    Case("negative top losses", train("--top_losses", "-1"), ("report.top_losses", "-1")),
     # The run verbs: the model is checked before the data or the images.
     Case("predict on a text file", lambda d, t, r: ["predict", str(r), _note(t)], ("note.txt", "readable image")),
     Case(

@@ -22,7 +22,8 @@ def test_notebook_executes_and_shows_the_mistakes(tmp_path, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
-    assert "test: accuracy" in text and "test images misclassified" in text
+    assert "test: accuracy" in text and "test images misclassified" in text and "expected calibration error" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3  # class grid, counts, confusion matrix (and the mistakes, if any)
+    # class grid, counts, confusion matrix, the report's reliability diagram and top losses (and the mistakes)
+    assert len(images) >= 5
     assert (tmp_path / "outputs" / "notebook" / "metrics.json").is_file()

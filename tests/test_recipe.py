@@ -119,3 +119,10 @@ def test_every_key_is_unique_across_sections():
 
     shadowing = {key for key, owner in KEY_OWNERS.items() if owner != "training" and key in training_fields()}
     assert not shadowing
+
+
+def test_yaml_no_and_yes_stay_words_not_booleans(tmp_path):
+    recipe = load_recipe(write(tmp_path, "training:\n  save_strategy: no\n  eval_strategy: no\n"), [])
+    assert recipe.training.save_strategy == "no" and recipe.training.eval_strategy == "no"
+    assert load_recipe(None, ["--load_best_model_at_end", "false"]).training.load_best_model_at_end is False
+    assert load_recipe(None, ["--pretrained", "no"]).model.pretrained is False  # a boolean setting still reads it

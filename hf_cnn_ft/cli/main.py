@@ -8,6 +8,7 @@ handlers, after the recipe and the arguments are checked: `--help` and a bad inp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -146,6 +147,40 @@ def _predict(options: argparse.Namespace) -> int:
     return 0
 
 
+def _report(options: argparse.Namespace) -> int:
+    check_model_location(options.model_dir)
+    from hf_cnn_ft.config.sections import ReportArguments
+    from hf_cnn_ft.evaluation.model_report import report_model
+    from hf_cnn_ft.share.run_dir import data_arguments_for, saved_recipe, test_time_flips_for
+
+    recipe = saved_recipe(options.model_dir)
+    settings = recipe.report if recipe else ReportArguments()
+    if options.top_losses is not None:
+        settings = ReportArguments(**{**vars(settings), "top_losses": options.top_losses})
+    local = Path(options.model_dir).is_dir()
+    folder = Path(options.output_dir or (options.model_dir if local else f"report-{Path(options.model_dir).name}"))
+    data_args = data_arguments_for(Path(options.model_dir), options.data)
+    if options.slice_column:
+        data_args = dataclasses.replace(data_args, slice_column=options.slice_column)
+    flips = test_time_flips_for(options.model_dir, options.tta)
+    report = report_model(options.model_dir, data_args, options.split, folder, settings, flips)
+    calibration = report["calibration"]
+    print(f"{report['split']} split, {report['num_samples']} images")
+    print(f"  expected calibration error {calibration['ece']:.4f}", end="")
+    print(
+        f" -> {calibration['ece_scaled']:.4f} (T = {calibration['temperature']:.3f})"
+        if calibration["ece_scaled"] is not None
+        else ""
+    )
+    for pair in report["most_confused"][:5]:
+        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']} ({pair['rate']:.0%} of {pair['true']})")
+    if report["slices"]:
+        worst = report["slices"]
+        print(f"  worst slice {worst['worst']}: {worst['gap']:.3f} below the overall accuracy")
+    print(f"report: {folder / 'report.json'} ({', '.join(report['pictures'])})")
+    return 0
+
+
 def _add_tta_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta",
@@ -263,7 +298,17 @@ def _add_recipe_verbs(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_run_verbs(verbs: argparse._SubParsersAction) -> None:
-    """Verbs on a fine-tuned model: evaluate, predict, push, export, merge."""
+    """Verbs on a fine-tuned model: report, evaluate, predict, push, export, merge."""
+    report = verbs.add_parser(
+        "report", help="top losses with Grad-CAM, most confused pairs, calibration and slices of a model"
+    )
+    report.add_argument("model_dir", help="a run directory or a Hub model id")
+    report.add_argument("--data", help="dataset source; default: the one in MODEL_DIR/recipe.yaml")
+    report.add_argument("--split", default="test", help="test (default), validation, train, or all")
+    report.add_argument("--output_dir", help="where the report goes; default: the run directory itself")
+    report.add_argument("--slice_column", help="report accuracy and F1 per value of this metadata column")
+    report.add_argument("--top-losses", dest="top_losses", type=int, help="how many wrong images to show")
+    _add_tta_option(report)
     evaluate = verbs.add_parser("evaluate", help="evaluate a fine-tuned model on a labelled dataset")
     evaluate.add_argument("model_dir")
     evaluate.add_argument("--data", help="dataset source; default: the one in MODEL_DIR/recipe.yaml")
@@ -300,7 +345,14 @@ def _add_run_verbs(verbs: argparse._SubParsersAction) -> None:
 
 
 RECIPE_HANDLERS = {"train": _train, "lr-find": _lr_find, "compare": _compare}
-RUN_HANDLERS = {"evaluate": _evaluate, "predict": _predict, "push": _push, "export": _export, "merge": _merge}
+RUN_HANDLERS = {
+    "report": _report,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "push": _push,
+    "export": _export,
+    "merge": _merge,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -21,6 +22,20 @@ if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe, fro
 
 # Settings of a single invocation that must not be replayed from a saved recipe.
 _NOT_SAVED = {"resume_from_checkpoint", "local_rank"}
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true/false are, so `save_strategy: no` stays the string "no"
+    (YAML 1.1 reads no/yes/on/off as booleans)."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 # What other tools call our settings: a user coming from timm's train.py or Keras types these first.
@@ -136,7 +151,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"recipe file {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.load(path.read_text(), Loader=RecipeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -208,7 +223,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
             raise UserError(f"unknown override --{key}{_suggest(name, every_key())}")
         if dot and section != owner:
             raise UserError(f"unknown override --{key}; '{name}' belongs in section '{owner}'")
-        overrides[name] = yaml.safe_load(value) if value != "" else ""
+        overrides[name] = yaml.load(value, Loader=RecipeLoader) if value != "" else ""
         i += 1
     return overrides
 
@@ -252,7 +267,7 @@ def _training_values(recipe: Recipe) -> dict[str, Any]:
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """The resolved recipe as plain data: every key of every section, as the run used it."""
     result: dict[str, dict[str, Any]] = {}
-    for section in ("data", "model", "augment", "finetune", "peft", "hub"):
+    for section in (name for name in SECTIONS if name != "training"):
         obj = getattr(recipe, section)
         result[section] = {f: _plain(getattr(obj, f)) for f in init_fields(type(obj))}
     result["training"] = _training_values(recipe)

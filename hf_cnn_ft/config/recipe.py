@@ -24,6 +24,7 @@ from hf_cnn_ft.config.sections import (
     HubArguments,
     ModelArguments,
     PeftArguments,
+    ReportArguments,
 )
 from hf_cnn_ft.config.training_defaults import TrainingDefaults
 from hf_cnn_ft.errors import UserError, first_line, located
@@ -42,6 +43,7 @@ class Recipe:
     finetune: FinetuneArguments
     peft: PeftArguments
     hub: HubArguments
+    report: ReportArguments
     training: TrainArguments
 
     @classmethod

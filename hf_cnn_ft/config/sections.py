@@ -46,6 +46,10 @@ class DataArguments:
     label_column: str | None = field(
         default=None, metadata={"help": "Column holding the class labels (found automatically if unset)."}
     )
+    slice_column: str | None = field(
+        default=None,
+        metadata={"help": "A metadata column (site, camera, batch...): the report gives accuracy and F1 per value."},
+    )
     train_split: str = field(default="train", metadata={"help": "Name of the training split."})
     validation_split: str | None = field(
         default=None,
@@ -316,6 +320,21 @@ class HubArguments:
     )
 
 
+@dataclass
+class ReportArguments:
+    """What the run's report shows: the images it gets most wrong, with Grad-CAM, and calibration."""
+
+    report_at_end: bool = field(
+        default=True, metadata={"help": "Write the report (top losses, calibration, slices) when training ends."}
+    )
+    top_losses: int = field(default=12, metadata={"help": "How many of the most confidently wrong images to show."})
+    correct_per_class: int = field(default=2, metadata={"help": "Correct examples shown per class."})
+    temperature_scaling: bool = field(
+        default=True,
+        metadata={"help": "Fit one temperature on the validation split so that probabilities mean what they say."},
+    )
+
+
 SECTIONS: dict[str, type] = {
     "data": DataArguments,
     "model": ModelArguments,
@@ -323,6 +342,7 @@ SECTIONS: dict[str, type] = {
     "finetune": FinetuneArguments,
     "peft": PeftArguments,
     "hub": HubArguments,
+    "report": ReportArguments,
     "training": TrainingDefaults,  # declared keys; any transformers TrainingArguments field is accepted too
 }
 

@@ -1,4 +1,5 @@
-"""The loaded splits: exactly two columns, ``image`` (a `datasets.Image`) and ``label`` (a `ClassLabel`)."""
+"""The loaded splits: exactly two columns, ``image`` (a `datasets.Image`) and ``label`` (a `ClassLabel`);
+the values of `data.slice_column`, when there is one, travel beside them in `ImageData.slices`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ IMAGE_COLUMN = "image"
 
 
 LABEL_COLUMN = "label"
+
+
+SLICE_COLUMN = "slice"  # data.slice_column's values, as strings, until load_image_data moves them aside
 
 
 IMAGE_COLUMN_CANDIDATES = (
@@ -54,6 +58,7 @@ class ImageData:
     label_names: list[str]
     source: str
     skipped: list[SkippedImage] = field(default_factory=list)
+    slices: dict[str, list[str]] | None = None  # split -> each image's data.slice_column value
 
     @property
     def evaluation_split(self) -> str:
@@ -95,13 +100,15 @@ def _normalise_columns(raw: DatasetDict, args: DataArguments, base_dir: Path | N
     features = next(iter(raw.values())).features
     image_col = _pick_column(features, args.image_column, IMAGE_COLUMN_CANDIDATES, "image", args.dataset or "")
     label_col = _pick_column(features, args.label_column, LABEL_COLUMN_CANDIDATES, "label", args.dataset or "")
+    kept = {image_col: IMAGE_COLUMN, label_col: LABEL_COLUMN}
+    if args.slice_column:
+        kept[_pick_column(features, args.slice_column, (), "slice", args.dataset or "")] = SLICE_COLUMN
     splits = {}
     for name, split in raw.items():
-        split = split.select_columns([image_col, label_col])
-        if image_col != IMAGE_COLUMN:
-            split = split.rename_column(image_col, IMAGE_COLUMN)
-        if label_col != LABEL_COLUMN:
-            split = split.rename_column(label_col, LABEL_COLUMN)
+        split = split.select_columns(list(kept))
+        split = split.rename_columns({old: new for old, new in kept.items() if old != new})
+        if SLICE_COLUMN in split.column_names:
+            split = split.cast_column(SLICE_COLUMN, datasets.Value("string"))
         feature = split.features[IMAGE_COLUMN]
         if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
             if base_dir is not None:

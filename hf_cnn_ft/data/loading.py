@@ -8,6 +8,7 @@ from datasets import Dataset, DatasetDict
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import (
     LABEL_COLUMN,
+    SLICE_COLUMN,
     ImageData,
     SkippedImage,
     _encode_labels,
@@ -50,7 +51,11 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
         }
     )
     require_usable(splits, args.dataset or "")
-    return ImageData(splits=splits, label_names=label_names, source=args.dataset or "", skipped=skipped)
+    slices = None
+    if args.slice_column:
+        slices = {name: list(split[SLICE_COLUMN]) for name, split in splits.items()}
+        splits = DatasetDict({name: split.remove_columns(SLICE_COLUMN) for name, split in splits.items()})
+    return ImageData(splits, label_names, args.dataset or "", skipped, slices)
 
 
 def require_usable(splits: DatasetDict, source: str) -> None:

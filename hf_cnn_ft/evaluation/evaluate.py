@@ -16,8 +16,10 @@ from hf_cnn_ft.data.inputs import view_batches
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.calibration import expected_calibration_error, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.views import mean_logits
+from hf_cnn_ft.models.io import temperature_of
 from hf_cnn_ft.share.run_dir import load_run
 
 ALL_SPLITS = "all"
@@ -45,28 +47,40 @@ def predict_scores(
     return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 
+def labelled_split(
+    model: torch.nn.Module, data_args: DataArguments, split: str
+) -> tuple[ImageData, Dataset, list[str] | None, np.ndarray]:
+    """One split of a labelled dataset (test: the run's evaluation split; all: every image), its slice
+    values, and its labels as the model's class indices."""
+    if split == ALL_SPLITS:
+        data_args = replace(data_args, validation_fraction=0.5, test_fraction=0.0)
+    data: ImageData = load_image_data(data_args)
+    name = data.evaluation_split if split == "test" else split
+    if split == ALL_SPLITS:
+        from datasets import concatenate_datasets
+
+        dataset = concatenate_datasets(list(data.splits.values()))
+        slices = sum((data.slices[s] for s in data.splits), []) if data.slices else None
+    elif name in data.splits:
+        dataset, slices = data.splits[name], data.slices[name] if data.slices else None
+    else:
+        raise UserError(f"split '{split}' not found; use one of: {', '.join(data.splits)}, {ALL_SPLITS}")
+    mapping = _label_mapping(data.label_names, model.config.label2id, data_args.dataset or "")
+    return data, dataset, slices, mapping[np.asarray(dataset[LABEL_COLUMN], dtype=np.int64)]
+
+
 def evaluate_model(
     model_dir: str | Path, data_args: DataArguments, split: str = "test", test_time_flips: str = "none"
 ) -> dict[str, Any]:
     """Every metric of the model on one split (or all images) of a labelled dataset."""
     model, data_config = load_run(model_dir)
-    if split == ALL_SPLITS:
-        data_args = replace(data_args, validation_fraction=0.5, test_fraction=0.0)
-    data: ImageData = load_image_data(data_args)
-    if split == ALL_SPLITS:
-        from datasets import concatenate_datasets
-
-        dataset = concatenate_datasets(list(data.splits.values()))
-    elif split == "test":
-        dataset = data.splits[data.evaluation_split]
-    elif split in data.splits:
-        dataset = data.splits[split]
-    else:
-        raise UserError(f"split '{split}' not found; use one of: {', '.join(data.splits)}, {ALL_SPLITS}")
-    mapping = _label_mapping(data.label_names, model.config.label2id, data_args.dataset or "")
-    references = mapping[np.asarray(dataset[LABEL_COLUMN], dtype=np.int64)]
+    data, dataset, _, references = labelled_split(model, data_args, split)
     scores = predict_scores(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     report = classification_report(scores, references, label_names)
+    report["temperature"] = temperature_of(model)
+    report["expected_calibration_error"] = expected_calibration_error(
+        probabilities(scores, report["temperature"]), references
+    )
     report["skipped_images"] = len(data.skipped)
     return report

@@ -16,6 +16,7 @@ from hf_cnn_ft.data.inputs import view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.views import mean_logits
+from hf_cnn_ft.models.io import temperature_of
 from hf_cnn_ft.share.run_dir import load_run
 
 
@@ -43,6 +44,7 @@ def predict_files(
     unreadable files get an error, not a crash."""
     files = collect_images(inputs)
     model, data_config = load_run(model_dir)
+    temperature = temperature_of(model)  # calibrated probabilities; the ranking is the logits'
     views = evaluation_views(eval_transform(data_config), test_time_flips)
     top_k = max(1, min(top_k, model.config.num_labels))
     results: list[Prediction] = []
@@ -59,7 +61,7 @@ def predict_files(
         if not images:
             continue
         with torch.inference_mode():
-            probabilities = mean_logits(model, view_pixel_values(images, views)).softmax(-1)
+            probabilities = (mean_logits(model, view_pixel_values(images, views)) / temperature).softmax(-1)
         scores, indices = probabilities.topk(top_k, dim=-1)
         for prediction, row_scores, row_indices in zip(readable, scores.tolist(), indices.tolist()):
             prediction.labels = [model.config.id2label[i] for i in row_indices]

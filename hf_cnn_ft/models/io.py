@@ -98,6 +98,11 @@ def set_data_config(model: PreTrainedModel, data_config: DataConfig) -> None:
         model.config.pretrained_cfg = cfg
 
 
+def temperature_of(model: PreTrainedModel) -> float:
+    """The temperature fitted on the validation split when the run ended (1.0: uncalibrated)."""
+    return float(getattr(model.config, "calibration_temperature", None) or 1.0)
+
+
 def image_processor_for(data_config: DataConfig) -> BitImageProcessor:
     """An image processor doing exactly the eval transform: resize shortest edge, centre crop."""
     resize = data_config.resize_size

@@ -1,10 +1,11 @@
 """Export for deployment: ONNX with a dynamic batch axis, checked with onnxruntime on real images.
 
 The export directory holds `model.onnx` (input `pixel_values`, NCHW float32, output `logits`),
-`preprocessing.json` (resize, crop, interpolation, mean/std and the label names: everything a
-runtime needs besides the graph) and `export_report.json`. With `quantize="int8"` it also holds
-`model.int8.onnx` (static QDQ quantization calibrated on training images) and the accuracy change it
-costs on the validation split. Files appear only once their check passed.
+`preprocessing.json` (resize, crop, interpolation, mean/std, the label names and the temperature that
+calibrates the probabilities: everything a runtime needs besides the graph) and `export_report.json`.
+With `quantize="int8"` it also holds `model.int8.onnx` (static QDQ quantization calibrated on training
+images) and the accuracy change it costs on the validation split. Files appear only once their check
+passed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import is_timm_model
+from hf_cnn_ft.models.io import temperature_of
 from hf_cnn_ft.share.run_dir import load_run, write_json
 
 logger = logging.getLogger(__name__)
@@ -205,6 +207,8 @@ def export_onnx(
             "resize_size": data_config.resize_size,
             "input": "pixel_values, NCHW float32 RGB",
             "labels": labels,
+            # Probabilities: softmax(logits / temperature), the calibration fitted when the run ended.
+            "temperature": temperature_of(model),
         },
     )
     result = ExportResult(output_dir, onnx_path, difference, len(check_pixels))

@@ -112,6 +112,7 @@ def merge_adapter_dir(directory: str | Path, output: str | Path) -> Path:
         raise UserError(f"{output} already exists and is not empty: choose a new directory for the merged model")
     model, data_config = load_adapter_dir(directory)
     merged = model.merge_and_unload()
+    _restore_temperature(merged, directory)
     output.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         save_model(merged, data_config, output)
@@ -126,12 +127,29 @@ def merge_adapter_dir(directory: str | Path, output: str | Path) -> Path:
     return output
 
 
+def add_report_to_run(output_dir: Path, report: dict[str, Any]) -> None:
+    """Records a report (written beside the run's files) in metrics.json and the model card."""
+    summary = json.loads((output_dir / COMPLETION_MARKER).read_text())
+    summary["report"] = report
+    write_model_card(output_dir, load_recipe(output_dir / "recipe.yaml"), summary)
+    write_json(output_dir / COMPLETION_MARKER, summary)
+
+
+def _restore_temperature(merged: PreTrainedModel, adapter_dir: Path) -> None:
+    """An adapter directory has no model config: its temperature lives in the run's summary."""
+    calibration = json.loads((adapter_dir / COMPLETION_MARKER).read_text()).get("calibration")
+    if calibration:
+        merged.config.calibration_temperature = calibration["temperature"]
+
+
 def load_run(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
     """A fine-tuned model directory, adapter run or Hub repo, in inference mode; an adapter is loaded
     onto its base model and merged."""
     if is_adapter_dir(directory):
         adapted, data_config = load_adapter_dir(directory)
-        return adapted.merge_and_unload().eval(), data_config
+        merged = adapted.merge_and_unload().eval()
+        _restore_temperature(merged, Path(directory))
+        return merged, data_config
     return load_model(directory)
 
 

@@ -30,9 +30,8 @@ from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
-from hf_cnn_ft.data.transforms import batch_mixer, eval_transform, evaluation_views, train_transform
-from hf_cnn_ft.evaluation.metrics import classification_report, trainer_compute_metrics
-from hf_cnn_ft.evaluation.views import average_views
+from hf_cnn_ft.data.transforms import batch_mixer, eval_transform, train_transform
+from hf_cnn_ft.evaluation.metrics import trainer_compute_metrics
 from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.share import run_dir as artefacts
 from hf_cnn_ft.share.hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
@@ -52,6 +51,7 @@ from hf_cnn_ft.strategies.registry import get_strategy
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan, fingerprint
 from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, load_start, save_start, snapshot
 from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
+from hf_cnn_ft.training.reporting import calibrate, final_evaluation, report_finished_run
 from hf_cnn_ft.training.trainer import FineTuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -196,25 +196,6 @@ def _validation_metrics(trainer: Trainer) -> dict[str, float]:
     return loop.metrics
 
 
-def _final_evaluation(
-    trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The report on the evaluation split, with the logits averaged over the test-time views, and the
-    report of the plain view alone when there are several (None otherwise)."""
-    split = data.evaluation_split
-    # predict() gathers across processes without the padding duplicates of the last batch.
-    outputs = [
-        trainer.predict(with_pixel_values(data.splits[split], view), metric_key_prefix=split)
-        for view in evaluation_views(evaluation, test_time_flips)
-    ]
-    labels = outputs[0].label_ids
-    averaged = average_views([output.predictions for output in outputs])
-    report = classification_report(averaged, labels, data.label_names)
-    if len(outputs) == 1:
-        return report, None
-    return report, classification_report(outputs[0].predictions, labels, data.label_names)
-
-
 @dataclass
 class RunStart:
     """What is settled before the model is built: the data, the Hub target, the checkpoint to resume."""
@@ -341,9 +322,11 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
     train_seconds = prepared.probe_seconds + time.perf_counter() - started  # the choice of alpha included
     fingerprints = _rank_fingerprints(trainer) if several else None
     flips = recipe.augment.test_time_flips
-    report, plain_report = _final_evaluation(trainer, prepared.data, prepared.evaluation, flips)
+    report, plain_report = final_evaluation(trainer, prepared.data, prepared.evaluation, flips)
+    calibration = calibrate(recipe, trainer, prepared.data, prepared.evaluation, flips)
     if trainer.is_world_process_zero():
         extra = {
+            "calibration": calibration,
             "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
             "rank_weight_fingerprints": fingerprints,
             "weight_interpolation": interpolation,
@@ -364,6 +347,7 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
             extra,
         )
         (run.output_dir / START_FILE).unlink(missing_ok=True)  # only a resumed run needed it
+        report_finished_run(recipe, trainer.model, prepared.data_config, data, run.output_dir)
     trainer.accelerator.wait_for_everyone()
     push = None
     if run.repo_id:

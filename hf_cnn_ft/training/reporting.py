@@ -1,0 +1,92 @@
+"""What happens after training, on held-out images: the final evaluation, the temperature fitted on the
+validation split, and the report written into the finished run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import Trainer
+
+from hf_cnn_ft.config.recipe import Recipe
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.inputs import with_pixel_values
+from hf_cnn_ft.data.transforms import evaluation_views
+from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_temperature, probabilities
+from hf_cnn_ft.evaluation.metrics import classification_report
+from hf_cnn_ft.evaluation.model_report import ReportData, report_summary, write_report
+from hf_cnn_ft.evaluation.views import average_views
+from hf_cnn_ft.share.run_dir import add_report_to_run
+
+logger = logging.getLogger(__name__)
+
+
+def split_logits(
+    trainer: Trainer, data: ImageData, split: str, evaluation: Callable, test_time_flips: str
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The logits of every view of `split` (the plain one first) and the labels, gathered across processes
+    without the padding duplicates of the last batch."""
+    outputs = [
+        trainer.predict(with_pixel_values(data.splits[split], view), metric_key_prefix=split)
+        for view in evaluation_views(evaluation, test_time_flips)
+    ]
+    return [output.predictions for output in outputs], outputs[0].label_ids
+
+
+def final_evaluation(
+    trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The report on the evaluation split, with the logits averaged over the test-time views, and the
+    report of the plain view alone when there are several (None otherwise)."""
+    views, labels = split_logits(trainer, data, data.evaluation_split, evaluation, test_time_flips)
+    report = classification_report(average_views(views), labels, data.label_names)
+    if len(views) == 1:
+        return report, None
+    return report, classification_report(views[0], labels, data.label_names)
+
+
+def calibrate(
+    recipe: Recipe, trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
+) -> dict[str, Any] | None:
+    """Fits the temperature on the validation logits (the averaged test-time views, as `predict` makes
+    them) and records it in the model's config, which is saved with the weights. Every process calls it."""
+    if not recipe.report.temperature_scaling or "validation" not in data.splits:
+        return None
+    views, labels = split_logits(trainer, data, "validation", evaluation, test_time_flips)
+    logits = average_views(views)
+    temperature = fit_temperature(logits, labels)
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    model.config.calibration_temperature = temperature
+    logger.info("temperature %.3f fitted on the validation split", temperature)
+    return {
+        "temperature": temperature,
+        "fitted_on": "validation",
+        "validation_ece": expected_calibration_error(probabilities(logits), labels),
+        "validation_ece_scaled": expected_calibration_error(probabilities(logits, temperature), labels),
+    }
+
+
+def report_finished_run(recipe: Recipe, model, data_config: DataConfig, data: ImageData, output_dir: Path) -> None:
+    """Adds the report on the evaluation split to a finished run. A failure is a warning: the run's
+    results are already written and stay as they are."""
+    if not recipe.report.report_at_end:
+        return
+    split = data.evaluation_split
+    slices = data.slices[split] if data.slices else None
+    report_data = ReportData(data.splits[split], np.asarray(data.splits[split][LABEL_COLUMN]), split, slices)
+    try:
+        report = write_report(
+            model.eval(), data_config, report_data, recipe.report, output_dir, recipe.augment.test_time_flips
+        )
+        add_report_to_run(output_dir, report_summary(report))
+    except Exception as exc:  # the report is an extra: any failure leaves the finished run intact
+        logger.warning(
+            "the report could not be written (%s: %s); the run is complete. Try again with `hf-cnn-ft report %s`",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+            output_dir,
+        )
