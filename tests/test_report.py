@@ -234,3 +234,15 @@ def test_report_bad_input_is_one_line(trained_run, tmp_path, capsys, monkeypatch
     monkeypatch.setattr(gradcam, "stages", lambda model: {"head": []})
     assert main(["report", str(trained_run), "--output_dir", str(tmp_path / "c")]) == 2
     assert "cannot find the last stage" in error_line()
+
+
+def test_report_on_a_hub_model_goes_to_its_own_folder(trained_run, shapes_dir, hub, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoint-*"))
+    repo_id = hub.repo_id("reported")
+    assert main(["push", str(run), repo_id]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", repo_id, "--data", str(shapes_dir), "--split", "validation"]) == 0
+    report = json.loads((tmp_path / "report-reported" / "report.json").read_text())
+    assert report["split"] == "validation" and report["num_samples"] == len(report["per_image"]) > 0
+    assert not (run / "report.json").exists() or json.loads((run / "report.json").read_text())["split"] == "test"
