@@ -21,7 +21,7 @@ from hf_cnn_ft.config.choices import TEST_TIME_FLIPS
 from hf_cnn_ft.config.loading import recipe_help
 from hf_cnn_ft.config.paths import check_model_location, check_predictions_path, collect_images
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.evaluation.report import format_report
+from hf_cnn_ft.evaluation.report import format_report, format_run_report
 
 EXIT_USER_ERROR = 2
 
@@ -156,7 +156,7 @@ def _report(options: argparse.Namespace) -> int:
     recipe = saved_recipe(options.model_dir)
     settings = recipe.report if recipe else ReportArguments()
     if options.top_losses is not None:
-        settings = ReportArguments(**{**vars(settings), "top_losses": options.top_losses})
+        settings = dataclasses.replace(settings, top_losses=options.top_losses)
     local = Path(options.model_dir).is_dir()
     folder = Path(options.output_dir or (options.model_dir if local else f"report-{Path(options.model_dir).name}"))
     data_args = data_arguments_for(Path(options.model_dir), options.data)
@@ -164,19 +164,7 @@ def _report(options: argparse.Namespace) -> int:
         data_args = dataclasses.replace(data_args, slice_column=options.slice_column)
     flips = test_time_flips_for(options.model_dir, options.tta)
     report = report_model(options.model_dir, data_args, options.split, folder, settings, flips)
-    calibration = report["calibration"]
-    print(f"{report['split']} split, {report['num_samples']} images")
-    print(f"  expected calibration error {calibration['ece']:.4f}", end="")
-    print(
-        f" -> {calibration['ece_scaled']:.4f} (T = {calibration['temperature']:.3f})"
-        if calibration["ece_scaled"] is not None
-        else ""
-    )
-    for pair in report["most_confused"][:5]:
-        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']} ({pair['rate']:.0%} of {pair['true']})")
-    if report["slices"]:
-        worst = report["slices"]
-        print(f"  worst slice {worst['worst']}: {worst['gap']:.3f} below the overall accuracy")
+    print(format_run_report(report))
     print(f"report: {folder / 'report.json'} ({', '.join(report['pictures'])})")
     return 0
 
