@@ -52,12 +52,13 @@ def _model_to_inspect(source: str) -> tuple[Any, Any, str]:
     builds it, with the head that training replaces."""
     from hf_cnn_ft.config.sections import ModelArguments
     from hf_cnn_ft.models.build import build_model
+    from hf_cnn_ft.models.io import label_names_of
     from hf_cnn_ft.share.run_dir import load_run
 
     local = Path(source).expanduser()
     if any((local / name).is_file() for name in ("config.json", "adapter_config.json")):
         model, data_config = load_run(local)
-        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        labels = label_names_of(model)
         return model, data_config, f"{len(labels)} classes ({', '.join(labels)})"
     # Architecture names build randomly initialised: the stages do not depend on the weights.
     model, data_config = build_model(

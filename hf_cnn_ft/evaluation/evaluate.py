@@ -19,7 +19,7 @@ from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.views import mean_logits
-from hf_cnn_ft.models.io import temperature_of
+from hf_cnn_ft.models.io import label_names_of, temperature_of
 from hf_cnn_ft.share.run_dir import load_run
 
 ALL_SPLITS = "all"
@@ -76,7 +76,7 @@ def evaluate_model(
     model, data_config = load_run(model_dir)
     data, dataset, _, references = labelled_split(model, data_args, split)
     scores = predict_scores(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
-    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    label_names = label_names_of(model)
     report = classification_report(scores, references, label_names)
     report["temperature"] = temperature_of(model)
     report["expected_calibration_error"] = expected_calibration_error(

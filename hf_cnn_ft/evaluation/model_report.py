@@ -33,7 +33,7 @@ from hf_cnn_ft.evaluation.error_analysis import (
 from hf_cnn_ft.evaluation.evaluate import labelled_split, predict_scores
 from hf_cnn_ft.evaluation.gradcam import grad_cam
 from hf_cnn_ft.evaluation.report_plots import Tile, plot_reliability, plot_tiles
-from hf_cnn_ft.models.io import temperature_of
+from hf_cnn_ft.models.io import label_names_of, temperature_of
 from hf_cnn_ft.share.run_dir import add_report_to_run, load_run
 
 REPORT_FILE = "report.json"
@@ -65,7 +65,14 @@ def _calibration(logits: np.ndarray, labels: np.ndarray, temperature: float) -> 
     }
 
 
-def _tiles(model, data_config: DataConfig, data: ReportData, indices: list[int], captions: list[str], targets):
+def _tiles(
+    model: torch.nn.Module,
+    data_config: DataConfig,
+    data: ReportData,
+    indices: list[int],
+    captions: list[str],
+    targets: list[int],
+) -> list[Tile]:
     """The model's view of each chosen image, with the Grad-CAM of class `targets`."""
     if not indices:
         return []
@@ -86,7 +93,7 @@ def write_report(
     test_time_flips: str = "none",
 ) -> dict[str, Any]:
     """Writes report.json and the pictures into `folder`; returns the report."""
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    names = label_names_of(model)
     logits = predict_scores(model, data.dataset, eval_transform(data_config), test_time_flips=test_time_flips)
     temperature = temperature_of(model)
     probs = probabilities(logits, temperature)

@@ -98,6 +98,11 @@ def set_data_config(model: PreTrainedModel, data_config: DataConfig) -> None:
         model.config.pretrained_cfg = cfg
 
 
+def label_names_of(model: PreTrainedModel) -> list[str]:
+    """The model's class names, in the order of its outputs."""
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
 def temperature_of(model: PreTrainedModel) -> float:
     """The temperature fitted on the validation split when the run ended (1.0: uncalibrated)."""
     return float(getattr(model.config, "calibration_temperature", None) or 1.0)
@@ -125,7 +130,7 @@ def save_model(model: PreTrainedModel, data_config: DataConfig, directory: Path)
     set_data_config(model, data_config)
     if is_timm_model(model):
         # A config loaded from a timm directory keeps that directory's label_names unless told otherwise.
-        model.config.label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        model.config.label_names = label_names_of(model)
     model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
     model.save_pretrained(directory, safe_serialization=True)
     if is_timm_model(model):

@@ -30,7 +30,7 @@ from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import is_timm_model
-from hf_cnn_ft.models.io import temperature_of
+from hf_cnn_ft.models.io import label_names_of, temperature_of
 from hf_cnn_ft.share.run_dir import load_run, write_json
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def export_onnx(
             f"tolerance {tolerance:g}; nothing was written (try another --opset)"
         )
     os.replace(pending, onnx_path)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    labels = label_names_of(model)
     write_json(
         output_dir / "preprocessing.json",
         {
