@@ -36,13 +36,14 @@ def local_path_names(recipe: Recipe, model_dir: Path) -> dict[str, str]:
         for spelling in (str(value), str(path), str(path.resolve())):
             if spelling not in ("", "."):
                 names[spelling] = path.resolve().name
-    names[str(Path.home())] = "~"
+    if Path.home().parent != Path.home():  # not "/", which every path starts with
+        names[str(Path.home())] = "~"
     return names
 
 
 def without_local_paths(text: str, names: dict[str, str]) -> str:
     for path in sorted(names, key=len, reverse=True):  # the longest first: a run folder inside a data folder
-        text = re.sub(re.escape(path) + r"(?![\w.-])", lambda _, name=names[path]: name, text)
+        text = re.sub(r"(?<![\w.-])" + re.escape(path) + r"(?![\w.-])", lambda _, name=names[path]: name, text)
     return _ANY_ABSOLUTE_PATH.sub(lambda match: match.group(1), text)
 
 
