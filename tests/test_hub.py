@@ -401,3 +401,14 @@ def test_library_warnings_print_once(python):
     result = subprocess.run([python, "-c", script], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert result.stderr.count("retrying once") == 1, result.stderr
     assert result.stderr.count("our own warning") == 1, result.stderr
+
+
+def test_local_paths_are_replaced_as_whole_paths_only():
+    from hf_cnn_ft.share.publish import without_local_paths
+
+    names = {"/data/run1": "run1", "runs/x": "x"}
+    text = "output_dir: /data/run1\nbest: /data/run1/checkpoint-3 /data/run10 old_runs/x runs/x https://hf.co/a/b"
+    published = without_local_paths(text, names)
+    assert "output_dir: run1\nbest: run1/checkpoint-3" in published
+    assert " run10 " in published  # another folder: only its own name is kept, not mangled into run1
+    assert "old_runs/x x " in published and "https://hf.co/a/b" in published
