@@ -117,6 +117,21 @@ def test_existing_train_test_folders_are_respected(tmp_path):
     assert len(data.splits["train"]) + len(data.splits["validation"]) == 16
 
 
+def test_split_settings_for_splits_the_dataset_has_are_one_warning(tmp_path, caplog):
+    for split in ("train", "validation", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(4):
+                _image(i).save(tmp_path / split / cls / f"{i}.png")
+    load_image_data(DataArguments(dataset=str(tmp_path)))
+    assert "not used" not in caplog.text  # the defaults say nothing
+    data = load_image_data(DataArguments(dataset=str(tmp_path), split_seed=7, test_fraction=0.3))
+    warnings = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "own validation and test split(s): data.test_fraction, data.split_seed not used" in warnings[0]
+    assert {name: len(split) for name, split in data.splits.items()} == {"train": 8, "validation": 8, "test": 8}
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -35,6 +35,27 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
+def _warn_unused_split_settings(args: DataArguments, has_validation: bool, has_test: bool) -> None:
+    """One line when the recipe sets how to carve splits that the dataset already has."""
+    default = DataArguments()
+    unused = [
+        f"data.{key}"
+        for key, fixed in (
+            ("validation_fraction", has_validation),
+            ("test_fraction", has_test),
+            ("split_seed", has_validation and has_test),
+        )
+        if fixed and getattr(args, key) != getattr(default, key)
+    ]
+    if unused:
+        logger.warning(
+            "%s has its own %s split(s): %s not used (the splits stay as the dataset gives them)",
+            args.dataset,
+            " and ".join(name for name, fixed in (("validation", has_validation), ("test", has_test)) if fixed),
+            ", ".join(unused),
+        )
+
+
 def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
     available = list(raw.keys())
     if args.train_split not in raw:
@@ -50,6 +71,7 @@ def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
             )
     validation_name = args.validation_split or next((n for n in VALIDATION_SPLIT_CANDIDATES if n in raw), None)
     test_name = args.test_split or ("test" if "test" in raw else None)
+    _warn_unused_split_settings(args, validation_name is not None, test_name is not None)
     train = raw[args.train_split]
 
     def carve(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
