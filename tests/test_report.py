@@ -198,7 +198,7 @@ def test_a_failing_report_never_costs_the_run(tmp_path, shapes_dir, monkeypatch,
     def broken(*args, **kwargs):
         raise RuntimeError("no CAM today")
 
-    monkeypatch.setattr(model_report, "grad_cam", broken)
+    monkeypatch.setattr(model_report, "grad_cam_views", broken)
     out = tmp_path / "out"
     settings = {**TINY_SETTINGS, "num_train_epochs": 2, "dataset": shapes_dir, "output_dir": out}
     assert main(["train", *overrides(settings)]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,16 @@ def unreadable_reason(image: dict[str, Any]) -> str | None:
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         return failure_reason(exc)
     return None
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The image in `path`, decoded; ValueError saying why for a file that is not a readable image."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return image
+    except Exception as exc:  # PIL raises many types for a bad file
+        raise ValueError(failure_reason(exc)) from None
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -3,10 +3,17 @@ the backbone's last stage, for timm and native transformers backbones alike."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
+from PIL import Image
 from torch import nn
 
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.inputs import pixel_values
+from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import stages
 
@@ -80,3 +87,15 @@ def grad_cam(model: nn.Module, pixels: torch.Tensor, targets: torch.Tensor) -> t
     maps = LayerAttribution.interpolate(maps.detach(), tuple(pixels.shape[-2:]), interpolate_mode="bilinear")[:, 0]
     peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
     return (maps / peak).clamp(0, 1)
+
+
+def grad_cam_views(
+    model: nn.Module, data_config: DataConfig, images: Sequence[Image.Image], targets: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the model sees of each image (N, H, W, 3 in [0, 1]: the evaluation crop, unnormalised) and the
+    Grad-CAM of class `targets` over it (N, H, W)."""
+    pixels = pixel_values(images, eval_transform(data_config))
+    heat = grad_cam(model, pixels, torch.as_tensor(list(targets)))
+    mean, std = torch.tensor(data_config.mean)[:, None, None], torch.tensor(data_config.std)[:, None, None]
+    shown = (pixels * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
+    return shown.numpy(), heat.numpy()

@@ -19,7 +19,6 @@ from datasets import Dataset
 from hf_cnn_ft.config.sections import DataArguments, ReportArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import IMAGE_COLUMN
-from hf_cnn_ft.data.inputs import pixel_values
 from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, probabilities, reliability_bins
@@ -31,7 +30,7 @@ from hf_cnn_ft.evaluation.error_analysis import (
     top_losses,
 )
 from hf_cnn_ft.evaluation.evaluate import labelled_split, predict_scores
-from hf_cnn_ft.evaluation.gradcam import grad_cam
+from hf_cnn_ft.evaluation.gradcam import grad_cam_views
 from hf_cnn_ft.evaluation.report_plots import Tile, plot_reliability, plot_tiles
 from hf_cnn_ft.models.io import label_names_of, temperature_of
 from hf_cnn_ft.share.run_dir import add_report_to_run, load_run
@@ -77,11 +76,8 @@ def _tiles(
     if not indices:
         return []
     images = [data.dataset[i][IMAGE_COLUMN] for i in indices]
-    pixels = pixel_values(images, eval_transform(data_config))
-    heat = grad_cam(model, pixels, torch.as_tensor(targets))
-    mean, std = torch.tensor(data_config.mean)[:, None, None], torch.tensor(data_config.std)[:, None, None]
-    shown = (pixels * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    return [Tile(shown[k], heat[k].numpy(), captions[k]) for k in range(len(indices))]
+    shown, heat = grad_cam_views(model, data_config, images, targets)
+    return [Tile(shown[k], heat[k], captions[k]) for k in range(len(indices))]
 
 
 def write_report(

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import PreTrainedModel
 
 from hf_cnn_ft.config.paths import check_predictions_path, collect_images
-from hf_cnn_ft.data.inputs import view_pixel_values
+from hf_cnn_ft.data.images import open_image
+from hf_cnn_ft.data.inputs import Transform, view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.views import mean_logits
@@ -33,6 +35,20 @@ def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
         yield items[start : start + size]
 
 
+def top_k_predictions(
+    model: PreTrainedModel, views: Sequence[Transform], images: Sequence[Image.Image], top_k: int
+) -> list[tuple[list[str], list[float]]]:
+    """(labels, probabilities) of the `top_k` classes of each image: logits averaged over the test-time
+    views, divided by the run's temperature (calibrated probabilities; the ranking is the logits')."""
+    with torch.inference_mode():
+        logits = mean_logits(model, view_pixel_values(images, views)) / temperature_of(model)
+    scores, indices = logits.softmax(-1).topk(max(1, min(top_k, model.config.num_labels)), dim=-1)
+    return [
+        ([model.config.id2label[i] for i in row_indices], [round(s, 6) for s in row_scores])
+        for row_scores, row_indices in zip(scores.tolist(), indices.tolist())
+    ]
+
+
 def predict_files(
     model_dir: str | Path,
     inputs: Sequence[str | Path],
@@ -40,32 +56,23 @@ def predict_files(
     batch_size: int = 32,
     test_time_flips: str = "none",
 ) -> list[Prediction]:
-    """Top-k labels and probabilities for each image (from logits averaged over the test-time views);
-    unreadable files get an error, not a crash."""
+    """Top-k labels and probabilities for each image; unreadable files get an error, not a crash."""
     files = collect_images(inputs)
     model, data_config = load_run(model_dir)
-    temperature = temperature_of(model)  # calibrated probabilities; the ranking is the logits'
     views = evaluation_views(eval_transform(data_config), test_time_flips)
-    top_k = max(1, min(top_k, model.config.num_labels))
     results: list[Prediction] = []
     for chunk in _batches(files, batch_size):
         images, readable = [], []
         for path in chunk:
             try:
-                with Image.open(path) as image:
-                    image.load()
-                images.append(image)
+                images.append(open_image(path))
                 readable.append(Prediction(str(path)))
-            except Exception as exc:  # PIL raises many types for a bad file
-                results.append(Prediction(str(path), error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
+            except ValueError as exc:
+                results.append(Prediction(str(path), error=str(exc)))
         if not images:
             continue
-        with torch.inference_mode():
-            probabilities = (mean_logits(model, view_pixel_values(images, views)) / temperature).softmax(-1)
-        scores, indices = probabilities.topk(top_k, dim=-1)
-        for prediction, row_scores, row_indices in zip(readable, scores.tolist(), indices.tolist()):
-            prediction.labels = [model.config.id2label[i] for i in row_indices]
-            prediction.scores = [round(s, 6) for s in row_scores]
+        for prediction, (labels, scores) in zip(readable, top_k_predictions(model, views, images, top_k)):
+            prediction.labels, prediction.scores = labels, scores
             results.append(prediction)
     if all(r.error for r in results):
         raise UserError(

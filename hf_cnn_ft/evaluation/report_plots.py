@@ -18,6 +18,14 @@ class Tile:
     caption: str
 
 
+def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image (H x W x 3 in [0, 1]) under its heat map drawn in the jet colour map, as uint8 RGB."""
+    from matplotlib import colormaps
+
+    colours = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    return np.round(255 * ((1 - alpha) * image + alpha * colours)).astype(np.uint8)
+
+
 def plot_tiles(tiles: list[Tile], path: Path, title: str, per_row: int = 4) -> None:
     """Each tile as two panels: the image, then the image under its heat map."""
     plt = pyplot()
@@ -30,8 +38,7 @@ def plot_tiles(tiles: list[Tile], path: Path, title: str, per_row: int = 4) -> N
         left, right = axes[row, 2 * column], axes[row, 2 * column + 1]
         left.imshow(tile.image)
         left.set_title(tile.caption, fontsize=7, loc="left")
-        right.imshow(tile.image)
-        right.imshow(tile.heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        right.imshow(heat_overlay(tile.image, tile.heat))
         right.set_title("Grad-CAM", fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
