@@ -84,7 +84,7 @@ RANGES: dict[str, dict[str, Interval]] = {
                  "probe_stages": NON_NEGATIVE, "backbone_lr_multiplier": NON_NEGATIVE, "l2sp_alpha": NON_NEGATIVE,
                  "lr_decay": Interval(0, 1, open_low=True), "ema_decay": Interval(0, 1, True, True)},
     "peft": {"lora_rank": COUNT, "lora_alpha": POSITIVE, "lora_dropout": FRACTION},
-    "report": {"top_losses": NON_NEGATIVE, "correct_per_class": NON_NEGATIVE},
+    "report": {"top_losses": NON_NEGATIVE, "correct_per_class": NON_NEGATIVE, "example_images": NON_NEGATIVE},
     "training": {"learning_rate": NON_NEGATIVE, "num_train_epochs": POSITIVE, "per_device_train_batch_size": COUNT,
                  "per_device_eval_batch_size": COUNT, "gradient_accumulation_steps": COUNT,
                  "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "warmup_ratio": PROBABILITY,

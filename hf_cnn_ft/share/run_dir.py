@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 COMPLETION_MARKER = "metrics.json"
 STAGING_DIR = ".staging"
+EXAMPLES_DIR = "examples"  # a few test images for the demo page (`hf-cnn-ft app`)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -71,12 +72,19 @@ def staging_dir(output_dir: Path) -> Path:
 
 
 def publish(staging: Path, output_dir: Path) -> None:
-    """Moves every staged file into `output_dir`, the completion marker last."""
-    files = sorted(p for p in staging.iterdir() if p.is_file())
-    files.sort(key=lambda p: p.name == COMPLETION_MARKER)
-    for path in files:
+    """Moves every staged file and folder into `output_dir` (a folder replaces the older one whole), the
+    completion marker last."""
+    for path in sorted(staging.iterdir(), key=lambda p: (p.name == COMPLETION_MARKER, p.name)):
+        if path.is_dir():
+            shutil.rmtree(output_dir / path.name, ignore_errors=True)
         os.replace(path, output_dir / path.name)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def example_images(directory: Path) -> list[Path]:
+    """The test images a run saved for its demo page, in name order."""
+    folder = directory / EXAMPLES_DIR
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
 def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
@@ -120,6 +128,8 @@ def merge_adapter_dir(directory: str | Path, output: str | Path) -> Path:
         copied = path.is_file() and path.name != COMPLETION_MARKER and not path.name.startswith(("adapter_", "."))
         if copied and not (output / path.name).exists():
             shutil.copy2(path, output / path.name)
+    if (directory / EXAMPLES_DIR).is_dir():
+        shutil.copytree(directory / EXAMPLES_DIR, output / EXAMPLES_DIR)
     summary = json.loads((directory / COMPLETION_MARKER).read_text())
     summary["peft"]["merged"] = True
     write_model_card(output, load_recipe(output / "recipe.yaml"), summary)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModel
 from torch import nn
-from transformers import (
-    Trainer,
-)
+from transformers import Trainer
 
 from hf_cnn_ft.config.choices import METRIC_NAMES
 from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import ImageData
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.images import to_rgb
 from hf_cnn_ft.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from hf_cnn_ft.models.anatomy import is_timm_model
 from hf_cnn_ft.models.build import base_model_id
@@ -27,6 +27,8 @@ from hf_cnn_ft.models.io import save_model
 from hf_cnn_ft.share import run_dir as artefacts
 from hf_cnn_ft.share.card import write_model_card
 from hf_cnn_ft.strategies.adapters import parameter_counts, save_adapter
+
+EXAMPLE_EDGE = 512  # the demo page shows the images, the model sees its own crop of them
 
 
 def hardware_description() -> str:
@@ -59,6 +61,7 @@ def write_artefacts(
     base_model = base_model_id(recipe.model, plain_model)
     peft_summary = _save_weights(recipe, trainer.model, data_config, base_model, staging)
     _write_pictures(recipe, trainer, data, report, evaluated_on, probe_history, staging)
+    _write_examples(data, evaluated_on, recipe.report.example_images, staging / artefacts.EXAMPLES_DIR)
     artefacts.write_text(staging / "recipe.yaml", recipe_to_yaml(recipe))
     if data.skipped:
         lines = [f"{item.split}\t{item.path}\t{item.reason}" for item in data.skipped]
@@ -132,3 +135,18 @@ def _write_pictures(
         plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
     if probe_history:
         plot_training_curves(probe_history, "accuracy", staging / "linear_probe_curves.png")
+
+
+def _write_examples(data: ImageData, split: str, count: int, folder: Path) -> None:
+    """Saves up to `count` images of the evaluated split, taking the classes in turn, for the demo page."""
+    labels = data.splits[split][LABEL_COLUMN]
+    by_class = [[i for i, label in enumerate(labels) if label == c] for c in range(len(data.label_names))]
+    chosen = [row[k] for k in range(max(map(len, by_class), default=0)) for row in by_class if k < len(row)][:count]
+    if not chosen:
+        return
+    folder.mkdir()
+    for number, index in enumerate(chosen, start=1):
+        name = re.sub(r"[^\w.-]+", "_", data.label_names[labels[index]]).strip("_") or "image"
+        image = to_rgb(data.splits[split][index][IMAGE_COLUMN])
+        image.thumbnail((EXAMPLE_EDGE, EXAMPLE_EDGE))
+        image.save(folder / f"{number:02d}_{name}.png")
