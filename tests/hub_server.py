@@ -283,6 +283,8 @@ class HubHandler(BaseHTTPRequestHandler):
             raise HubError(403, f"You don't have the rights to create a repo under {namespace}")
         repo_type = payload.get("type") or "model"
         repo_id = f"{namespace}/{payload['name']}"
+        if repo_type == "space" and payload.get("sdk") not in SPACE_SDKS:
+            raise HubError(400, f"A Space needs an sdk, one of {', '.join(SPACE_SDKS)}")
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) or len(payload["name"]) > 96:
             raise HubError(400, f"Invalid repo name {repo_id!r}")
         state = self.server.state
@@ -406,7 +408,8 @@ class HubHandler(BaseHTTPRequestHandler):
     # -- uploads ----------------------------------------------------------------------------------
     def do_validate_yaml(self) -> None:
         payload = json.loads(self.raw_body)
-        self._json({"errors": validate_card_metadata(payload.get("content", "")), "warnings": []})
+        errors = validate_card_metadata(payload.get("content", ""), payload.get("repoType") or "model")
+        self._json({"errors": errors, "warnings": []})
 
     def do_preupload(self, type: str, repo: str, rev: str) -> None:
         found = self._repo(type, repo, write=True)
@@ -528,8 +531,11 @@ def _front_matter(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def validate_card_metadata(content: str) -> list[dict[str, str]]:
-    """The checks the Hub runs on a README's YAML metadata, for the fields a model card uses."""
+SPACE_SDKS = ("gradio", "docker", "static", "streamlit")
+
+
+def validate_card_metadata(content: str, repo_type: str = "model") -> list[dict[str, str]]:
+    """The checks the Hub runs on a README's YAML metadata, for the fields a model or Space card uses."""
     errors: list[str] = []
     try:
         meta = _front_matter(content) if content.lstrip().startswith("---") else yaml.safe_load(content) or {}
@@ -543,6 +549,15 @@ def validate_card_metadata(content: str) -> list[dict[str, str]]:
     for key in ("tags", "datasets", "metrics"):
         if key in meta and not (isinstance(meta[key], list) and all(isinstance(v, str) for v in meta[key])):
             errors.append(f'"{key}" must be a list of strings')
+    if repo_type == "space":
+        if meta.get("sdk") not in SPACE_SDKS:
+            errors.append(f'"sdk" must be one of {", ".join(SPACE_SDKS)}')
+        for key in ("title", "app_file", "sdk_version"):
+            if key in meta and not isinstance(meta[key], str):
+                errors.append(f'"{key}" must be a string')
+        models = meta.get("models", [])
+        if not (isinstance(models, list) and all(isinstance(v, str) for v in models)):
+            errors.append('"models" must be a list of strings')
     if "base_model" in meta and not isinstance(meta["base_model"], (str, list)):
         errors.append('"base_model" must be a string or a list of strings')
     for index, model in enumerate(meta.get("model-index") or []):

@@ -178,13 +178,21 @@ def _add_tta_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _push(options: argparse.Namespace) -> int:
-    from hf_cnn_ft.share.hub import push_model_dir
+    from hf_cnn_ft.share.hub import check_push_access, push_model_dir
 
-    result = push_model_dir(options.model_dir, options.repo_id, options.private, options.branch, options.commit_message)
+    model_dir = Path(options.model_dir)
+    kept = f"; nothing was pushed and {model_dir} is intact"
+    space = check_push_access(options.space, kept) if options.space else None  # refused: before any upload
+    result = push_model_dir(model_dir, options.repo_id, options.private, options.branch, options.commit_message)
     if result.changed:
-        print(f"pushed {options.model_dir} to {result.repo_url} ({result.revision}): {result.commit_url}")
+        print(f"pushed {model_dir} to {result.repo_url} ({result.revision}): {result.commit_url}")
     else:
         print(f"{result.repo_url} ({result.revision}) already holds these files: nothing uploaded")
+    if space:
+        from hf_cnn_ft.share.space import push_space
+
+        pushed = push_space(space, result.repo_id, options.private, model_dir)
+        print(f"demo Space: {pushed.repo_url} ({'updated' if pushed.changed else 'already up to date'})")
     return 0
 
 
@@ -317,6 +325,7 @@ def _add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--branch", help="push to this branch (created if missing)")
     push.add_argument("--commit-message", "--commit_message", dest="commit_message")
+    push.add_argument("--space", metavar="SPACE_REPO", help="also create or update a Gradio Space serving the model")
 
     export = verbs.add_parser("export", help="export to ONNX (checked with onnxruntime), optionally int8")
     export.add_argument("model_dir", help="a model directory, adapter run or Hub repo id")

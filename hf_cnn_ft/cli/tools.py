@@ -1,4 +1,4 @@
-"""The helper verbs: offline data and weights, model inspection, the demo."""
+"""The helper verbs: offline data and weights, model inspection, the demo, the demo page of a model."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hf_cnn_ft.config.paths import check_model_location
 from hf_cnn_ft.errors import UserError
 
 
@@ -97,6 +98,18 @@ def _demo(options: argparse.Namespace) -> int:
     return 0
 
 
+def _app(options: argparse.Namespace) -> int:
+    check_model_location(options.model_dir)  # a wrong path: one line before Gradio loads
+    try:
+        from hf_cnn_ft.app.page import serve
+    except ModuleNotFoundError as exc:
+        if exc.name != "gradio":
+            raise
+        raise UserError("the demo page needs Gradio: pip install 'hf-cnn-ft[app]'") from None
+    serve(options.model_dir, options.port, options.host, options.share == "true", options.top_k)
+    return 0
+
+
 def add_tool_verbs(verbs: argparse._SubParsersAction) -> None:
     """Helpers: offline data and weights, model inspection, the demo."""
     data = verbs.add_parser("data", help="fetch a real offline dataset into data/ with fixed splits")
@@ -121,9 +134,16 @@ def add_tool_verbs(verbs: argparse._SubParsersAction) -> None:
     inspect.add_argument("model", help="timm name, Hub id or local model directory")
     inspect.add_argument("--modules", action="store_true", help="list the layers (peft.target_modules names)")
 
+    app = verbs.add_parser("app", help="a demo page: drop an image, see the top classes and Grad-CAM (Gradio)")
+    app.add_argument("model_dir", help="a run directory, adapter run or Hub model id")
+    app.add_argument("--port", type=int, help="default: 7860, or the first free port after it")
+    app.add_argument("--host", help="default 127.0.0.1; 0.0.0.0 serves the whole network")
+    app.add_argument("--share", choices=["true", "false"], default="false", help="a public link through Gradio")
+    app.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
+
     demo = verbs.add_parser("demo", help="fine-tune pretrained EfficientNet-Lite0 on real food photos, offline")
     demo.add_argument("--output_dir", default="outputs/demo")
     demo.add_argument("--recipe", default="recipes/food-efficientnet-lite0.yaml")
 
 
-TOOL_HANDLERS = {"data": _data, "import-weights": _import_weights, "inspect": _inspect, "demo": _demo}
+TOOL_HANDLERS = {"data": _data, "import-weights": _import_weights, "inspect": _inspect, "demo": _demo, "app": _app}

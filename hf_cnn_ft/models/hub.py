@@ -87,3 +87,19 @@ def model_source(repo_id: str, revision: str | None = None) -> str:
         ) from None
     logger.warning("%s: using the cached copy of %s", cause, repo_id)
     return folder
+
+
+def repo_snapshot(repo_id: str, revision: str | None = None) -> str:
+    """A local folder with every file of a Hub model repo (weights, card, metrics, examples): downloaded
+    while the Hub answers, the cached snapshot when it cannot be reached."""
+    source = model_source(repo_id, revision)
+    if source != repo_id:
+        return source
+    try:
+        with hub_errors(repo_id):
+            return snapshot_download(repo_id, revision=revision, local_files_only=constants.HF_HUB_OFFLINE)
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"HF_HUB_OFFLINE is set and {repo_id} is not in the local cache ({constants.HF_HUB_CACHE}): unset it to "
+            "download the repo, or give a local run directory"
+        ) from None

@@ -39,10 +39,12 @@ class PushResult:
     revision: str
     commit_url: str
     changed: bool  # False when every file was already on the Hub, byte for byte
+    repo_type: str = "model"
 
     @property
     def repo_url(self) -> str:
-        return f"{constants.ENDPOINT}/{self.repo_id}"
+        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        return f"{constants.ENDPOINT}/{prefix}{self.repo_id}"
 
 
 def _whoami(repo_id: str, kept: str = "") -> dict[str, Any]:
@@ -99,25 +101,28 @@ def _kept(model_dir: Path | None) -> str:
     return f"; nothing was pushed and {model_dir} is intact" if model_dir else ""
 
 
-def _upload(
+def upload(
     operations: list[CommitOperationAdd],
     repo_id: str,
     private: bool,
     branch: str | None,
     message: str,
     model_dir: Path | None,
+    space_sdk: str | None = None,
 ) -> PushResult:
+    """One commit of `operations` to `repo_id` (created if missing): a model repo, or a Space of `space_sdk`."""
     api = HfApi()
     revision = branch or "main"
+    repo_type = "space" if space_sdk else "model"
     kept = _kept(model_dir)
     retry = f": push it again with `hf-cnn-ft push {model_dir} {repo_id}`" if model_dir else ""
     with hub_errors(repo_id, kept, retry):
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
         if revision != "main":
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        before = api.repo_info(repo_id, revision=revision).sha
-        commit = api.create_commit(repo_id, operations, commit_message=message, revision=revision)
-    return PushResult(repo_id, revision, commit.commit_url, changed=commit.oid != before)
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
+        before = api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+        commit = api.create_commit(repo_id, operations, commit_message=message, revision=revision, repo_type=repo_type)
+    return PushResult(repo_id, revision, commit.commit_url, changed=commit.oid != before, repo_type=repo_type)
 
 
 def push_model_dir(
@@ -141,7 +146,7 @@ def push_model_dir(
     repo_id = check_push_access(repo_id, _kept(model_dir))
     summary = json.loads((model_dir / artefacts.COMPLETION_MARKER).read_text())
     message = commit_message or f"Upload fine-tuned {summary.get('base_model') or 'CNN'} (hf-cnn-ft)"
-    return _upload(repo_operations(model_dir, repo_id), repo_id, private, branch, message, model_dir)
+    return upload(repo_operations(model_dir, repo_id), repo_id, private, branch, message, model_dir)
 
 
 class PushDuringTrainingCallback(TrainerCallback):
@@ -169,7 +174,7 @@ class PushDuringTrainingCallback(TrainerCallback):
             save_model(copy.deepcopy(model), self.data_config, Path(folder))
             try:
                 operations = folder_operations(Path(folder))
-                result = _upload(operations, self.repo_id, self.hub.private, self.hub.branch, message, None)
+                result = upload(operations, self.repo_id, self.hub.private, self.hub.branch, message, None)
                 logger.info("pushed epoch %g to %s", state.epoch, result.commit_url)
             except UserError as exc:
                 logger.warning("intermediate push failed, training goes on: %s", exc)

@@ -1,0 +1,90 @@
+"""The model behind a demo page: a run directory, adapter run or Hub repo, loaded once, and what the page
+shows of it (calibrated top-k, Grad-CAM, the headline figures, the run's example images)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from transformers import PreTrainedModel
+
+from hf_cnn_ft.config.paths import check_model_location
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.inputs import Transform
+from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
+from hf_cnn_ft.errors import UserError, first_line
+from hf_cnn_ft.evaluation.gradcam import grad_cam_views
+from hf_cnn_ft.evaluation.predict import top_k_predictions
+from hf_cnn_ft.evaluation.report_plots import heat_overlay
+from hf_cnn_ft.models.hub import repo_snapshot
+from hf_cnn_ft.models.io import label_names_of, temperature_of
+from hf_cnn_ft.share.run_dir import COMPLETION_MARKER, example_images, load_run, test_time_flips_for
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoModel:
+    name: str  # the run directory's name or the repo id
+    model: PreTrainedModel
+    data_config: DataConfig
+    views: list[Transform]  # the run's test-time views: the page predicts exactly as `hf-cnn-ft predict`
+    summary: dict[str, Any]  # the run's metrics.json ({} for a model pushed without one)
+    examples: list[Path]
+
+
+def load_demo_model(source: str) -> DemoModel:
+    """Loads a run directory, adapter run or Hub model repo (downloaded whole, or the cached copy offline)."""
+    folder = Path(source) if check_model_location(source) else Path(repo_snapshot(source))
+    model, data_config = load_run(folder)
+    marker = folder / COMPLETION_MARKER
+    return DemoModel(
+        name=source if not Path(source).is_dir() else Path(source).resolve().name,
+        model=model,
+        data_config=data_config,
+        views=evaluation_views(eval_transform(data_config), test_time_flips_for(folder, None)),
+        summary=json.loads(marker.read_text()) if marker.is_file() else {},
+        examples=example_images(folder),
+    )
+
+
+def classify(demo: DemoModel, image: Image.Image, top_k: int) -> dict[str, float]:
+    """Label -> probability of the `top_k` most likely classes, most likely first."""
+    labels, scores = top_k_predictions(demo.model, demo.views, [image], top_k)[0]
+    return dict(zip(labels, scores))
+
+
+def explain(demo: DemoModel, image: Image.Image, label: str) -> np.ndarray | None:
+    """The model's view of the image beside it under the Grad-CAM of `label` (uint8 RGB); None for a model
+    whose backbone has no feature map to explain."""
+    target = label_names_of(demo.model).index(label)
+    try:
+        shown, heat = grad_cam_views(demo.model, demo.data_config, [image], [target])
+    except UserError as exc:
+        logger.warning("no Grad-CAM for %s: %s", demo.name, first_line(exc))
+        return None
+    return np.concatenate([np.round(255 * shown[0]).astype(np.uint8), heat_overlay(shown[0], heat[0])], axis=1)
+
+
+def headline(demo: DemoModel) -> str:
+    """The model card's headline figures, as Markdown: what it is, its classes, how well it did on test."""
+    summary, names = demo.summary, label_names_of(demo.model)
+    base = summary.get("base_model")
+    lines = [f"# {demo.name}", f"Fine-tuned from **{base}** with hf-cnn-ft." if base else "Fine-tuned with hf-cnn-ft."]
+    lines.append(f"{len(names)} classes: {', '.join(names)}.")
+    split = summary.get("evaluated_on")
+    report = summary.get(split) if split else None
+    if report:
+        lines.append(
+            f"On its held-out {split} split ({report['num_samples']} images): accuracy "
+            f"**{report['accuracy']:.3f}**, macro-F1 **{report['f1_macro']:.3f}**."
+        )
+    temperature = temperature_of(demo.model)
+    if temperature != 1.0:
+        lines.append(f"Probabilities are calibrated (temperature {temperature:.2f}, fitted on the validation split).")
+    return "\n\n".join(lines)
