@@ -75,7 +75,9 @@ def headline(demo: DemoModel) -> str:
     """The model card's headline figures, as Markdown: what it is, its classes, how well it did on test."""
     summary, names = demo.summary, label_names_of(demo.model)
     base = summary.get("base_model")
-    lines = [f"# {demo.name}", f"Fine-tuned from **{base}** with hf-cnn-ft." if base else "Fine-tuned with hf-cnn-ft."]
+    architecture = getattr(demo.model.config, "architecture", None) or demo.model.config.model_type
+    origin = f"Fine-tuned from **{base}**" if base else f"A **{architecture}** fine-tuned"
+    lines = [f"# {demo.name}", f"{origin} with hf-cnn-ft."]
     lines.append(f"{len(names)} classes: {', '.join(names)}.")
     split = summary.get("evaluated_on")
     report = summary.get(split) if split else None

@@ -330,7 +330,7 @@ class ReportArguments:
     top_losses: int = field(default=12, metadata={"help": "How many of the most confidently wrong images to show."})
     correct_per_class: int = field(default=2, metadata={"help": "Correct examples shown per class."})
     example_images: int = field(
-        default=6,
+        default=8,
         metadata={"help": "Test images saved in examples/ for `hf-cnn-ft app` (pushed with the model; 0: none)."},
     )
     temperature_scaling: bool = field(

@@ -155,6 +155,10 @@ classifier = pipeline("image-classification", model="{where}")
 classifier("image.jpg")
 ```
 """
+    text += f"""
+A demo page in the browser (drop an image, see the top classes and where the model looked), with
+`pip install 'hf-cnn-ft[app]'`: `hf-cnn-ft app {where}`.
+"""
     if summary.get("library") == "timm":
         timm_source = f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH_TO_THIS_FOLDER"
         text += f"""
