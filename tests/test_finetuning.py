@@ -357,3 +357,33 @@ def test_lr_find_trains_exactly_the_parameter_groups_the_run_trains(tmp_path, sh
     else:
         assert len({ratio for _, ratio, _ in in_run.groups}) > 2  # per-stage rates, kept in ratio by the sweep
     assert len(result.losses) == len(result.learning_rates) >= 5
+
+
+def test_a_collapsing_fine_tuning_phase_ends_with_the_probed_model(trained_run, shapes_dir, tmp_path, caplog):
+    """Features that a probe separates perfectly, then fine-tuning at a learning rate that wrecks them."""
+    settings = {**TINY_SETTINGS, "model": trained_run, "pretrained": True, "num_train_epochs": 2, "learning_rate": 30}
+    settings.update(dataset=shapes_dir, top_losses=0, correct_per_class=0)
+
+    def run(name: str, *extra: str) -> tuple[dict, float]:
+        out = tmp_path / name
+        assert main(["train", *overrides({**settings, "output_dir": out}), *extra]) == 0
+        evaluated = tmp_path / f"{name}.json"
+        assert main(["evaluate", str(out), "--split", "validation", "--output", str(evaluated)]) == 0
+        return json.loads((out / "metrics.json").read_text()), json.loads(evaluated.read_text())["accuracy"]
+
+    summary, saved_accuracy = run("guarded")
+    check = summary["probe_candidate"]
+    assert check["kept"] == "probe" and check["probe"] > check["fine_tuned"] + 0.3
+    assert saved_accuracy == pytest.approx(check["probe"])  # the saved model is the probed one
+    assert "fine-tuning ended below the linear probe on validation" in caplog.text
+    card = (tmp_path / "guarded" / "README.md").read_text()
+    assert f"(accuracy {check['fine_tuned']:.3f} against {check['probe']:.3f}), so the probed model was kept" in card
+    assert not (tmp_path / "guarded" / "probed_start.safetensors").exists()
+
+    unguarded, unguarded_accuracy = run("unguarded", "--probe_candidate", "false")
+    assert unguarded["probe_candidate"] is None and unguarded_accuracy == pytest.approx(check["fine_tuned"])
+
+
+def test_a_fine_tuned_model_that_beats_its_probe_is_kept(trained_run):
+    check = json.loads((trained_run / "metrics.json").read_text())["probe_candidate"]
+    assert check["kept"] == "fine_tuned" and check["fine_tuned"] >= check["probe"]

@@ -232,6 +232,10 @@ class FinetuneArguments:
         default=None,
         metadata={"help": "Loss weight per class: auto (inverse class frequency, normalised) or {label: weight}."},
     )
+    probe_candidate: bool = field(
+        default=True,
+        metadata={"help": "Keep the linear-probed model when fine-tuning ends below it on validation (reported)."},
+    )
     wise_alpha: float | Literal["auto"] | None = field(
         default=None,
         metadata={

@@ -65,6 +65,12 @@ def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
             f" The final weights lie at {interpolation['alpha']:g} of the way from the probed model to the "
             f"fine-tuned one (WiSE-FT{how})."
         )
+    check = summary.get("probe_candidate")
+    if check and check["kept"] == "probe":
+        text += (
+            f" Fine-tuning ended below the linear probe on the validation split ({check['metric']} "
+            f"{check['fine_tuned']:.3f} against {check['probe']:.3f}), so the probed model was kept."
+        )
     return text
 
 

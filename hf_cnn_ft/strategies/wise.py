@@ -9,6 +9,7 @@ fine-tuned end, `auto` picks the best of a few on the validation split.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,8 +41,8 @@ def load_start(output_dir: Path) -> dict[str, torch.Tensor]:
     path = output_dir / START_FILE
     if not path.is_file():
         raise UserError(
-            f"finetune.wise_alpha: {path} is missing, so this run cannot be resumed with weight interpolation; "
-            "start it again without --resume"
+            f"{path} (the probed model, which the end of the run compares with) is missing, so this run cannot be "
+            "resumed: start it again without --resume"
         )
     return load_file(str(path))
 
@@ -89,3 +90,34 @@ def apply_wise(
         return {"alpha": chosen, "chosen_by": metric, "validation": {str(a): s for a, s in scores.items()}}
     interpolate(model, start, snapshot(model), float(alpha))
     return {"alpha": float(alpha)}
+
+
+def keep_the_better(
+    model: nn.Module,
+    start: dict[str, torch.Tensor],
+    validation_score: Callable[[], float],
+    metric: str,
+    greater_is_better: bool,
+) -> dict[str, float | str]:
+    """The probed start as a candidate of the end: leaves in `model` whichever of the fine-tuned weights and
+    the probed start scores better on validation (the fine-tuned ones on a tie), and says which."""
+    fine_tuned = validation_score()
+    end = snapshot(model)
+    model.load_state_dict(start)
+    probe = validation_score()
+    if math.isnan(fine_tuned):
+        better = not math.isnan(probe)
+    else:
+        better = probe > fine_tuned if greater_is_better else probe < fine_tuned
+    if better:
+        logger.warning(
+            "fine-tuning ended below the linear probe on validation (%s %.4f < %.4f): keeping the probed model "
+            "(finetune.probe_candidate: false keeps the fine-tuned one); try a lower learning_rate or "
+            "backbone_lr_multiplier",
+            metric,
+            fine_tuned,
+            probe,
+        )
+    else:
+        model.load_state_dict(end)
+    return {"metric": metric, "probe": probe, "fine_tuned": fine_tuned, "kept": "probe" if better else "fine_tuned"}

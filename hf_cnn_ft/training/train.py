@@ -49,7 +49,7 @@ from hf_cnn_ft.strategies.freezing import (
 from hf_cnn_ft.strategies.probe import ProbeInputs
 from hf_cnn_ft.strategies.registry import get_strategy
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan, fingerprint
-from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, load_start, save_start, snapshot
+from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, keep_the_better, load_start, save_start, snapshot
 from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
 from hf_cnn_ft.training.reporting import calibrate, final_evaluation, report_finished_run
 from hf_cnn_ft.training.trainer import FineTuneTrainer
@@ -258,9 +258,12 @@ def _run_callbacks(recipe: Recipe, prepared: PreparedModel, repo_id: str | None)
     return callbacks
 
 
-def _wise_start(recipe: Recipe, model: nn.Module, run: RunStart) -> dict[str, torch.Tensor] | None:
-    """The start of the WiSE-FT interpolation: the probed model, before the Trainer changes anything."""
-    if recipe.finetune.wise_alpha is None:
+def _probed_start(recipe: Recipe, model: nn.Module, run: RunStart) -> dict[str, torch.Tensor] | None:
+    """The probed model, before the Trainer changes anything: the start of the WiSE-FT interpolation and
+    the candidate that the fine-tuned model must beat (None for strategies without a probe and a Trainer phase)."""
+    finetune = recipe.finetune
+    preset = get_strategy(finetune.strategy).preset
+    if not (preset.probes and preset.trains) or (finetune.wise_alpha is None and not finetune.probe_candidate):
         return None
     if run.resume:
         return load_start(run.output_dir)
@@ -287,7 +290,7 @@ def _rank_fingerprints(trainer: Trainer) -> list[str]:
 
 
 def _interpolate(trainer: Trainer, recipe: Recipe, start: dict[str, torch.Tensor] | None) -> dict[str, Any] | None:
-    if start is None:
+    if start is None or recipe.finetune.wise_alpha is None:
         return None
     args, metric = recipe.training, eval_metric_name(recipe.training)
     return apply_wise(
@@ -298,6 +301,17 @@ def _interpolate(trainer: Trainer, recipe: Recipe, start: dict[str, torch.Tensor
         metric.removeprefix("eval_"),
         bool(args.greater_is_better),
     )
+
+
+def _compare_with_probe(
+    trainer: Trainer, recipe: Recipe, start: dict[str, torch.Tensor] | None, interpolation: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Keeps the probed model if fine-tuning fell below it. WiSE-FT's auto search already weighed it (alpha 0)."""
+    if start is None or not recipe.finetune.probe_candidate or (interpolation or {}).get("chosen_by"):
+        return None
+    metric, greater = eval_metric_name(recipe.training), bool(recipe.training.greater_is_better)
+    score = lambda: _validation_metrics(trainer)[metric]  # noqa: E731
+    return keep_the_better(trainer.model, start, score, metric.removeprefix("eval_"), greater)
 
 
 def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
@@ -311,14 +325,15 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
     set_seed(args.seed)
     run = start_run(recipe)
     prepared = prepare_model(recipe, run.data, run_probe=run.resume is None)  # a checkpoint holds the probe
-    wise_start = _wise_start(recipe, prepared.model, run)
+    probed = _probed_start(recipe, prepared.model, run)
     trainer = build_trainer(recipe, prepared, [*(callbacks or []), *_run_callbacks(recipe, prepared, run.repo_id)])
     started = time.perf_counter()
     if get_strategy(recipe.finetune.strategy).preset.trains:
         trainer.train(resume_from_checkpoint=run.resume)
     if several:
         _share_main_process_statistics(trainer)
-    interpolation = _interpolate(trainer, recipe, wise_start)
+    interpolation = _interpolate(trainer, recipe, probed)
+    probe_check = _compare_with_probe(trainer, recipe, probed, interpolation)
     train_seconds = prepared.probe_seconds + time.perf_counter() - started  # the choice of alpha included
     fingerprints = _rank_fingerprints(trainer) if several else None
     flips = recipe.augment.test_time_flips
@@ -330,6 +345,7 @@ def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> Tra
             "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
             "rank_weight_fingerprints": fingerprints,
             "weight_interpolation": interpolation,
+            "probe_candidate": probe_check,
             "test_time_flips": flips,
             "without_test_time_augmentation": plain_report,
         }
