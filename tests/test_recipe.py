@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hf_cnn_ft.config.keys import KEY_OWNERS
 from hf_cnn_ft.config.loading import parse_overrides, recipe_to_yaml
 from hf_cnn_ft.config.recipe import load_recipe
-from hf_cnn_ft.config.sections import KEY_OWNERS
 from hf_cnn_ft.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

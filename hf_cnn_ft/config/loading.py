@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hf_cnn_ft.config.sections import KEY_OWNERS, SECTIONS, every_key, field_type, init_fields, owner_of
+from hf_cnn_ft.config.keys import KEY_OWNERS, every_key, field_type, init_fields, owner_of
+from hf_cnn_ft.config.sections import SECTIONS
 from hf_cnn_ft.errors import UserError, located
 
 if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe, from these helpers

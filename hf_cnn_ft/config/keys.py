@@ -1,0 +1,53 @@
+"""Which section of the recipe owns a key, and the key's declared type: what lets an override name a key
+plainly (`--learning_rate`) and a recipe file put it under its section."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from hf_cnn_ft.config.sections import SECTIONS
+
+
+def init_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def _key_owners() -> dict[str, str]:
+    owners: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        for name in init_fields(cls):
+            if name in owners:
+                raise AssertionError(f"recipe key {name!r} is defined in both {owners[name]} and {section}")
+            owners[name] = section
+    return owners
+
+
+KEY_OWNERS = _key_owners()
+
+
+def _training_fields() -> dict[str, Any]:
+    from hf_cnn_ft.config.training_arguments import training_fields  # imports transformers: seconds
+
+    return training_fields()
+
+
+def owner_of(key: str) -> str | None:
+    """The section a key belongs to, None for an unknown key. A training key this project does not
+    declare is looked up among transformers' TrainingArguments fields, which imports transformers:
+    only a recipe that names such a key pays for it before its checks."""
+    if key in KEY_OWNERS:
+        return KEY_OWNERS[key]
+    return "training" if key in _training_fields() else None
+
+
+def field_type(section: str, key: str) -> Any:
+    """The declared type of `section.key` (the key must belong to the section)."""
+    hints = typing.get_type_hints(SECTIONS[section])
+    return hints[key] if key in hints else _training_fields()[key]
+
+
+def every_key() -> list[str]:
+    """All recipe keys, transformers' TrainingArguments fields included (for suggestions)."""
+    return [*KEY_OWNERS, *(key for key in _training_fields() if key not in KEY_OWNERS)]
