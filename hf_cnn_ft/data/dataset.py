@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -59,6 +60,7 @@ class ImageData:
     source: str
     skipped: list[SkippedImage] = field(default_factory=list)
     slices: dict[str, list[str]] | None = None  # split -> each image's data.slice_column value
+    duplicates: dict[str, Any] | None = None  # byte-identical copies found (data/duplicates.py)
 
     @property
     def evaluation_split(self) -> str:

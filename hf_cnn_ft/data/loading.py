@@ -15,6 +15,7 @@ from hf_cnn_ft.data.dataset import (
     _normalise_columns,
     drop_unreadable_images,
 )
+from hf_cnn_ft.data.duplicates import find_duplicates
 from hf_cnn_ft.data.sources import load_raw_dataset
 from hf_cnn_ft.data.splits import arrange_splits
 from hf_cnn_ft.errors import UserError
@@ -50,12 +51,13 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
             for name, split in splits.items()
         }
     )
+    splits, duplicates = find_duplicates(splits, remove_across=args.cross_split_duplicates == "remove")
     require_usable(splits, args.dataset or "")
     slices = None
     if args.slice_column:
         slices = {name: list(split[SLICE_COLUMN]) for name, split in splits.items()}
         splits = DatasetDict({name: split.remove_columns(SLICE_COLUMN) for name, split in splits.items()})
-    return ImageData(splits, label_names, args.dataset or "", skipped, slices)
+    return ImageData(splits, label_names, args.dataset or "", skipped, slices, duplicates.as_dict())
 
 
 def require_usable(splits: DatasetDict, source: str) -> None:

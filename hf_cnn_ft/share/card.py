@@ -111,6 +111,15 @@ def _hyperparameters_table(recipe: Recipe) -> str:
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
 
 
+def _duplicates_text(duplicates: dict[str, Any] | None) -> str:
+    """What the byte-identical copies across splits did to the evaluation."""
+    if not duplicates or not duplicates["across"]:
+        return ""
+    counts = ", ".join(f"{n} {split}" for split, n in duplicates["across"].items())
+    done = "removed from those splits" if duplicates["removed"] else "kept, so those figures are optimistic"
+    return f"\nImages byte-identical to an image of an earlier split: {counts}; {done}."
+
+
 def _imbalance_note(summary: dict[str, Any]) -> str:
     counts = [c for c in summary["class_counts"]["train"].values() if c > 0]
     ratio = max(counts) / min(counts)
@@ -318,7 +327,7 @@ This model sorts an image into one of {len(labels)} classes: {", ".join(f"`{name
 
 Source: `{recipe.data.dataset}`{revision}.
 Split sizes: {", ".join(f"{k} {v}" for k, v in summary["split_sizes"].items())}.
-Unreadable images skipped: {summary["skipped_images"]}.
+Unreadable images skipped: {summary["skipped_images"]}.{_duplicates_text(summary.get("duplicates"))}
 
 {_counts_table(summary)}
 

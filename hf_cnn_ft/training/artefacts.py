@@ -83,6 +83,7 @@ def write_artefacts(
         "class_counts": {name: data.class_counts(name) for name in data.splits},
         "skipped_images": len(data.skipped),
         "skipped": [item.__dict__ for item in data.skipped],
+        "duplicates": data.duplicates,
         "linear_probe": probe_history[-1] if probe_history else None,
         "linear_probe_history": probe_history,
         "epochs_trained": trainer.state.epoch or 0,

@@ -1,0 +1,105 @@
+"""Byte-identical images, found by content hash: copies inside a split are reported; a validation or test
+image that is a copy of a training image (or a test image copying a validation one) would score the
+model on what it has seen, so it is reported loudly and, by default, removed from the evaluation side."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN
+
+logger = logging.getLogger(__name__)
+
+# Earlier splits win: a copy is removed from the later one, the side that is evaluated.
+SPLIT_ORDER = ("train", "validation", "test")
+SHOWN = 3  # examples named in a warning
+
+
+def _digest(image: dict[str, Any]) -> str:
+    data = image.get("bytes")
+    if data is None:
+        data = Path(image["path"]).read_bytes() if image.get("path") else b""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def content_hashes(split: Dataset, name: str) -> tuple[list[str], list[str]]:
+    """A hash of each image's file bytes, and a name for it (its path, or split[index]), in split order."""
+    raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+    hashed = raw.map(
+        lambda batch, indices: {
+            "_hash": [_digest(image) for image in batch[IMAGE_COLUMN]],
+            "_name": [image.get("path") or f"{name}[{i}]" for image, i in zip(batch[IMAGE_COLUMN], indices)],
+        },
+        batched=True,
+        with_indices=True,
+        batch_size=256,
+        remove_columns=raw.column_names,
+        desc=f"Hashing the {name} images",
+    )
+    return hashed["_hash"], hashed["_name"]
+
+
+@dataclass
+class DuplicateReport:
+    within: dict[str, int] = field(default_factory=dict)  # split -> images that copy another of the same split
+    across: dict[str, int] = field(default_factory=dict)  # split -> images that copy one of an earlier split
+    removed: bool = False
+    examples: dict[str, list[str]] = field(default_factory=dict)  # split -> a few "test/a.jpg = train/b.jpg"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"within": self.within, "across": self.across, "removed": self.removed, "examples": self.examples}
+
+
+def find_duplicates(splits: DatasetDict, remove_across: bool = True) -> tuple[DatasetDict, DuplicateReport]:
+    """Reports copies inside each split and across splits; returns the splits with the cross-split copies
+    removed from the evaluation side when `remove_across`."""
+    report, seen, cleaned = DuplicateReport(removed=remove_across), {}, {}
+    for name in sorted(splits, key=lambda n: SPLIT_ORDER.index(n) if n in SPLIT_ORDER else len(SPLIT_ORDER)):
+        split = splits[name]
+        hashes, names = content_hashes(split, name)
+        first_here: dict[str, int] = {}
+        copies: list[int] = []
+        for index, digest in enumerate(hashes):
+            if digest in seen:
+                copies.append(index)
+                report.examples.setdefault(name, []).append(f"{names[index]} = {seen[digest]}")
+            elif digest in first_here:
+                report.within[name] = report.within.get(name, 0) + 1
+            else:
+                first_here[digest] = index
+        if copies:
+            report.across[name] = len(copies)
+            if remove_across:
+                kept = set(copies)
+                split = split.select([i for i in range(len(split)) if i not in kept])
+        for digest, index in first_here.items():
+            seen.setdefault(digest, names[index])
+        cleaned[name] = split
+    report.examples = {name: shown[:SHOWN] for name, shown in report.examples.items()}
+    _warn(report)
+    return DatasetDict(cleaned), report
+
+
+def _warn(report: DuplicateReport) -> None:
+    for name, count in report.within.items():
+        logger.info("%s split: %d images are byte-identical copies of other %s images", name, count, name)
+    for name, count in report.across.items():
+        action = (
+            f"removed from {name} (data.cross_split_duplicates: keep keeps them)"
+            if report.removed
+            else f"kept in {name}: its figures are optimistic"
+        )
+        logger.warning(
+            "%d %s images are byte-identical to images of an earlier split (%s): %s",
+            count,
+            name,
+            "; ".join(report.examples[name]),
+            action,
+        )
