@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import platform
 import re
 from pathlib import Path
@@ -141,8 +142,11 @@ def _write_pictures(
 def _write_examples(data: ImageData, split: str, count: int, folder: Path) -> None:
     """Saves up to `count` images of the evaluated split, taking the classes in turn, for the demo page."""
     labels = data.splits[split][LABEL_COLUMN]
-    by_class = [[i for i, label in enumerate(labels) if label == c] for c in range(len(data.label_names))]
-    chosen = [row[k] for k in range(max(map(len, by_class), default=0)) for row in by_class if k < len(row)][:count]
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):  # one pass, whatever the number of classes
+        by_class.setdefault(label, []).append(index)
+    rounds = itertools.zip_longest(*(by_class[label] for label in sorted(by_class)))  # one image of each class
+    chosen = list(itertools.islice((i for round_ in rounds for i in round_ if i is not None), count))
     if not chosen:
         return
     folder.mkdir()
