@@ -1,11 +1,17 @@
-"""Test accuracy of recipes over several seeds, on the fixed splits of the offline datasets.
+"""Test accuracy of recipes over resampled splits and training seeds, beside the plain linear probe and the defaults.
 
-One image of a ~100-image test split is one point of accuracy, so single runs mislead: each
-recipe runs once per seed and the table reports mean ± std. Appends the table, the command and
-the machine to benchmarks/RESULTS.md.
+One image of a ~100-image test split is one point of accuracy, and one split is one draw of the images:
+each recipe runs on --splits K stratified re-draws of its dataset (data.resplit with split seeds 0..K-1,
+the dataset's own split sizes) times --seeds S training seeds. The table gives mean ± std over the runs
+and a 95% interval over the split means. On the same splits and seeds, --probe measures the plain linear
+probe (the recipe's data and input size, strategy linear_probe, nothing else) and --defaults what
+`hf-cnn-ft train --dataset D --model M` does with every other setting at its default; the recipe's
+difference to each is paired run by run, with its own interval. Overrides after `--` apply to every row.
+Appends the table, the command and the machine to benchmarks/RESULTS.md.
 
-    python benchmarks/accuracy.py recipes/food-efficientnet-lite0.yaml --seeds 3
-    python benchmarks/accuracy.py recipes/food-efficientnet-lite0.yaml --label "random init" -- --pretrained false
+    python benchmarks/accuracy.py recipes/food-efficientnet-lite0.yaml --splits 5 --probe --defaults
+    python benchmarks/accuracy.py recipes/elpv-defects-mobilenetv2.yaml --class defective --probe
+    python benchmarks/accuracy.py recipes/food-mobilenetv2.yaml --splits 0 --seeds 3   # the shipped split
 """
 
 from __future__ import annotations
@@ -20,17 +26,22 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hf_cnn_ft.cli.process import prepare_cpu_process
-from hf_cnn_ft.config.recipe import load_recipe
+from hf_cnn_ft.config.recipe import Recipe, load_recipe
+from hf_cnn_ft.evaluation.intervals import mean_interval, paired_difference
 from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS, import_known_weights
 from hf_cnn_ft.extras.offline_data import prepare_dataset
 from hf_cnn_ft.training.train import train
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+INPUT_KEYS = ("pretrained", "weights", "model_revision", "image_size", "crop_pct", "crop_mode")
 
 
 def machine() -> str:
@@ -38,9 +49,8 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} threads"
 
 
-def ensure_offline_inputs(recipe_path: Path) -> None:
+def ensure_offline_inputs(recipe: Recipe) -> None:
     """Fetches the offline dataset and weights a recipe points at, if they are not there yet."""
-    recipe = load_recipe(recipe_path)
     dataset = Path(recipe.data.dataset or "")
     if dataset.parent == Path("data") and not dataset.exists():
         prepare_dataset(dataset.name, dataset.parent)
@@ -49,20 +59,95 @@ def ensure_offline_inputs(recipe_path: Path) -> None:
         import_known_weights(model.parts[2], cache_dir=Path("data/weights"))
 
 
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+def defaults_of(recipe: Recipe, with_input: bool = False) -> dict[str, Any]:
+    """The recipe's data and backbone and nothing else (with its input size and crop if `with_input`)."""
+    values = {key: value for key, value in recipe.to_dict()["data"].items() if value is not None}
+    values["model"] = recipe.model.model
+    if with_input:
+        values.update({key: getattr(recipe.model, key) for key in INPUT_KEYS if getattr(recipe.model, key) is not None})
+    return values
 
 
-def summary(report: dict, class_name: str | None) -> str:
-    text = f"accuracy {report['accuracy']:.3f}, macro-F1 {report['f1_macro']:.3f}"
-    return text + (f", {class_name} F1 {report['per_class'][class_name]['f1']:.3f}" if class_name else "")
+# What each row trains: a recipe file (or none) and settings on top of it (and of the command's overrides).
+VARIANTS: dict[str, Callable[[Path], tuple[Path | None, dict[str, Any]]]] = {
+    "recipe": lambda path: (path, {}),
+    "linear probe": lambda path: (
+        None,
+        {**defaults_of(load_recipe(path), with_input=True), "strategy": "linear_probe"},
+    ),
+    "defaults": lambda path: (None, defaults_of(load_recipe(path))),
+}
+
+
+@dataclass
+class Runs:
+    """Every run of one variant: its split seed and training seed, report and cost."""
+
+    name: str
+    splits: list[int] = field(default_factory=list)
+    reports: list[dict] = field(default_factory=list)
+    alone: list[dict] = field(default_factory=list)  # without test-time flips, when the recipe uses them
+    seconds: list[float] = field(default_factory=list)
+    trainable: list[float] = field(default_factory=list)
+
+    def figure(self, key: str, class_name: str | None = None) -> list[float]:
+        return [report["per_class"][class_name]["f1"] if class_name else report[key] for report in self.reports]
+
+
+def run_once(path: Path | None, settings: dict[str, Any], overrides: list[str], out: str) -> tuple[dict, dict]:
+    result = train(load_recipe(path, overrides, {**settings, "output_dir": out, "disable_tqdm": True}))
+    return result.report, json.loads((Path(out) / "metrics.json").read_text()) | {"seconds": result.train_seconds}
+
+
+def measure(
+    variant: str, path: Path, overrides: list[str], splits: list[int | None], seeds: int, class_name: str | None
+) -> Runs:
+    runs = Runs(variant)
+    recipe_path, settings = VARIANTS[variant](path)
+    for split in splits:
+        for seed in range(seeds):
+            resampled = {} if split is None else {"resplit": True, "split_seed": split}
+            with tempfile.TemporaryDirectory() as out:
+                report, metrics = run_once(recipe_path, {**settings, **resampled, "seed": seed}, overrides, out)
+            runs.splits.append(split or 0)
+            runs.reports.append(report)
+            runs.seconds.append(metrics["seconds"])
+            if metrics.get("without_test_time_augmentation"):
+                runs.alone.append(metrics["without_test_time_augmentation"])
+            if peft := metrics.get("peft"):
+                runs.trainable.append(peft["trainable_parameters"] / peft["total_parameters"])
+            line = f"accuracy {report['accuracy']:.3f}, macro-F1 {report['f1_macro']:.3f}"
+            if class_name:
+                line += f", {class_name} F1 {report['per_class'][class_name]['f1']:.3f}"
+            where = "the shipped split" if split is None else f"split {split}"
+            print(f"{variant}, {where}, seed {seed}: {line}, {metrics['seconds']:.0f} s", flush=True)
+    return runs
+
+
+def rows(runs: Runs, recipe_runs: Runs | None, class_name: str | None) -> list[str]:
+    """The variant's row and, for a baseline, the recipe's paired difference to it."""
+    keys = [("accuracy", None), ("f1_macro", None)] + ([("f1", class_name)] if class_name else [])
+    cells = [str(mean_interval(runs.figure(k, c), runs.splits)) for k, c in keys]
+    extra = f" {100 * statistics.fmean(runs.trainable):.1f}% trainable (peft) |" if runs.trainable else ""
+    lines = [f"| {runs.name} | {' | '.join(cells)} | {len(runs.reports)} | {statistics.fmean(runs.seconds):.0f} s |"]
+    lines[0] += extra
+    if runs.alone:
+        alone = Runs(f"{runs.name}, the model alone (no test-time flips)", runs.splits, runs.alone)
+        cells = [str(mean_interval(alone.figure(k, c), alone.splits)) for k, c in keys]
+        lines.append(f"| {alone.name} | {' | '.join(cells)} | {len(alone.reports)} | same runs |")
+    if recipe_runs is not None:
+        cells = [paired_difference(recipe_runs.figure(k, c), runs.figure(k, c), runs.splits).signed() for k, c in keys]
+        lines.append(f"| recipe − {runs.name} (paired) | {' | '.join(cells)} | {len(runs.reports)} | |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="+", type=Path)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--splits", type=int, default=5, help="resampled splits; 0: the dataset's shipped split")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per split")
+    parser.add_argument("--probe", action="store_true", help="also the plain linear probe on the same splits")
+    parser.add_argument("--defaults", action="store_true", help="also the defaults on the same splits")
     parser.add_argument("--label", default="", help="what distinguishes this run (e.g. 'random init')")
     parser.add_argument("--class", dest="class_name", help="also report this class's F1 (e.g. defective)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
@@ -71,63 +156,28 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     prepare_cpu_process()  # what the command line does before training
 
-    rows = []
-    for recipe_path in args.recipes:
-        ensure_offline_inputs(recipe_path)
-        accuracy, f1, class_f1, seconds, trainable = [], [], [], [], []
-        alone: list[dict] = []  # the model without test-time flips, when the recipe uses them
-        for seed in range(args.seeds):
-            with tempfile.TemporaryDirectory() as out:
-                recipe = load_recipe(
-                    recipe_path, [*overrides, "--seed", str(seed), "--output_dir", out, "--disable_tqdm", "true"]
-                )
-                result = train(recipe)
-                metrics = json.loads((Path(out) / "metrics.json").read_text())
-            peft = metrics.get("peft")
-            if metrics.get("without_test_time_augmentation"):
-                alone.append(metrics["without_test_time_augmentation"])
-            report = result.report
-            if peft:
-                trainable.append(peft["trainable_parameters"] / peft["total_parameters"])
-            accuracy.append(report["accuracy"])
-            f1.append(report["f1_macro"])
-            seconds.append(result.train_seconds)
-            if args.class_name:
-                class_f1.append(report["per_class"][args.class_name]["f1"])
-            print(
-                f"{recipe_path.name} seed {seed}: {summary(report, args.class_name)}, {result.train_seconds:.0f} s",
-                flush=True,
-            )
-            if alone:
-                print(f"  the model alone, without test-time flips: {summary(alone[-1], args.class_name)}", flush=True)
-        name = f"{recipe_path.name} {args.label}".strip()
-        row = f"| {name} | {mean_std(accuracy)} | {mean_std(f1)} |"
-        row += f" {mean_std(class_f1)} |" if args.class_name else " – |"
-        row += f" {statistics.mean(seconds):.0f} s |"
-        if trainable:
-            row += f" {100 * statistics.mean(trainable):.1f}% trainable (peft) |"
-        rows.append(row)
-        if alone:
-            row = f"| {name}, the model alone (no test-time flips) |"
-            row += f" {mean_std([r['accuracy'] for r in alone])} | {mean_std([r['f1_macro'] for r in alone])} |"
-            if args.class_name:
-                row += f" {mean_std([r['per_class'][args.class_name]['f1'] for r in alone])} |"
-            else:
-                row += " – |"
-            rows.append(row + " same run |")
+    splits: list[int | None] = list(range(args.splits)) if args.splits > 0 else [None]
+    variants = ["recipe"] + ["linear probe"] * args.probe + ["defaults"] * args.defaults
+    table: list[str] = []
+    for path in args.recipes:
+        ensure_offline_inputs(load_recipe(path))
+        measured = [measure(variant, path, overrides, splits, args.seeds, args.class_name) for variant in variants]
+        measured[0].name = f"{path.name} {args.label}".strip()
+        table += rows(measured[0], None, args.class_name)
+        for runs in measured[1:]:
+            table += rows(runs, measured[0], args.class_name)
 
-    class_header = f"{args.class_name} F1" if args.class_name else "class F1"
-    table = "\n".join(
-        [f"| recipe | test accuracy | macro-F1 | {class_header} | training time |", "|---|---|---|---|---|", *rows]
-    )
-    print("\n" + table)
+    figures = ["test accuracy", "macro-F1"] + ([f"{args.class_name} F1"] if args.class_name else [])
+    header = f"| run | {' | '.join(figures)} | runs | training time |"
+    text = "\n".join([header, "|---" * (len(figures) + 3) + "|", *table])
+    print("\n" + text)
     if not args.no_record:
         command = "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:])
-        stamp = time.strftime("%Y-%m-%d")
+        over = f"{args.splits} resampled splits" if args.splits else "the shipped split"
+        title = f"### Accuracy over {over} x {args.seeds} seed(s) ({time.strftime('%Y-%m-%d')})"
+        note = "mean ± std over the runs [95% interval over the split means]"
         with RESULTS.open("a") as handle:
-            handle.write(
-                f"\n### Accuracy, {args.seeds} seeds ({stamp})\n\n`{command}`  \nMachine: {machine()}\n\n{table}\n"
-            )
+            handle.write(f"\n{title}\n\n`{command}`  \nMachine: {machine()}; {note}\n\n{text}\n")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import re
 
+import yaml
 from conftest import TINY_SETTINGS, overrides
 
 from hf_cnn_ft.cli.main import main
@@ -39,3 +41,19 @@ def test_compare_two_models_and_a_failing_third(tmp_path, shapes_dir, capsys):
 def test_compare_without_a_dataset_is_one_error_not_a_failed_row_per_model(tmp_path, capsys):
     assert main(["compare", "--output_dir", str(tmp_path / "c"), "--models", "test_resnet,test_efficientnet"]) == 2
     assert "no dataset given" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_compare_over_resampled_splits_gives_intervals(tmp_path, shapes_dir):
+    out = tmp_path / "compare"
+    settings = {**TINY_SETTINGS, "num_train_epochs": 1, "dataset": shapes_dir, "output_dir": out}
+    assert main(["compare", *overrides(settings), "--models", "test_resnet", "--splits", "3"]) == 0
+
+    for split in range(3):  # one run per split, each on its own draw of the images
+        recipe = yaml.safe_load((out / "test_resnet" / f"split{split}-seed42" / "recipe.yaml").read_text())
+        assert recipe["data"]["resplit"] is True and recipe["data"]["split_seed"] == split
+    board = (out / "leaderboard.md").read_text()
+    assert "3 resampled splits x 1 seed(s)" in board
+    row = next(line for line in board.splitlines() if "`test_resnet`" in line)
+    accuracy = row.split("|")[3]  # mean ± std [low, high]
+    mean, _std, low, high = (float(x) for x in re.findall(r"\d\.\d{4}", accuracy))
+    assert low <= mean <= high

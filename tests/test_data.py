@@ -237,6 +237,36 @@ def _fixed_split_folder(root: Path, per_class: int = 6) -> Path:
     return root
 
 
+def _file_names(split: datasets.Dataset) -> list[str]:
+    images = split.cast_column("image", datasets.Image(decode=False))["image"]
+    return [str(Path(image["path"]).relative_to(Path(image["path"]).parents[2])) for image in images]
+
+
+def test_resplit_draws_stratified_splits_of_the_shipped_sizes_whose_test_images_never_train(tmp_path, caplog):
+    """data.resplit, what benchmarks/accuracy.py --splits uses: each split seed is a new stratified draw of the
+    pooled images, with the dataset's own split sizes, and its test images are in neither training nor
+    validation (the split that picks the best checkpoint)."""
+    folder = _fixed_split_folder(tmp_path / "photos", per_class=10)  # 20 train / 20 validation / 20 test
+    shipped = load_image_data(DataArguments(dataset=str(folder)))
+    pool = {name for split in shipped.splits.values() for name in _file_names(split)}
+    caplog.set_level("WARNING")
+    tests = []
+    for seed in range(5):
+        data = load_image_data(DataArguments(dataset=str(folder), resplit=True, split_seed=seed))
+        names = {name: _file_names(split) for name, split in data.splits.items()}
+        assert {name: len(files) for name, files in names.items()} == {"train": 20, "validation": 20, "test": 20}
+        assert data.class_counts("test") == data.class_counts("validation") == {"a": 10, "b": 10}
+        assert not set(names["test"]) & (set(names["train"]) | set(names["validation"]))
+        assert not set(names["validation"]) & set(names["train"])
+        assert set(names["train"]) | set(names["validation"]) | set(names["test"]) == pool
+        tests.append(frozenset(names["test"]))
+    assert len(set(tests)) == 5  # five different test splits, each mixing the shipped splits' images
+    assert all({name.split("/")[0] for name in test} == {"train", "validation", "test"} for test in tests)
+    assert "not used" not in caplog.text  # split_seed is used here
+    again = load_image_data(DataArguments(dataset=str(folder), resplit=True, split_seed=3))
+    assert frozenset(_file_names(again.splits["test"])) == tests[3]
+
+
 def test_copies_across_splits_leave_the_evaluation_side_and_are_reported(tmp_path, caplog):
     folder = _fixed_split_folder(tmp_path / "photos")
     train = folder / "train"

@@ -87,7 +87,8 @@ def _compare(options: argparse.Namespace, extra: list[str]) -> int:
     models = [m.strip() for m in options.models.split(",") if m.strip()]
     seeds = [recipe.training.seed + i for i in range(options.seeds)]
     output_dir = Path(recipe.training.output_dir)
-    candidates = compare_models(recipe, models, seeds, output_dir)
+    splits = list(range(options.splits)) if options.splits > 0 else None
+    candidates = compare_models(recipe, models, seeds, output_dir, splits)
     print(f"\n{'model':<32} {'accuracy':>8} {'macro-F1':>8} {'train s':>8}")
     for c in ranked(candidates):
         if c.ok:
@@ -237,6 +238,13 @@ def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None
     elif verb == "compare":
         parser.add_argument("--models", required=True, help="comma-separated backbones: resnet50,convnext_tiny,...")
         parser.add_argument("--seeds", type=int, default=1, help="runs per backbone (seeds seed, seed+1, ...)")
+        parser.add_argument(
+            "--splits",
+            type=int,
+            default=0,
+            help="run on K resampled stratified splits (split seeds 0..K-1, data.resplit) and give 95%% intervals; "
+            "0: the recipe's split",
+        )
     else:
         parser.add_argument("--steps", type=int, default=100)
         parser.add_argument("--start-lr", type=float, default=1e-7)

@@ -68,6 +68,14 @@ class DataArguments:
         },
     )
     split_seed: int = field(default=42, metadata={"help": "Seed of the stratified split, independent of training."})
+    resplit: bool = field(
+        default=False,
+        metadata={
+            "help": "Pool the dataset's own splits and draw train/validation/test again, stratified, with "
+            "split_seed and the same sizes: a recipe measured over several split seeds (benchmarks/accuracy.py "
+            "--splits) is not a property of one test split."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging)."})
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Truncate the validation and test splits (debugging)."}

@@ -1,11 +1,12 @@
-"""Train / validation / test splits: existing ones kept, missing ones carved out stratified by class."""
+"""Train / validation / test splits: existing ones kept (or pooled and drawn again, data.resplit), missing ones
+carved out stratified by class."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import LABEL_COLUMN
@@ -71,8 +72,13 @@ def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
             )
     validation_name = args.validation_split or next((n for n in VALIDATION_SPLIT_CANDIDATES if n in raw), None)
     test_name = args.test_split or ("test" if "test" in raw else None)
-    _warn_unused_split_settings(args, validation_name is not None, test_name is not None)
-    train = raw[args.train_split]
+    test_fraction, validation_fraction = args.test_fraction, args.validation_fraction
+    if args.resplit:
+        train, test_fraction, validation_fraction = _pooled(raw, args, validation_name, test_name)
+        validation_name = test_name = None
+    else:
+        _warn_unused_split_settings(args, validation_name is not None, test_name is not None)
+        train = raw[args.train_split]
 
     def carve(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
         kept, held = stratified_split(np.asarray(dataset[LABEL_COLUMN]), fraction, seed)
@@ -81,15 +87,15 @@ def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
     splits: dict[str, Dataset] = {}
     if test_name is not None:
         splits["test"] = raw[test_name]
-    elif args.test_fraction > 0:
-        train, splits["test"] = carve(train, args.test_fraction, args.split_seed)
+    elif test_fraction > 0:
+        train, splits["test"] = carve(train, test_fraction, args.split_seed)
     else:
         logger.warning("no test split and data.test_fraction is 0: the final evaluation uses the validation split")
     if validation_name is not None:
         splits["validation"] = raw[validation_name]
-    elif args.validation_fraction > 0:
+    elif validation_fraction > 0:
         # Fraction of the original training set, whether or not a test split was carved first.
-        fraction = args.validation_fraction / (1.0 - (args.test_fraction if test_name is None else 0.0))
+        fraction = validation_fraction / (1.0 - (test_fraction if test_name is None else 0.0))
         train, splits["validation"] = carve(train, min(fraction, 0.9), args.split_seed + 1)
     else:
         raise UserError(
@@ -100,3 +106,23 @@ def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
     if "test" in splits:
         ordered["test"] = splits["test"]
     return DatasetDict(ordered)
+
+
+def _pooled(
+    raw: DatasetDict, args: DataArguments, validation_name: str | None, test_name: str | None
+) -> tuple[Dataset, float, float]:
+    """data.resplit: the dataset's own train, validation and test images in one pool, and the shares of
+    the pool that its own test and validation splits hold (the fractions where it has none), so a
+    resampled split has the shipped split's sizes."""
+    names = [args.train_split, *(name for name in (validation_name, test_name) if name is not None)]
+    pool = concatenate_datasets([raw[name] for name in names])
+    test_fraction = len(raw[test_name]) / len(pool) if test_name else args.test_fraction
+    validation_fraction = len(raw[validation_name]) / len(pool) if validation_name else args.validation_fraction
+    logger.info(
+        "data.resplit: %s's %s (%d images) drawn again with split_seed %d",
+        args.dataset,
+        " + ".join(names),
+        len(pool),
+        args.split_seed,
+    )
+    return pool, test_fraction, validation_fraction

@@ -1,7 +1,9 @@
 """Comparing backbones on the user's own data: one recipe, several models, a leaderboard.
 
 Every candidate is fine-tuned with the same recipe, data and splits (and the same seeds), then
-ranked by test macro-F1. A candidate that fails is a row saying why; the others still run.
+ranked by test macro-F1. With `splits`, every candidate runs on the same resampled splits
+(data.resplit) and the leaderboard gives each figure's 95% interval over them. A candidate that
+fails is a row saying why; the others still run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.sources import load_raw_dataset
 from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.intervals import mean_interval
 from hf_cnn_ft.share.run_dir import load_run
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ INFERENCE_BATCH = 32
 @dataclass
 class Candidate:
     model: str
+    split_seeds: list[int] = field(default_factory=list)  # the split of each run (all 0 without resampling)
     accuracy: list[float] = field(default_factory=list)
     f1_macro: list[float] = field(default_factory=list)
     train_seconds: list[float] = field(default_factory=list)
@@ -45,8 +49,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _fmt(values: list[float], digits: int = 4) -> str:
+def _fmt(values: list[float], split_seeds: list[int], digits: int = 4) -> str:
     mean, std = _mean_std(values)
+    if len(set(split_seeds)) > 1:
+        interval = mean_interval(values, split_seeds)
+        return f"{mean:.{digits}f} ± {std:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
@@ -66,8 +73,11 @@ def inference_speed(model_dir: Path, batches: int = 3) -> tuple[int, float]:
     return sum(p.numel() for p in model.parameters()), batches * INFERENCE_BATCH / elapsed
 
 
-def compare_models(recipe: Recipe, models: list[str], seeds: list[int], output_dir: Path) -> list[Candidate]:
-    """Fine-tunes every model with `recipe` under every seed, then writes the leaderboard."""
+def compare_models(
+    recipe: Recipe, models: list[str], seeds: list[int], output_dir: Path, splits: list[int] | None = None
+) -> list[Candidate]:
+    """Fine-tunes every model with `recipe` under every seed (on every resampled split), then writes the
+    leaderboard."""
     from hf_cnn_ft.training.train import train
 
     if not models:
@@ -78,9 +88,11 @@ def compare_models(recipe: Recipe, models: list[str], seeds: list[int], output_d
     for name in models:
         candidate = Candidate(name)
         candidates.append(candidate)
-        for seed in seeds:
-            run_dir = output_dir / _slug(name) / f"seed{seed}"
+        for split, seed in [(split, seed) for split in splits or [None] for seed in seeds]:
+            run_dir = output_dir / _slug(name) / (f"seed{seed}" if split is None else f"split{split}-seed{seed}")
             run = replace(recipe, model=replace(recipe.model, model=name))
+            if split is not None:
+                run.data = replace(recipe.data, resplit=True, split_seed=split)
             run.training = replace(recipe.training, seed=seed, output_dir=str(run_dir))
             logger.info("compare: %s, seed %d -> %s", name, seed, run_dir)
             try:
@@ -91,14 +103,13 @@ def compare_models(recipe: Recipe, models: list[str], seeds: list[int], output_d
                 )
                 logger.warning("compare: %s failed: %s", name, candidate.error)
                 break
+            candidate.split_seeds.append(split or 0)
             candidate.accuracy.append(result.report["accuracy"])
             candidate.f1_macro.append(result.report["f1_macro"])
             candidate.train_seconds.append(result.train_seconds)
         if candidate.ok:
-            candidate.parameters, candidate.images_per_second = inference_speed(
-                output_dir / _slug(name) / f"seed{seeds[0]}"
-            )
-    write_leaderboard(candidates, seeds, output_dir)
+            candidate.parameters, candidate.images_per_second = inference_speed(run_dir)
+    write_leaderboard(candidates, seeds, output_dir, splits)
     return candidates
 
 
@@ -110,11 +121,16 @@ def ranked(candidates: list[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (not c.ok, -(statistics.fmean(c.f1_macro) if c.ok else 0.0)))
 
 
-def write_leaderboard(candidates: list[Candidate], seeds: list[int], output_dir: Path) -> None:
+def write_leaderboard(
+    candidates: list[Candidate], seeds: list[int], output_dir: Path, splits: list[int] | None = None
+) -> None:
     rows = ranked(candidates)
     header = ["rank", "model", "test accuracy", "test macro-F1", "parameters", "train s", "inference img/s", "status"]
+    over = f"{len(seeds)} seed(s): {', '.join(map(str, seeds))}; mean ± std over seeds"
+    if splits:
+        over = f"{len(splits)} resampled splits x {len(seeds)} seed(s); mean ± std [95% interval over the splits]"
     lines = [
-        f"# Leaderboard ({len(seeds)} seed(s): {', '.join(map(str, seeds))}; mean ± std over seeds)",
+        f"# Leaderboard ({over})",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -133,7 +149,8 @@ def write_leaderboard(candidates: list[Candidate], seeds: list[int], output_dir:
                      f"{secs[0]:.1f}", f"{c.images_per_second:.1f}", len(c.accuracy), "ok", ""]
                 )  # fmt: skip
                 lines.append(
-                    f"| {position} | `{c.model}` | {_fmt(c.accuracy)} | {_fmt(c.f1_macro)} | {c.parameters:,} "
+                    f"| {position} | `{c.model}` | {_fmt(c.accuracy, c.split_seeds)} "
+                    f"| {_fmt(c.f1_macro, c.split_seeds)} | {c.parameters:,} "
                     f"| {secs[0]:.0f} | {c.images_per_second:.0f} | ok |"
                 )
             else:
