@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from hf_cnn_ft.config.sections import ModelArguments
+from hf_cnn_ft.data.data_config import SMALL_IMAGE_INPUT, DataConfig, for_small_images
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import head_linear
 from hf_cnn_ft.models.build import build_model
@@ -183,3 +184,38 @@ def test_drop_path_on_a_native_model_without_it_is_a_clear_error(tmp_path):
     NATIVE["convnext"]().save_pretrained(tmp_path / "c")
     model, _ = build_model(ModelArguments(model=str(tmp_path / "c"), drop_path_rate=0.1), LABELS)
     assert model.config.drop_path_rate == 0.1
+
+
+def test_small_images_get_a_smaller_whole_image_input_and_others_keep_the_models_own(caplog):
+    caplog.set_level("INFO", logger="hf_cnn_ft")
+    own = DataConfig(input_size=224, crop_pct=0.875)
+    assert for_small_images(own, 300) == own
+    small = for_small_images(own, 28)
+    assert (small.input_size, small.crop_pct) == (SMALL_IMAGE_INPUT, 1.0)
+    assert "median shorter edge 28 px" in caplog.text
+    assert for_small_images(DataConfig(input_size=96), 25).input_size == 96  # never above the model's own
+    # build_model adapts only what the recipe leaves unset
+    _, chosen = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS, source_side=25)
+    assert (chosen.input_size, chosen.crop_pct) == (min(160, SMALL_IMAGE_INPUT), 1.0)
+    args = ModelArguments(model="test_resnet", pretrained=False, image_size=48)
+    assert build_model(args, LABELS, source_side=25)[1].input_size == 48
+    args = ModelArguments(model="test_resnet", pretrained=False, crop_pct=0.9)
+    assert build_model(args, LABELS, source_side=25)[1].crop_pct == 0.9
+    assert build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)[1].input_size == 160
+
+
+@pytest.mark.parametrize("source", ["name", "directory"])
+def test_a_randomly_initialised_timm_backbone_is_initialised_as_timm_does(source, tmp_path):
+    """The transformers wrapper's own init (N(0, 0.02) everywhere) leaves a deep random network's features
+    near 1e-6: a from-scratch baseline or a probe on them could not learn anything."""
+    name = "test_resnet"
+    if source == "directory":
+        save_model(*build_model(ModelArguments(model=name, pretrained=False), LABELS), tmp_path / "saved")
+        name = str(tmp_path / "saved")
+    model = build_model(ModelArguments(model=name, pretrained=False), LABELS)[0].eval()
+    colours = torch.zeros(3, 3, 64, 64)
+    for channel in range(3):
+        colours[channel, channel] = 2.0  # a red, a green and a blue image
+    with torch.no_grad():
+        features = model.timm_model.forward_head(model.timm_model.forward_features(colours), pre_logits=True)
+    assert features.std(dim=0).mean() > 1e-2  # the three colours give different features

@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import TINY_SETTINGS, cli_env, overrides
 from PIL import Image
-from synthetic import CLASSES
+from synthetic import CLASSES, make_shapes_folder
 from transformers import pipeline
 
 from hf_cnn_ft.cli.main import main
@@ -165,6 +165,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, shapes_dir):
         "dataset": shapes_dir,
         "output_dir": out,
         "learning_rate": 0.0,
+        "bn": "frozen",  # nor do the BatchNorm statistics move
         "early_stopping_patience": 2,
         "num_train_epochs": 10,
     }
@@ -190,3 +191,17 @@ def test_the_real_entry_point_prints_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"hf-cnn-ft: error: data path {tmp_path / 'nowhere'} does not exist" in result.stderr
+
+
+def test_tiny_images_train_above_chance_with_defaults_and_the_chosen_input_is_saved(tmp_path, caplog):
+    """25-px images (LFW-crop size), every setting at its default but the (tiny, untrained) backbone."""
+    folder = make_shapes_folder(tmp_path / "tiny", per_class=30, size=25)
+    out = tmp_path / "run"
+    caplog.set_level("INFO", logger="hf_cnn_ft")
+    defaults = ["--model", "test_resnet", "--pretrained", "false", "--disable_tqdm", "true"]
+    assert main(["train", "--dataset", str(folder), "--output_dir", str(out), *defaults]) == 0
+    assert "median shorter edge 25 px" in caplog.text
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())["model"]
+    assert (saved["image_size"], saved["crop_pct"]) == (128, 1.0)  # chosen, and written where a rerun reads it
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.6  # 3 classes: chance is 0.33

@@ -121,7 +121,11 @@ class ModelArguments:
     )
     model_revision: str | None = field(default=None, metadata={"help": "Hub model branch, tag or commit."})
     image_size: int | None = field(
-        default=None, metadata={"help": "Training/eval resolution; unset uses the model's own input size."}
+        default=None,
+        metadata={
+            "help": "Training/eval resolution; unset uses the model's own input size, or 128 px (whole image at "
+            "evaluation) for training images under 64 px; the run's recipe.yaml records the size used."
+        },
     )
     crop_pct: float | None = field(
         default=None,

@@ -13,7 +13,7 @@ import numpy as np
 from datasets import ClassLabel, DatasetDict
 
 from hf_cnn_ft.config.sections import DataArguments
-from hf_cnn_ft.data.images import unreadable_reason
+from hf_cnn_ft.data.images import short_side, unreadable_reason
 from hf_cnn_ft.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,14 @@ class ImageData:
     def evaluation_split(self) -> str:
         """The split of the final, honest evaluation: test when there is one, else validation."""
         return "test" if "test" in self.splits else "validation"
+
+    def typical_short_side(self, sample: int = 64) -> int | None:
+        """The median shorter edge, in pixels, of up to `sample` training images spread over the split."""
+        train = self.splits["train"]
+        picks = np.linspace(0, len(train) - 1, num=min(sample, len(train)), dtype=int)
+        undecoded = train.select(np.unique(picks)).cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+        sides = [side for entry in undecoded[IMAGE_COLUMN] if (side := short_side(entry)) is not None]
+        return int(np.median(sides)) if sides else None
 
     def class_counts(self, split: str) -> dict[str, int]:
         counts = np.bincount(self.splits[split][LABEL_COLUMN], minlength=len(self.label_names))

@@ -51,6 +51,16 @@ def unreadable_reason(image: dict[str, Any]) -> str | None:
     return None
 
 
+def short_side(image: dict[str, Any]) -> int | None:
+    """The shorter edge, in pixels, of an undecoded image entry ({bytes, path}), from its header alone."""
+    try:
+        data = image.get("bytes")
+        with Image.open(io.BytesIO(data) if data else image["path"]) as img:
+            return min(img.size)
+    except Exception:  # unreadable images are the readable check's business
+        return None
+
+
 def open_image(path: str | Path) -> Image.Image:
     """The image in `path`, decoded; ValueError saying why for a file that is not a readable image."""
     try:

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from hf_cnn_ft.config.sections import ModelArguments
-from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.data_config import DataConfig, for_small_images
 from hf_cnn_ft.errors import UserError, first_line
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear, is_timm_model, timm_architecture
 from hf_cnn_ft.models.hub import model_source
@@ -91,6 +91,8 @@ def _build_timm(args: ModelArguments, architecture: str, label_names: list[str])
                 "model.weights to a local weights file, or model.pretrained: false to train from scratch"
             ) from None
         model.timm_model = pretrained
+    else:
+        _timm_initialisation(model)
     pretrained_cfg = dict(model.timm_model.pretrained_cfg)
     pretrained_cfg.pop("num_classes", None)
     if not args.pretrained and args.weights is None:
@@ -99,6 +101,18 @@ def _build_timm(args: ModelArguments, architecture: str, label_names: list[str])
             pretrained_cfg.pop(key, None)
     model.config.pretrained_cfg = _json_ready(pretrained_cfg)
     return model
+
+
+def _timm_initialisation(model: PreTrainedModel) -> None:
+    """A randomly initialised timm backbone as timm initialises it. The transformers wrapper's own init
+    draws every convolution from N(0, 0.02), which leaves a deep network's features near zero (1e-6 on a
+    ResNet): nothing a probe or a from-scratch baseline can learn from."""
+    import timm
+
+    config = model.config
+    model.timm_model = timm.create_model(
+        config.architecture, pretrained=False, num_classes=config.num_labels, **(config.model_args or {})
+    )
 
 
 def _timm_regularisation(args: ModelArguments) -> dict[str, float]:
@@ -159,7 +173,10 @@ def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[
     if not args.pretrained:
         # The architecture alone, randomly initialised: the baseline that shows what pretraining buys.
         config.update({**_label_maps(label_names), **regularisation})
-        return AutoModelForImageClassification.from_config(config, trust_remote_code=args.trust_remote_code), True
+        model = AutoModelForImageClassification.from_config(config, trust_remote_code=args.trust_remote_code)
+        if config.model_type == "timm_wrapper":
+            _timm_initialisation(model)
+        return model, True
     common.update(regularisation)
     existing = [config.id2label.get(i) for i in range(config.num_labels)] if config.id2label else []
     if existing == label_names:
@@ -176,8 +193,11 @@ def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[
     return model, True
 
 
-def build_model(args: ModelArguments, label_names: list[str]) -> tuple[PreTrainedModel, DataConfig]:
-    """The backbone that the recipe names, with a head sized to `label_names`."""
+def build_model(
+    args: ModelArguments, label_names: list[str], source_side: int | None = None
+) -> tuple[PreTrainedModel, DataConfig]:
+    """The backbone that the recipe names, with a head sized to `label_names`; `source_side` (the training
+    images' typical shorter edge) adapts the input of unset model.image_size / crop_pct to tiny images."""
     source = args.model
     if not source:
         raise UserError("no model given: set model.model (or --model) to a timm name, Hub id or local directory")
@@ -200,6 +220,8 @@ def build_model(args: ModelArguments, label_names: list[str]) -> tuple[PreTraine
     if new_head and args.zero_init_head:
         _zero_head(model)
     data_config = resolve_data_config(model, processor_source, revision=args.model_revision)
+    if source_side is not None and args.image_size is None:
+        data_config = for_small_images(data_config, source_side)
     if args.image_size is not None:
         data_config.input_size = args.image_size
     if args.crop_pct is not None:

@@ -44,6 +44,18 @@ def eval_metric_name(args: TrainArguments) -> str:
     return metric if metric.startswith("eval_") else f"eval_{metric}"
 
 
+def with_input_of(recipe: Recipe, data_config: DataConfig) -> Recipe:
+    """The recipe with the input size, crop and crop mode the run used (the model's own or chosen for tiny
+    images where the recipe left them unset): training again from the saved recipe.yaml sees the same pixels."""
+    model = dataclasses.replace(
+        recipe.model,
+        image_size=data_config.input_size,
+        crop_pct=data_config.crop_pct,
+        crop_mode=data_config.crop_mode,
+    )
+    return dataclasses.replace(recipe, model=model)
+
+
 def write_artefacts(
     recipe: Recipe,
     data: ImageData,
@@ -63,7 +75,7 @@ def write_artefacts(
     peft_summary = _save_weights(recipe, trainer.model, data_config, base_model, staging)
     _write_pictures(recipe, trainer, data, report, evaluated_on, probe_history, staging)
     _write_examples(data, evaluated_on, recipe.report.example_images, staging / artefacts.EXAMPLES_DIR)
-    artefacts.write_text(staging / "recipe.yaml", recipe_to_yaml(recipe))
+    artefacts.write_text(staging / "recipe.yaml", recipe_to_yaml(with_input_of(recipe, data_config)))
     if data.skipped:
         lines = [f"{item.split}\t{item.path}\t{item.reason}" for item in data.skipped]
         artefacts.write_text(staging / "skipped_images.tsv", "split\tpath\treason\n" + "\n".join(lines) + "\n")

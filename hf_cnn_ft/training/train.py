@@ -119,7 +119,7 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
     (or wraps the model in a peft adapter); the strategy's own hook has the last word."""
     finetune = recipe.finetune
     strategy = get_strategy(finetune.strategy)
-    model, data_config = build_model(recipe.model, data.label_names)
+    model, data_config = build_model(recipe.model, data.label_names, data.typical_short_side())
     if recipe.data.decode_cache:
         with recipe.training.main_process_first(desc="decoding the images once"):
             data = decode_once(data, data_config)
