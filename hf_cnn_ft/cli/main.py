@@ -241,9 +241,9 @@ def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None
         parser.add_argument(
             "--splits",
             type=int,
-            default=0,
-            help="run on K resampled stratified splits (split seeds 0..K-1, data.resplit) and give 95%% intervals; "
-            "0: the recipe's split",
+            default=5,
+            help="run on K resampled stratified splits (split seeds 0..K-1, data.resplit) and give 95%% intervals "
+            "(default 5: one test split is one draw of the images); 0: the recipe's own split only",
         )
     else:
         parser.add_argument("--steps", type=int, default=100)
