@@ -12,6 +12,7 @@ Appends the table, the command and the machine to benchmarks/RESULTS.md.
     python benchmarks/accuracy.py recipes/food-efficientnet-lite0.yaml --splits 5 --probe --defaults
     python benchmarks/accuracy.py recipes/elpv-defects-mobilenetv2.yaml --class defective --probe
     python benchmarks/accuracy.py recipes/food-mobilenetv2.yaml --splits 0 --seeds 3   # the shipped split
+    python benchmarks/accuracy.py recipes/elpv-defects-mobilenetv2.yaml --no-recipe --probe --defaults
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def rows(runs: Runs, recipe_runs: Runs | None, class_name: str | None) -> list[s
         lines.append(f"| {alone.name} | {' | '.join(cells)} | {len(alone.reports)} | same runs |")
     if recipe_runs is not None:
         cells = [paired_difference(recipe_runs.figure(k, c), runs.figure(k, c), runs.splits).signed() for k, c in keys]
-        lines.append(f"| recipe − {runs.name} (paired) | {' | '.join(cells)} | {len(runs.reports)} | |")
+        lines.append(f"| {recipe_runs.name} − {runs.name} (paired) | {' | '.join(cells)} | {len(runs.reports)} | |")
     return lines
 
 
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per split")
     parser.add_argument("--probe", action="store_true", help="also the plain linear probe on the same splits")
     parser.add_argument("--defaults", action="store_true", help="also the defaults on the same splits")
+    parser.add_argument("--no-recipe", action="store_true", help="only the baselines, paired against the first")
     parser.add_argument("--label", default="", help="what distinguishes this run (e.g. 'random init')")
     parser.add_argument("--class", dest="class_name", help="also report this class's F1 (e.g. defective)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
@@ -157,12 +159,13 @@ def main() -> None:
     prepare_cpu_process()  # what the command line does before training
 
     splits: list[int | None] = list(range(args.splits)) if args.splits > 0 else [None]
-    variants = ["recipe"] + ["linear probe"] * args.probe + ["defaults"] * args.defaults
+    variants = ["recipe"] * (not args.no_recipe) + ["linear probe"] * args.probe + ["defaults"] * args.defaults
     table: list[str] = []
     for path in args.recipes:
         ensure_offline_inputs(load_recipe(path))
         measured = [measure(variant, path, overrides, splits, args.seeds, args.class_name) for variant in variants]
-        measured[0].name = f"{path.name} {args.label}".strip()
+        if not args.no_recipe:
+            measured[0].name = f"{path.name} {args.label}".strip()
         table += rows(measured[0], None, args.class_name)
         for runs in measured[1:]:
             table += rows(runs, measured[0], args.class_name)
