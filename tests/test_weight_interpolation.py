@@ -43,7 +43,8 @@ def test_alpha_places_the_model_between_the_probe_and_the_fine_tuned_end(tmp_pat
 
     start = _train(tmp_path, shapes_dir, "start", wise_alpha=0)
     assert all(torch.equal(start[k], probed[k]) for k in _floats(end))
-    assert all(torch.equal(_train(tmp_path, shapes_dir, "one", wise_alpha=1)[k], end[k]) for k in end)
+    one = _train(tmp_path, shapes_dir, "one", wise_alpha=1)
+    assert all(torch.equal(one[k], end[k]) for k in end)
 
     auto = _train(tmp_path, shapes_dir, "auto", wise_alpha="auto")
     record = json.loads((tmp_path / "auto" / "metrics.json").read_text())["weight_interpolation"]
