@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hf_cnn_ft.cli.tools import TOOL_HANDLERS, add_tool_verbs
+from hf_cnn_ft.cli.tune import add_tune_verb, run_tune
 from hf_cnn_ft.config.choices import TEST_TIME_FLIPS
 from hf_cnn_ft.config.loading import recipe_help
 from hf_cnn_ft.config.paths import check_model_location, check_predictions_path, collect_images
@@ -229,7 +230,7 @@ def _merge(options: argparse.Namespace) -> int:
     return 0
 
 
-RECIPE_VERBS = ("train", "lr-find", "compare")
+RECIPE_VERBS = ("train", "lr-find", "compare", "tune")
 
 
 def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -245,7 +246,7 @@ def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None
             help="run on K resampled stratified splits (split seeds 0..K-1, data.resplit) and give 95%% intervals "
             "(default 5: one test split is one draw of the images); 0: the recipe's own split only",
         )
-    else:
+    elif verb == "lr-find":
         parser.add_argument("--steps", type=int, default=100)
         parser.add_argument("--start-lr", type=float, default=1e-7)
         parser.add_argument("--end-lr", type=float, default=1.0)
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_recipe_verbs(verbs: argparse._SubParsersAction) -> None:
-    """train, lr-find and compare: a recipe and its overrides."""
+    """train, lr-find, compare and tune: a recipe and its overrides."""
     train = verbs.add_parser(
         "train",
         help="fine-tune as a recipe says",
@@ -299,6 +300,7 @@ def _add_recipe_verbs(verbs: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("recipe", nargs="?")
     _add_recipe_verb_options(compare, "compare")
+    add_tune_verb(verbs)
 
 
 def _add_run_verbs(verbs: argparse._SubParsersAction) -> None:
@@ -349,7 +351,7 @@ def _add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     merge.add_argument("output_dir")
 
 
-RECIPE_HANDLERS = {"train": _train, "lr-find": _lr_find, "compare": _compare}
+RECIPE_HANDLERS = {"train": _train, "lr-find": _lr_find, "compare": _compare, "tune": run_tune}
 RUN_HANDLERS = {
     "report": _report,
     "evaluate": _evaluate,

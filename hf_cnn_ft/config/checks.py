@@ -18,7 +18,9 @@ from typing import Any
 
 from hf_cnn_ft.config.checkpoints import NO_RESUME, RESUME_LATEST, last_complete_checkpoint
 from hf_cnn_ft.config.choices import METRIC_NAMES, STRATEGY_PRESETS, StrategyPreset
+from hf_cnn_ft.config.keys import owner_of
 from hf_cnn_ft.config.paths import looks_like_local_path
+from hf_cnn_ft.config.search import check_tune
 from hf_cnn_ft.config.sections import (
     AugmentArguments,
     DataArguments,
@@ -27,6 +29,7 @@ from hf_cnn_ft.config.sections import (
     ModelArguments,
     PeftArguments,
     ReportArguments,
+    TuneArguments,
 )
 from hf_cnn_ft.errors import UserError
 
@@ -43,6 +46,7 @@ class RecipeValues:
     peft: PeftArguments
     hub: HubArguments
     report: ReportArguments
+    tune: TuneArguments
     training: Mapping[str, Any]
 
 
@@ -292,7 +296,11 @@ def resolve_strategy_defaults(finetune: FinetuneArguments) -> None:
         finetune.lr_decay = preset.lr_decay
 
 
-CHECKS = (_check_ranges, _check_augment, _check_finetune, _check_peft, _check_training, _check_paths)
+def _check_tune(values: RecipeValues) -> None:
+    check_tune(values.tune, lambda key: owner_of(key) is not None)
+
+
+CHECKS = (_check_ranges, _check_augment, _check_finetune, _check_peft, _check_training, _check_tune, _check_paths)
 
 
 def check_recipe(values: RecipeValues) -> RecipeValues:

@@ -284,8 +284,13 @@ _RecipeDumper.add_representer(
 )
 
 
+def sections_to_yaml(sections: dict[str, dict[str, Any]]) -> str:
+    """Recipe data by section as a recipe file: a block per section, short lists inline."""
+    return yaml.dump(_plain(sections), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
+
+
 def recipe_to_yaml(recipe: Recipe) -> str:
-    return yaml.dump(recipe_to_dict(recipe), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
+    return sections_to_yaml(recipe_to_dict(recipe))
 
 
 def recipe_help() -> str:

@@ -25,6 +25,7 @@ from hf_cnn_ft.config.sections import (
     ModelArguments,
     PeftArguments,
     ReportArguments,
+    TuneArguments,
 )
 from hf_cnn_ft.config.training_defaults import TrainingDefaults
 from hf_cnn_ft.errors import UserError, first_line, located
@@ -44,6 +45,7 @@ class Recipe:
     peft: PeftArguments
     hub: HubArguments
     report: ReportArguments
+    tune: TuneArguments
     training: TrainArguments
 
     @classmethod

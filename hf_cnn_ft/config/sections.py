@@ -1,7 +1,8 @@
-"""The recipe's seven sections, each a dataclass: the one source of truth for every setting.
+"""The recipe's sections, each a dataclass: the one source of truth for every setting.
 
-A recipe has the sections ``data``, ``model``, ``augment``, ``finetune``, ``peft``, ``hub`` and ``training``
-(transformers' ``TrainingArguments`` with defaults chosen for fine-tuning). Every key name is unique across
+A recipe has the sections ``data``, ``model``, ``augment``, ``finetune``, ``peft``, ``hub``, ``report``,
+``tune`` (read by `hf-cnn-ft tune` only, `config.search`) and ``training`` (transformers'
+``TrainingArguments`` with defaults chosen for fine-tuning). Every key name is unique across
 the sections, so a command-line override names it plainly (``--learning_rate 3e-4``) or with its section
 (``--training.learning_rate 3e-4``). The CLI, the YAML files, the saved ``recipe.yaml`` and the model card
 are all derived from these dataclasses.
@@ -23,6 +24,7 @@ from hf_cnn_ft.config.choices import (
     TEST_TIME_FLIPS,
     UNFREEZE_SCHEDULES,
 )
+from hf_cnn_ft.config.search import TuneArguments
 from hf_cnn_ft.config.training_defaults import TrainingDefaults
 
 
@@ -90,6 +92,13 @@ class DataArguments:
     check_images: bool = field(
         default=True,
         metadata={"help": "Decode every image once before training and skip (and report) the unreadable ones."},
+    )
+    read_test_split: bool = field(
+        default=True,
+        metadata={
+            "help": "false: the test split is set aside unread (not decoded, hashed nor evaluated) and the run is "
+            "judged on validation, as `hf-cnn-ft tune` judges its trials."
+        },
     )
     cross_split_duplicates: Literal[CROSS_SPLIT_DUPLICATES] = field(
         default="remove",
@@ -369,5 +378,6 @@ SECTIONS: dict[str, type] = {
     "peft": PeftArguments,
     "hub": HubArguments,
     "report": ReportArguments,
+    "tune": TuneArguments,
     "training": TrainingDefaults,  # declared keys; any transformers TrainingArguments field is accepted too
 }

@@ -40,6 +40,8 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
         found = f" ('{label_names[0]}')" if label_names else ""
         raise UserError(f"{args.dataset}: found a single class{found}; a classifier needs at least two")
     splits = arrange_splits(raw, args)
+    if not args.read_test_split:  # set aside before anything opens a file: not checked, hashed nor decoded
+        splits = DatasetDict({name: split for name, split in splits.items() if name != "test"})
     skipped: list[SkippedImage] = []
     if args.check_images if check_images is None else check_images:
         splits, skipped = drop_unreadable_images(splits)

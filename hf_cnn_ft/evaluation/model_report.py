@@ -33,7 +33,7 @@ from hf_cnn_ft.evaluation.evaluate import labelled_split, predict_scores
 from hf_cnn_ft.evaluation.gradcam import grad_cam_views
 from hf_cnn_ft.evaluation.report_plots import Tile, plot_reliability, plot_tiles
 from hf_cnn_ft.models.io import label_names_of, temperature_of
-from hf_cnn_ft.share.run_dir import add_report_to_run, load_run
+from hf_cnn_ft.share.run_dir import add_to_run, load_run
 
 REPORT_FILE = "report.json"
 
@@ -156,5 +156,5 @@ def report_model(
         model, data_config, ReportData(dataset, labels, split, slices), settings, folder, test_time_flips
     )
     if Path(source).is_dir() and Path(source).resolve() == folder.resolve():
-        add_report_to_run(folder, report_summary(report))
+        add_to_run(folder, "report", report_summary(report))
     return report

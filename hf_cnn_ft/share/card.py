@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.recipe import Recipe
+from hf_cnn_ft.share.card_findings import report_text, search_text
 from hf_cnn_ft.strategies.registry import get_strategy
 
 PICTURES = {
@@ -253,59 +254,6 @@ def _origin_text(recipe: Recipe, base_model: str) -> str:
     return f"It is `{base_model}`, {start}, with a new classification head, fine-tuned with [hf-cnn-ft]({TOOL_URL})."
 
 
-REPORT_PICTURES = {
-    "top_losses.png": "the most confidently wrong images, each beside its Grad-CAM heat map",
-    "correct_examples.png": "the most confident correct images of each class, with Grad-CAM",
-    "reliability.png": "reliability diagram",
-}
-
-
-def _calibration_text(calibration: dict[str, Any]) -> str:
-    if calibration.get("ece_scaled") is None:
-        return f"Expected calibration error (15 bins): {calibration['ece']:.4f}; no temperature was fitted."
-    return (
-        f"The probabilities are temperature-scaled (T = {calibration['temperature']:.3f}, fitted on the validation "
-        f"split; `predict`, `evaluate`, `pipeline` users: divide the logits by T). Expected calibration error "
-        f"(15 bins): {calibration['ece']:.4f} before, {calibration['ece_scaled']:.4f} after."
-    )
-
-
-def _slices_text(slices: dict[str, Any] | None) -> str:
-    if not slices:
-        return ""
-    rows = [
-        f"| {name} | {v['num_samples']} | {v['accuracy']:.3f} | {v['f1_macro']:.3f} |"
-        for name, v in slices["per_slice"].items()
-    ]
-    return (
-        "\n| slice | images | accuracy | macro-F1 |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        f"Worst slice: `{slices['worst']}`, {slices['gap']:.3f} below the overall accuracy "
-        f"({slices['overall_accuracy']:.3f}).\n"
-    )
-
-
-def _report_text(report: dict[str, Any] | None) -> str:
-    """The report's findings: most confused pairs, calibration, slices, and its pictures."""
-    if not report:
-        return ""
-    pairs = "\n".join(
-        f"| {p['true']} | {p['predicted']} | {p['count']} | {p['rate']:.2f} |" for p in report["most_confused"][:8]
-    )
-    confused = (
-        f"| true | predicted as | images | share of the true class |\n|---|---|---|---|\n{pairs}\n" if pairs else ""
-    )
-    pictures = "\n".join(
-        f"![{REPORT_PICTURES[name]}]({name})\n" for name in report["pictures"] if name in REPORT_PICTURES
-    )
-    return f"""## What the model gets wrong
-
-On the {report["split"]} split ({report["num_samples"]} images; `report.json` lists every image's loss).
-{_calibration_text(report["calibration"])}
-
-{confused}{_slices_text(report.get("slices"))}
-{pictures}"""
-
-
 def _overall_table(report: dict[str, Any]) -> str:
     keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "top5_accuracy")
     return "\n".join(f"| {key} | {report[key]:.4f} |" for key in keys if key in report)
@@ -359,7 +307,8 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 {_metrics_table(report)}
 {_test_time_text(summary)}
 {images}
-{_report_text(summary.get("report"))}
+{report_text(summary.get("report"))}
+{search_text(summary.get("search"))}
 ## How to use
 
 {_adapter_usage(repo_id, recipe) if _is_adapter(summary) else _usage(repo_id, summary)}

@@ -137,10 +137,11 @@ def merge_adapter_dir(directory: str | Path, output: str | Path) -> Path:
     return output
 
 
-def add_report_to_run(output_dir: Path, report: dict[str, Any]) -> None:
-    """Records a report (written beside the run's files) in metrics.json and the model card."""
+def add_to_run(output_dir: Path, key: str, finding: dict[str, Any]) -> None:
+    """Records a finding about a finished run (its `report`, the `search` that found its recipe), written
+    beside the run's files, in metrics.json and the model card."""
     summary = json.loads((output_dir / COMPLETION_MARKER).read_text())
-    summary["report"] = report
+    summary[key] = finding
     write_model_card(output_dir, load_recipe(output_dir / "recipe.yaml"), summary)
     write_json(output_dir / COMPLETION_MARKER, summary)
 

@@ -23,6 +23,7 @@ from hf_cnn_ft.config.sections import FinetuneArguments
 from hf_cnn_ft.data.dataset import LABEL_COLUMN
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
+from hf_cnn_ft.strategies.shared_features import shared_or_computed
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class ProbeInputs:
     channels_last: bool = False
     loss_weights: torch.Tensor | None = None
     train_batchnorm: bool = False  # whether BatchNorm in the probed stages trains (stage probe only)
+    epoch_end: Callable[[dict[str, float]], None] = lambda entry: None  # hears each epoch (tune prunes on it)
+    features_key: str | None = None  # set while a search shares frozen features between its trials
 
 
 def fit_on_cache(
@@ -152,7 +155,9 @@ def fit_on_cache(
                 logits = (hooks.validation_logits or forward)(validation[0])
             entry["eval_loss"] = float(loss_fn(logits, validation[1]))
             entry["eval_accuracy"] = float((logits.argmax(1) == validation[1]).float().mean())
+            entry["eval_f1_macro"] = macro_f1(logits.argmax(1), validation[1], logits.shape[1])
         history.append(entry)
+        hooks.epoch_end(entry)
     return history
 
 
@@ -162,6 +167,17 @@ class ProbeHooks:
 
     train_mode: Callable[[], None] = lambda: None
     validation_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
+    epoch_end: Callable[[dict[str, float]], None] = lambda entry: None
+
+
+def macro_f1(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
+    """The unweighted mean of the per-class F1 over every class (0 for a class never predicted or seen)."""
+    scores = []
+    for label in range(classes):
+        hits = int(((predicted == label) & (labels == label)).sum())
+        guessed, actual = int((predicted == label).sum()), int((labels == label).sum())
+        scores.append(2 * hits / (guessed + actual) if guessed + actual else 0.0)
+    return sum(scores) / classes
 
 
 def steps_of(count: int, args: FinetuneArguments) -> int:
@@ -177,6 +193,7 @@ def train_head(
     seed: int,
     validation: tuple[torch.Tensor, torch.Tensor] | None = None,
     loss_weights: torch.Tensor | None = None,
+    hooks: ProbeHooks | None = None,
 ) -> list[dict[str, float]]:
     """Trains the classifier layer on pooled features: AdamW, cosine schedule, mini-batches.
 
@@ -185,22 +202,34 @@ def train_head(
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, 0, steps_of(len(features), args))
     head.train()
-    return fit_on_cache(head, features, labels, optimizer, schedule, args, seed, validation, loss_weights)
+    return fit_on_cache(head, features, labels, optimizer, schedule, args, seed, validation, loss_weights, hooks)
+
+
+def _view_features(model: nn.Module, probe: ProbeInputs, view: int | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """View 0: the training images unaugmented; view k: augmented, seeded by k (so a view is the same
+    whether or not the ones before it were computed); "validation": the validation images."""
+    dataset = probe.validation_split if view == "validation" else probe.train_split
+    transform = probe.train_transform if isinstance(view, int) and view > 0 else probe.eval_transform
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        if transform is probe.train_transform:
+            torch.manual_seed(probe.seed + int(view) - 1)
+        return extract_features(model, dataset, transform, channels_last=probe.channels_last)
+
+    return shared_or_computed(probe.features_key, str(view), compute)
 
 
 def linear_probe(model: nn.Module, probe: ProbeInputs) -> list[dict[str, float]]:
     """Fits the new head on frozen features: one unaugmented view plus `feature_views - 1` augmented ones."""
-    args, channels_last = probe.finetune, probe.channels_last
-    torch.manual_seed(probe.seed)
+    args = probe.finetune
     started = time.perf_counter()
-    views = [extract_features(model, probe.train_split, probe.eval_transform, channels_last=channels_last)]
-    for _ in range(max(0, args.feature_views - 1)):
-        views.append(extract_features(model, probe.train_split, probe.train_transform, channels_last=channels_last))
+    views = [_view_features(model, probe, view) for view in range(max(1, args.feature_views))]
     features = torch.cat([v[0] for v in views])
     labels = torch.cat([v[1] for v in views])
-    validation = extract_features(model, probe.validation_split, probe.eval_transform, channels_last=channels_last)
+    validation = _view_features(model, probe, "validation")
     head = head_linear(backbone_of(model), model.config.num_labels)
-    history = train_head(head, features, labels, args, probe.seed, validation, probe.loss_weights)
+    hooks = ProbeHooks(epoch_end=probe.epoch_end)
+    history = train_head(head, features, labels, args, probe.seed, validation, probe.loss_weights, hooks)
     extraction = time.perf_counter() - started - (history[-1]["seconds"] if history else 0.0)
     for entry in history:  # seconds since the probe started, feature extraction included
         entry["seconds"] += extraction

@@ -10,7 +10,7 @@ recipe's meaning (freeze, unfreeze, bn, per-stage rates...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -29,6 +29,14 @@ class Strategy:
 
     preset: StrategyPreset
     summary: str  # what it does, for the model card: "a linear probe, then fine-tuning"
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # see search_space
+
+    def search_space(self, recipe: Recipe) -> dict[str, dict[str, Any]]:
+        """What `hf-cnn-ft tune` searches when the recipe gives no space (config.search's format). A stage
+        probe's epoch costs what a Trainer epoch does: a recipe that probes stages searches few epochs."""
+        if recipe.finetune.probe_stages and "head_epochs" in self.space:
+            return {**self.space, **_STAGE_PROBE_SPACE}
+        return dict(self.space)
 
     @property
     def name(self) -> str:
@@ -90,10 +98,42 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
-for _name, _summary in (
-    ("full", "everything trains from the start"),
-    ("linear_probe", "only the new head trains (Kumar et al. 2022)"),
-    ("two_phase", "linear probe, then fine-tuning, LP-FT (Kumar et al. 2022)"),
-    ("gradual", "linear probe, then gradual unfreezing, ULMFiT (Howard & Ruder 2018)"),
+# The default search spaces: the settings the shipped recipes were tuned on by hand (benchmarks/RESULTS.md),
+# over ranges wide enough for photos, scans and tiny images alike.
+_PROBE_SPACE = {
+    "head_learning_rate": {"log_uniform": [1.0e-3, 3.0e-2]},
+    "head_epochs": {"int": [10, 100]},
+    "head_weight_decay": {"log_uniform": [1.0e-5, 1.0e-1]},
+    "feature_views": {"int": [1, 4]},
+    "class_weights": {"choice": [None, "auto"]},
+    "crop_mode": {"choice": ["center", "squash"]},
+}
+_STAGE_PROBE_SPACE = {"head_epochs": {"int": [2, 8]}, "probe_stages": {"int": [1, 3]}}
+_FINE_TUNING_SPACE = {
+    "learning_rate": {"log_uniform": [1.0e-4, 3.0e-3]},
+    "weight_decay": {"log_uniform": [1.0e-5, 1.0e-1]},
+    "num_train_epochs": {"int": [3, 15]},
+    "crop_scale": {"choice": [[0.08, 1.0], [0.35, 1.0], [0.7, 1.0]]},
+    "mixup_alpha": {"uniform": [0.0, 0.4]},
+    "label_smoothing_factor": {"uniform": [0.0, 0.2]},
+    "class_weights": {"choice": [None, "auto"]},
+}
+_AFTER_PROBE_SPACE = {
+    **_FINE_TUNING_SPACE,
+    "head_learning_rate": {"log_uniform": [1.0e-3, 3.0e-2]},
+    "head_epochs": {"int": [5, 50]},
+    "backbone_lr_multiplier": {"log_uniform": [0.03, 1.0]},
+    "lr_decay": {"uniform": [0.5, 1.0]},
+    "wise_alpha": {"uniform": [0.0, 1.0]},
+}
+for _name, _summary, _space in (
+    ("full", "everything trains from the start", {**_FINE_TUNING_SPACE, "lr_decay": {"uniform": [0.5, 1.0]}}),
+    ("linear_probe", "only the new head trains (Kumar et al. 2022)", _PROBE_SPACE),
+    ("two_phase", "linear probe, then fine-tuning, LP-FT (Kumar et al. 2022)", _AFTER_PROBE_SPACE),
+    (
+        "gradual",
+        "linear probe, then gradual unfreezing, ULMFiT (Howard & Ruder 2018)",
+        {**_AFTER_PROBE_SPACE, "unfreeze_epochs": {"int": [1, 3]}},
+    ),
 ):
-    register_strategy(Strategy(STRATEGY_PRESETS[_name], _summary))
+    register_strategy(Strategy(STRATEGY_PRESETS[_name], _summary, _space))

@@ -212,6 +212,7 @@ def probe_last_stages(model: nn.Module, probe: ProbeInputs) -> list[dict[str, fl
     hooks = ProbeHooks(
         train_mode=lambda: _set_modes(model, trained, probe.train_batchnorm),
         validation_logits=lambda cached: _logits_in_batches(model, entry, cached, args.head_batch_size),
+        epoch_end=probe.epoch_end,
     )
     try:
         history = fit_on_cache(

@@ -20,7 +20,7 @@ from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_tem
 from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.model_report import ReportData, report_summary, write_report
 from hf_cnn_ft.evaluation.views import average_views
-from hf_cnn_ft.share.run_dir import add_report_to_run
+from hf_cnn_ft.share.run_dir import add_to_run
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def report_finished_run(recipe: Recipe, model, data_config: DataConfig, data: Im
         report = write_report(
             model.eval(), data_config, report_data, recipe.report, output_dir, recipe.augment.test_time_flips
         )
-        add_report_to_run(output_dir, report_summary(report))
+        add_to_run(output_dir, "report", report_summary(report))
     except Exception as exc:  # the report is an extra: any failure leaves the finished run intact
         logger.warning(
             "the report could not be written (%s: %s); the run is complete. Try again with `hf-cnn-ft report %s`",

@@ -48,6 +48,7 @@ from hf_cnn_ft.strategies.freezing import (
 )
 from hf_cnn_ft.strategies.probe import ProbeInputs
 from hf_cnn_ft.strategies.registry import get_strategy
+from hf_cnn_ft.strategies.shared_features import features_key
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan, fingerprint
 from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, keep_the_better, load_start, save_start, snapshot
 from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
@@ -114,7 +115,12 @@ class PreparedModel:
     unfreeze: UnfreezeCallback | None = None
 
 
-def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> PreparedModel:
+def prepare_model(
+    recipe: Recipe,
+    data: ImageData,
+    run_probe: bool = True,
+    probe_epoch_end: Callable[[dict[str, float]], None] = lambda entry: None,
+) -> PreparedModel:
     """Builds the backbone, runs the strategy's probe phase (unless resuming), and freezes as configured
     (or wraps the model in a peft adapter); the strategy's own hook has the last word."""
     finetune = recipe.finetune
@@ -147,6 +153,15 @@ def prepare_model(recipe: Recipe, data: ImageData, run_probe: bool = True) -> Pr
                 recipe.model.channels_last,
                 loss_weights,
                 train_batchnorm=bn_policy != "frozen",
+                epoch_end=probe_epoch_end,
+                features_key=features_key(
+                    model,
+                    *(data.splits[s]._fingerprint for s in ("train", "validation")),
+                    data_config,
+                    recipe.augment,
+                    recipe.model.channels_last,
+                    recipe.training.seed,
+                ),
             )
             probe_history = strategy.probe(model, probe)
     probe_seconds = time.perf_counter() - started
@@ -314,17 +329,20 @@ def _compare_with_probe(
     return keep_the_better(trainer.model, start, score, metric.removeprefix("eval_"), greater)
 
 
-def train(recipe: Recipe, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
-    """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`.
-
-    `callbacks` join the Trainer's own (early stopping, unfreezing, weight average, Hub pushes).
-    """
+def train(
+    recipe: Recipe,
+    callbacks: list[TrainerCallback] | None = None,
+    probe_epoch_end: Callable[[dict[str, float]], None] = lambda entry: None,
+) -> TrainResult:
+    """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`. `callbacks` join the
+    Trainer's own (early stopping, unfreezing, weight average, Hub pushes); `probe_epoch_end` hears each
+    epoch of the probe phase (its history entry, validation scores included)."""
     args, several = recipe.training, recipe.training.world_size > 1
     warn_if_single_process_cpu_launch()
     flush_denormals_on_cpu()
     set_seed(args.seed)
     run = start_run(recipe)
-    prepared = prepare_model(recipe, run.data, run_probe=run.resume is None)  # a checkpoint holds the probe
+    prepared = prepare_model(recipe, run.data, run.resume is None, probe_epoch_end)  # a checkpoint holds the probe
     probed = _probed_start(recipe, prepared.model, run)
     trainer = build_trainer(recipe, prepared, [*(callbacks or []), *_run_callbacks(recipe, prepared, run.repo_id)])
     started = time.perf_counter()

@@ -1,0 +1,103 @@
+"""One trial: the ordinary training path with the trial's recipe, judged on the validation split.
+
+In this process, each validation score (every probe epoch, every Trainer evaluation) is reported to the
+study, and a trial the pruner stops ends at once. With a launcher (`accelerate launch ...`) the trial is
+`LAUNCHER -m hf_cnn_ft train TRIAL_RECIPE`, exactly as a user would run it, and is judged when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from transformers import TrainerCallback
+
+from hf_cnn_ft.config.recipe import build_recipe
+from hf_cnn_ft.config.search import Distribution
+from hf_cnn_ft.share.run_dir import COMPLETION_MARKER
+from hf_cnn_ft.training.train import train
+from hf_cnn_ft.training.tuning.space import sectioned_yaml, suggest, trial_settings
+from hf_cnn_ft.training.tuning.study import VALUES
+
+TRIALS_DIR = "trials"
+TRIAL_RECIPE = "trial_recipe.yaml"
+
+
+class ValidationReporter(TrainerCallback):
+    """Reports each validation score to the trial, numbered by epochs trained (probe epochs, then the
+    Trainer's), and stops the trial when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.key, self.probe_epochs = trial, f"eval_{metric}", 0
+
+    def _report(self, value: float | None, step: int) -> None:
+        if value is None:
+            return
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"validation {self.key.removeprefix('eval_')} {value:.4f} after {step} epochs")
+
+    def on_probe_epoch(self, entry: dict[str, float]) -> None:
+        self.probe_epochs = int(entry["epoch"])
+        self._report(entry.get(self.key), self.probe_epochs)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._report((metrics or {}).get(self.key), self.probe_epochs + round(state.epoch or 0))
+
+
+@dataclass
+class TrialRunner:
+    """What every trial shares: the recipe's settings, the space, the metric, where trials go, the launcher."""
+
+    settings: dict[str, Any]
+    space: dict[str, Distribution]
+    metric: str  # metric_for_best_model without eval_
+    output_dir: Path
+    launcher: str | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = suggest(trial, self.space)
+        trial.set_user_attr(VALUES, values)
+        directory = self.output_dir / TRIALS_DIR / f"trial-{trial.number:04d}"
+        settings = trial_settings(self.settings, values, directory)
+        try:
+            if self.launcher:
+                return self._launched(settings, directory)
+            reporter = ValidationReporter(trial, self.metric)
+            result = train(build_recipe(settings), callbacks=[reporter], probe_epoch_end=reporter.on_probe_epoch)
+            return float(result.report[self.metric])
+        finally:
+            _drop_weights(directory)
+
+    def _launched(self, settings: dict[str, Any], directory: Path) -> float:
+        directory.mkdir(parents=True, exist_ok=True)
+        recipe_path = directory.parent / f"{directory.name}.yaml"
+        recipe_path.write_text(sectioned_yaml(settings))
+        command = [*shlex.split(self.launcher), "-m", "hf_cnn_ft", "train", str(recipe_path)]
+        if command[0] == "python":
+            command[0] = sys.executable
+        with (directory.parent / f"{directory.name}.log").open("w") as log:
+            finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+        if finished.returncode != 0:
+            last = (directory.parent / f"{directory.name}.log").read_text().strip().splitlines()[-1:] or [""]
+            raise RuntimeError(f"`{shlex.join(command)}` exited with {finished.returncode}: {last[0]}")
+        summary = json.loads((directory / COMPLETION_MARKER).read_text())
+        return float(summary[summary["evaluated_on"]][self.metric])
+
+
+def _drop_weights(directory: Path) -> None:
+    """A trial keeps its scores, recipe and curves; the best recipe is trained again at the end."""
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        if path.name.startswith("checkpoint-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.suffix in (".safetensors", ".bin", ".pt"):
+            path.unlink(missing_ok=True)
