@@ -83,10 +83,11 @@ class TrialRunner:
         command = [*shlex.split(self.launcher), "-m", "hf_cnn_ft", "train", str(recipe_path)]
         if command[0] == "python":
             command[0] = sys.executable
-        with (directory.parent / f"{directory.name}.log").open("w") as log:
+        log_path = directory.parent / f"{directory.name}.log"
+        with log_path.open("w") as log:
             finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
         if finished.returncode != 0:
-            last = (directory.parent / f"{directory.name}.log").read_text().strip().splitlines()[-1:] or [""]
+            last = log_path.read_text().strip().splitlines()[-1:] or [""]
             raise RuntimeError(f"`{shlex.join(command)}` exited with {finished.returncode}: {last[0]}")
         summary = json.loads((directory / COMPLETION_MARKER).read_text())
         return float(summary[summary["evaluated_on"]][self.metric])

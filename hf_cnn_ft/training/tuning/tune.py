@@ -25,13 +25,14 @@ from hf_cnn_ft.config.loading import parse_overrides, read_recipe_file
 from hf_cnn_ft.config.recipe import build_recipe, load_recipe
 from hf_cnn_ft.config.search import Distribution, TuneArguments
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.share.run_dir import COMPLETION_MARKER, add_to_run
+from hf_cnn_ft.share.run_dir import COMPLETION_MARKER, add_to_run, write_text
 from hf_cnn_ft.strategies.shared_features import sharing_features
 from hf_cnn_ft.training.artefacts import eval_metric_name
 from hf_cnn_ft.training.train import train
 from hf_cnn_ft.training.tuning.results import (
     BEST_DIR,
     BEST_RECIPE,
+    TRIALS_CSV,
     best_recipe_text,
     draw_search,
     recorded_trials,
@@ -128,10 +129,8 @@ def finish(run: Search) -> tuple[Path, dict[str, Any]]:
     study, output_dir = run.study, run.output_dir
     table = trials_table(study, run.space, run.metric)
     if not any(t.state == TrialState.COMPLETE for t in recorded_trials(study)):
-        (output_dir / "trials.csv").write_text(table)
-        raise UserError(
-            f"no trial of study {study.study_name!r} finished; {output_dir / 'trials.csv'} has their errors"
-        )
+        write_text(output_dir / TRIALS_CSV, table)
+        raise UserError(f"no trial of study {study.study_name!r} finished; {output_dir / TRIALS_CSV} has their errors")
     best, best_dir = study.best_trial, output_dir / BEST_DIR
     text = best_recipe_text({**run.settings, "output_dir": str(best_dir)}, best, run.metric, run.recipe_path)
     write_search_files(output_dir, table, text)
