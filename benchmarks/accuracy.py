@@ -13,6 +13,7 @@ Appends the table, the command and the machine to benchmarks/RESULTS.md.
     python benchmarks/accuracy.py recipes/elpv-defects-mobilenetv2.yaml --class defective --probe
     python benchmarks/accuracy.py recipes/food-mobilenetv2.yaml --splits 0 --seeds 3   # the shipped split
     python benchmarks/accuracy.py recipes/elpv-defects-mobilenetv2.yaml --no-recipe --probe --defaults
+    python benchmarks/accuracy.py recipes/elpv-defects-mobilenetv2.yaml --no-recipe --defaults --split-seeds 2,3,4
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="+", type=Path)
     parser.add_argument("--splits", type=int, default=5, help="resampled splits; 0: the dataset's shipped split")
+    parser.add_argument(
+        "--split-seeds",
+        type=lambda text: [int(seed) for seed in text.split(",")],
+        help="e.g. 2,3,4 instead of --splits",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per split")
     parser.add_argument("--probe", action="store_true", help="also the plain linear probe on the same splits")
     parser.add_argument("--defaults", action="store_true", help="also the defaults on the same splits")
@@ -158,7 +164,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     prepare_cpu_process()  # what the command line does before training
 
-    splits: list[int | None] = list(range(args.splits)) if args.splits > 0 else [None]
+    splits: list[int | None] = args.split_seeds or (list(range(args.splits)) if args.splits > 0 else [None])
     variants = ["recipe"] * (not args.no_recipe) + ["linear probe"] * args.probe + ["defaults"] * args.defaults
     table: list[str] = []
     for path in args.recipes:
@@ -176,7 +182,7 @@ def main() -> None:
     print("\n" + text)
     if not args.no_record:
         command = "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:])
-        over = f"{args.splits} resampled splits" if args.splits else "the shipped split"
+        over = f"{len(splits)} resampled splits" if splits != [None] else "the shipped split"
         title = f"### Accuracy over {over} x {args.seeds} seed(s) ({time.strftime('%Y-%m-%d')})"
         note = "mean ± std over the runs [95% interval over the split means]"
         with RESULTS.open("a") as handle:

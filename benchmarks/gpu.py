@@ -1,4 +1,5 @@
-"""GPU throughput: `hf-cnn-ft train` vs a plain PyTorch loop, bf16 + channels_last, eager and compiled.
+"""GPU throughput: `hf-cnn-ft train` vs a plain PyTorch loop, bf16 + channels_last, eager and compiled;
+and whether the input pipeline keeps up.
 
 For a CUDA machine (one device): ResNet-50, ConvNeXt-T and EfficientNet-B0 at 224 px, randomly
 initialised (throughput does not depend on the weights; the machine needs no Hub), on generated
@@ -8,7 +9,13 @@ table and appends it, with the command and machine, to benchmarks/RESULTS.md. Ab
 H100/H200 with the defaults; `--models test_resnet --steps 3 --warmup 1 --image-size 64` checks it
 anywhere, CPU included.
 
+A second table times the tool's training input pipeline alone (decode-once cache read, augmentation,
+collation, pinned copy; no model) at 1, 2, 4, ... loader workers and at the worker count the tool plans
+for this machine: images/s, and per worker. Where the planned row is above the training row of a model,
+the pipeline keeps that GPU busy.
+
     python benchmarks/gpu.py
+    python benchmarks/gpu.py --models none          # the input pipeline only
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from transformers import default_data_collator
 
 from hf_cnn_ft.config.recipe import build_recipe
 from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
+from hf_cnn_ft.config.training_defaults import loader_plan
+from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import train_transform
@@ -99,6 +108,50 @@ def plain_loop(args: argparse.Namespace, model_name: str, compiled: bool) -> flo
     return args.steps * args.batch_size / (time.perf_counter() - started)
 
 
+def pipeline_speed(args: argparse.Namespace, workers: int, batches: int = 40) -> float:
+    """Images/s of the training input pipeline alone: what `train` feeds the model, without the model."""
+    data = load_image_data(DataArguments(dataset=str(args.photos), test_fraction=0.0, check_images=False))
+    _, data_config = build_model(
+        ModelArguments(model="test_resnet", pretrained=False, image_size=args.image_size), ["a", "b"]
+    )
+    data = decode_once(data, data_config)
+    dataset = with_pixel_values(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    plan = loader_plan()
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=default_data_collator,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=(plan.prefetch_factor or 2) if workers else None,
+        persistent_workers=workers > 0,
+    )
+    seen, started, images = 0, None, 0
+    while seen < batches + 2:
+        for batch in loader:
+            seen += 1
+            if seen == 2:  # the workers have started and filled their queues
+                started = time.perf_counter()
+            elif seen > 2:
+                images += len(batch["labels"])
+            if seen == batches + 2:
+                break
+    return images / (time.perf_counter() - started)
+
+
+def pipeline_table(args: argparse.Namespace) -> str:
+    cores, planned = os.cpu_count() or 1, loader_plan().workers
+    counts = sorted({w for w in (1, 2, 4, 8, 16, 32) if w <= cores} | {planned})
+    rows = []
+    for workers in counts:
+        speed = pipeline_speed(args, workers)
+        mark = " (planned)" if workers == planned else ""
+        rows.append(f"| {workers}{mark} | {speed:.0f} | {speed / max(workers, 1):.0f} |")
+        print(rows[-1], flush=True)
+    return "\n".join(["| loader workers | images/s | images/s per worker |", "|---|---|---|", *rows])
+
+
 def peak_memory_gb() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
 
@@ -119,9 +172,11 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (no CUDA device)"
 
     rows = []
+    models = [] if args.models == "none" else args.models.split(",")
     with tempfile.TemporaryDirectory() as scratch:
         args.photos = make_photos(Path(scratch) / "photos", count=max(256, 2 * args.batch_size))
-        for model in args.models.split(","):
+        pipeline = pipeline_table(args)
+        for model in models:
             for compiled in (False, True) if args.compile else (False,):
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
@@ -142,6 +197,9 @@ def main() -> None:
             *rows,
         ]
     )
+    plan = loader_plan()
+    pipeline = f"Input pipeline alone ({args.image_size} px, batch {args.batch_size}; {plan.reason}):\n\n{pipeline}"
+    table = f"{table}\n\n{pipeline}" if models else pipeline
     print("\n" + table)
     if not args.no_record:
         command = "python benchmarks/gpu.py " + shlex.join(sys.argv[1:])

@@ -77,7 +77,7 @@ COUNT = Interval(1)
 # Every numeric key with a bound, by section. A null value means "unset" and is not checked.
 RANGES: dict[str, dict[str, Interval]] = {
     "data": {"validation_fraction": FRACTION, "test_fraction": FRACTION, "max_train_samples": COUNT,
-             "max_eval_samples": COUNT},
+             "max_eval_samples": COUNT, "preprocessing_num_workers": COUNT},
     "model": {"image_size": Interval(16), "crop_pct": Interval(0, 1, open_low=True), "drop_rate": FRACTION,
               "drop_path_rate": FRACTION},
     "augment": {"hflip": PROBABILITY, "vflip": PROBABILITY, "rotation": Interval(0, 180), "color_jitter": NON_NEGATIVE,

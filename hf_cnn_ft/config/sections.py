@@ -93,6 +93,13 @@ class DataArguments:
         default=True,
         metadata={"help": "Decode every image once before training and skip (and report) the unreadable ones."},
     )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes for the passes over every image before training (readable check, duplicate hashes, "
+            "decode-once cache); null: one per core, up to 8, for splits of 2,000 images or more."
+        },
+    )
     read_test_split: bool = field(
         default=True,
         metadata={

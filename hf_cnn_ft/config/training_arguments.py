@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainingArguments
 
-from hf_cnn_ft.config.training_defaults import TrainingDefaults
+from hf_cnn_ft.config.training_defaults import TrainingDefaults, loader_plan
 
 
 @dataclass
@@ -23,6 +23,8 @@ class TrainArguments(TrainingDefaults, TrainingArguments):
             # Launched as several processes (torchrun, `accelerate launch --multi_gpu`) on a machine
             # without GPUs: accelerate forms a CPU process group (gloo) only when asked for the CPU.
             self.use_cpu = True
+        if self.dataloader_prefetch_factor is None and self.dataloader_num_workers > 0:
+            self.dataloader_prefetch_factor = loader_plan().prefetch_factor  # deeper on a GPU, torch's own on a CPU
         super().__post_init__()
 
 

@@ -13,17 +13,37 @@ import os
 from dataclasses import dataclass, field
 
 
-def _default_num_workers() -> int:
-    # Decoding and augmenting a small image costs ~1-2 ms per core, far less than a CNN training
-    # step; on a machine with two cores, workers only steal cores from the compute threads.
-    cpus = os.cpu_count() or 1
-    return 0 if cpus <= 2 else min(8, cpus // 2)
+@dataclass(frozen=True)
+class LoaderPlan:
+    """How batches are fed, chosen from the machine: cores per local process and the device."""
+
+    workers: int
+    pin_memory: bool
+    prefetch_factor: int | None  # batches each worker prepares ahead (torch's default 2 where None)
+    reason: str
 
 
 def _cuda_available() -> bool:
     import torch  # only when the training arguments are built
 
     return torch.cuda.is_available()
+
+
+def loader_plan() -> LoaderPlan:
+    """Loader workers, pinned memory and prefetch for this machine and this process's share of it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # set by torchrun / accelerate launch
+    share = max(1, cores // processes)
+    machine = f"{cores} cores, {processes} training process{'es' if processes > 1 else ''} on this machine"
+    if _cuda_available():
+        # The GPU waits on decoding and augmentation: give them every core of this process's share but the
+        # one that drives the GPU, and let each worker run further ahead than torch's default two batches.
+        workers = min(8, share - 1)
+        return LoaderPlan(workers, True, 4 if workers else None, f"{machine}, CUDA: one core drives the GPU")
+    # On the CPU the model's own threads need the cores: decoding and augmenting a small image costs
+    # ~1-2 ms, far less than a training step, so workers only help where there are cores to spare.
+    workers = 0 if share <= 2 else min(8, share // 2)
+    return LoaderPlan(workers, False, None, f"{machine}, no GPU: the model's threads keep the other cores")
 
 
 @dataclass
@@ -52,14 +72,16 @@ class TrainingDefaults:
     # The image column must reach the collator, which does the transforms (transformers #17894).
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay false."})
     dataloader_num_workers: int = field(
-        default_factory=_default_num_workers, metadata={"help": "Loader processes; default: 0 on 2 cores."}
+        default_factory=lambda: loader_plan().workers,
+        metadata={"help": "Loader processes per training process; default: from the cores and the device (logged)."},
     )
     # Workers that live across epochs: no re-forking (and re-importing) at every epoch start.
     dataloader_persistent_workers: bool = field(
-        default_factory=lambda: _default_num_workers() > 0, metadata={"help": "Keep loader processes alive."}
+        default_factory=lambda: loader_plan().workers > 0, metadata={"help": "Keep loader processes alive."}
     )
     dataloader_pin_memory: bool = field(
-        default_factory=_cuda_available, metadata={"help": "Pin batches in memory (default: on a GPU)."}
+        default_factory=lambda: loader_plan().pin_memory,
+        metadata={"help": "Pin batches in memory (default: on a GPU)."},
     )
     seed: int = field(default=42, metadata={"help": "Seed of training (the split has data.split_seed)."})
     early_stopping_patience: int | None = field(

@@ -4,6 +4,7 @@ the values of `data.slice_column`, when there is one, travel beside them in `Ima
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,26 +179,44 @@ def _encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
     return DatasetDict(encoded), names
 
 
-def drop_unreadable_images(splits: DatasetDict) -> tuple[DatasetDict, list[SkippedImage]]:
+PARALLEL_FROM = 2000  # images in a split below which starting worker processes costs more than it saves
+WRITER_BATCH = 256  # rows a pass holds before writing them out: its memory, whatever the dataset's size
+
+
+def preparation_workers(requested: int | None, rows: int) -> int | None:
+    """Processes for one pass over a split's images (data.preprocessing_num_workers); None: this process."""
+    if requested is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        requested = min(8, cores) if rows >= PARALLEL_FROM else 1
+    workers = min(requested, rows)
+    return workers if workers > 1 else None
+
+
+def _reasons(batch: list[dict]) -> dict[str, list[str]]:
+    return {"_unreadable": [unreadable_reason(image) or "" for image in batch]}
+
+
+def drop_unreadable_images(splits: DatasetDict, workers: int | None = None) -> tuple[DatasetDict, list[SkippedImage]]:
     """Decodes every image once; returns the splits without the unreadable ones, and those."""
     skipped: list[SkippedImage] = []
     cleaned = {}
     for name, split in splits.items():
         raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
-        checked = raw.map(
-            lambda batch: {"_unreadable": [unreadable_reason(img) or "" for img in batch[IMAGE_COLUMN]]},
+        reasons = raw.map(
+            _reasons,
             batched=True,
             batch_size=64,
+            input_columns=[IMAGE_COLUMN],
+            remove_columns=raw.column_names,  # the pass writes one reason per image, not a copy of the images
+            num_proc=preparation_workers(workers, len(raw)),
+            writer_batch_size=WRITER_BATCH,
             desc=f"Checking {name} images",
-        )
-        reasons = checked["_unreadable"]
+        )["_unreadable"]
         bad = [i for i, r in enumerate(reasons) if r]
         if bad:
-            images = checked.select(bad)[IMAGE_COLUMN]
-            for i, img in zip(bad, images):
+            for i, img in zip(bad, raw.select(bad)[IMAGE_COLUMN]):
                 skipped.append(SkippedImage(name, img.get("path") or f"{name}[{i}]", reasons[i]))
-            good = [i for i, r in enumerate(reasons) if not r]
-            split = split.select(good)
+            split = split.select([i for i, r in enumerate(reasons) if not r])
         cleaned[name] = split
     report_skipped(skipped)
     return DatasetDict(cleaned), skipped

@@ -34,7 +34,14 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, ImageData, SkippedImage, report_skipped
+from hf_cnn_ft.data.dataset import (
+    IMAGE_COLUMN,
+    WRITER_BATCH,
+    ImageData,
+    SkippedImage,
+    preparation_workers,
+    report_skipped,
+)
 from hf_cnn_ft.data.images import to_rgb
 from hf_cnn_ft.data.loading import require_usable
 from hf_cnn_ft.data.transforms import interpolation_mode
@@ -53,11 +60,13 @@ def source_fingerprint(split: Dataset) -> str:
     """Changes whenever an image changes: the dataset's own fingerprint (content of embedded images,
     the table of paths) plus the size and modification time of every image file it points to."""
     digest = hashlib.sha256(split._fingerprint.encode())
-    for image in split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))[IMAGE_COLUMN]:
-        path = image.get("path") if image else None
-        if path and not image.get("bytes") and os.path.exists(path):
-            stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    images = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False)).select_columns([IMAGE_COLUMN])
+    for batch in images.iter(batch_size=WRITER_BATCH):  # a batch at a time: flat memory on millions of images
+        for image in batch[IMAGE_COLUMN]:
+            path = image.get("path") if image else None
+            if path and not image.get("bytes") and os.path.exists(path):
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -101,18 +110,19 @@ def _spec(config: DataConfig, like_evaluation: bool) -> str:
     return f"v{CACHE_VERSION}-{config.resize_size}-{mode}-{config.interpolation}-{like_evaluation}"
 
 
-def decode_once(data: ImageData, config: DataConfig, root: Path | None = None) -> ImageData:
+def decode_once(data: ImageData, config: DataConfig, root: Path | None = None, workers: int | None = None) -> ImageData:
     """`data` with every split read from a decoded, resized Arrow cache (built on first use).
 
     Building the cache is the one pass that decodes each image: an image that fails is dropped from its
     split and added to `skipped` (reported once, here), so the splits need no separate readable check.
+    `workers` (data.preprocessing_num_workers) decode in parallel, each into its own Arrow shard.
     """
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)
     cached, skipped = {}, []
     for name, split in data.splits.items():
         raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
-        encoded = _cached_split(raw, name, config, root)
+        encoded = _cached_split(raw, name, config, root, preparation_workers(workers, len(raw)))
         reasons = encoded[UNREADABLE]
         bad = [i for i, reason in enumerate(reasons) if reason]
         if bad:
@@ -126,7 +136,7 @@ def decode_once(data: ImageData, config: DataConfig, root: Path | None = None) -
     return replace(data, splits=splits, skipped=[*data.skipped, *skipped])
 
 
-def _cached_split(raw: Dataset, name: str, config: DataConfig, root: Path) -> Dataset:
+def _cached_split(raw: Dataset, name: str, config: DataConfig, root: Path, workers: int | None) -> Dataset:
     like_evaluation = name != "train"
     key = hashlib.sha256(f"{source_fingerprint(raw)}-{_spec(config, like_evaluation)}".encode()).hexdigest()
     shrink = _shrinker(config, like_evaluation)
@@ -141,7 +151,9 @@ def _cached_split(raw: Dataset, name: str, config: DataConfig, root: Path) -> Da
         encode,
         batched=True,
         batch_size=64,
-        cache_file_name=str(root / f"{name}-{key[:32]}.arrow"),
+        cache_file_name=str(root / f"{name}-{key[:32]}.arrow"),  # with workers: one shard file each
         load_from_cache_file=True,
+        num_proc=workers,
+        writer_batch_size=WRITER_BATCH,
         desc=f"Decoding the {name} images once",
     )

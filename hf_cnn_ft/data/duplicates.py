@@ -13,7 +13,7 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict
 
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, WRITER_BATCH, preparation_workers
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _digest(image: dict[str, Any]) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def content_hashes(split: Dataset, name: str) -> tuple[list[str], list[str]]:
+def content_hashes(split: Dataset, name: str, workers: int | None = None) -> tuple[list[str], list[str]]:
     """A hash of each image's file bytes, and a name for it (its path, or split[index]), in split order."""
     raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
     hashed = raw.map(
@@ -41,6 +41,8 @@ def content_hashes(split: Dataset, name: str) -> tuple[list[str], list[str]]:
         with_indices=True,
         batch_size=256,
         remove_columns=raw.column_names,
+        num_proc=preparation_workers(workers, len(raw)),
+        writer_batch_size=WRITER_BATCH,
         desc=f"Hashing the {name} images",
     )
     return hashed["_hash"], hashed["_name"]
@@ -57,13 +59,15 @@ class DuplicateReport:
         return {"within": self.within, "across": self.across, "removed": self.removed, "examples": self.examples}
 
 
-def find_duplicates(splits: DatasetDict, remove_across: bool = True) -> tuple[DatasetDict, DuplicateReport]:
+def find_duplicates(
+    splits: DatasetDict, remove_across: bool = True, workers: int | None = None
+) -> tuple[DatasetDict, DuplicateReport]:
     """Reports copies inside each split and across splits; returns the splits with the cross-split copies
     removed from the evaluation side when `remove_across`."""
     report, seen, cleaned = DuplicateReport(removed=remove_across), {}, {}
     for name in sorted(splits, key=lambda n: SPLIT_ORDER.index(n) if n in SPLIT_ORDER else len(SPLIT_ORDER)):
         split = splits[name]
-        hashes, names = content_hashes(split, name)
+        hashes, names = content_hashes(split, name, workers)
         first_here: dict[str, int] = {}
         copies: list[int] = []
         for index, digest in enumerate(hashes):

@@ -44,7 +44,7 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
         splits = DatasetDict({name: split for name, split in splits.items() if name != "test"})
     skipped: list[SkippedImage] = []
     if args.check_images if check_images is None else check_images:
-        splits, skipped = drop_unreadable_images(splits)
+        splits, skipped = drop_unreadable_images(splits, args.preprocessing_num_workers)
     splits = DatasetDict(
         {
             name: _truncate(
@@ -53,7 +53,8 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
             for name, split in splits.items()
         }
     )
-    splits, duplicates = find_duplicates(splits, remove_across=args.cross_split_duplicates == "remove")
+    remove = args.cross_split_duplicates == "remove"
+    splits, duplicates = find_duplicates(splits, remove, args.preprocessing_num_workers)
     require_usable(splits, args.dataset or "")
     slices = None
     if args.slice_column:

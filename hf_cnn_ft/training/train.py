@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from hf_cnn_ft.strategies.shared_features import features_key
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan, fingerprint
 from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, keep_the_better, load_start, save_start, snapshot
 from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
+from hf_cnn_ft.training.machine import settle_process
 from hf_cnn_ft.training.reporting import calibrate, final_evaluation, report_finished_run
 from hf_cnn_ft.training.trainer import FineTuneTrainer
 
@@ -72,32 +72,6 @@ class TrainResult:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.report
-
-
-def flush_denormals_on_cpu() -> None:
-    """Denormal floats cost 20-30x on some CPUs; training never needs them."""
-    if not torch.cuda.is_available():
-        torch.set_flush_denormal(True)
-
-
-def warn_if_single_process_cpu_launch() -> None:
-    """`accelerate launch --cpu --num_processes N` starts ONE process unless MPI is set up."""
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in os.environ:
-        return
-    try:
-        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return
-    args = [a.decode(errors="replace") for a in parent]
-    if "--num_processes" in args and args.index("--num_processes") + 1 < len(args):
-        requested = args[args.index("--num_processes") + 1]
-        if requested.isdigit() and int(requested) > 1:
-            logger.warning(
-                "accelerate launch --cpu runs a single process without MPI; for %s CPU processes use "
-                "`accelerate launch --multi_gpu --num_processes %s` (it falls back to CPU/gloo) or torchrun",
-                requested,
-                requested,
-            )
 
 
 @dataclass
@@ -128,7 +102,7 @@ def prepare_model(
     model, data_config = build_model(recipe.model, data.label_names, data.typical_short_side())
     if recipe.data.decode_cache:
         with recipe.training.main_process_first(desc="decoding the images once"):
-            data = decode_once(data, data_config)
+            data = decode_once(data, data_config, workers=recipe.data.preprocessing_num_workers)
     frozen = frozen_stage_names(model, finetune.freeze)  # checked against the model before anything long
     if recipe.model.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -338,8 +312,7 @@ def train(
     Trainer's own (early stopping, unfreezing, weight average, Hub pushes); `probe_epoch_end` hears each
     epoch of the probe phase (its history entry, validation scores included)."""
     args, several = recipe.training, recipe.training.world_size > 1
-    warn_if_single_process_cpu_launch()
-    flush_denormals_on_cpu()
+    settle_process(args)
     set_seed(args.seed)
     run = start_run(recipe)
     prepared = prepare_model(recipe, run.data, run.resume is None, probe_epoch_end)  # a checkpoint holds the probe
