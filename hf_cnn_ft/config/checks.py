@@ -77,7 +77,8 @@ COUNT = Interval(1)
 # Every numeric key with a bound, by section. A null value means "unset" and is not checked.
 RANGES: dict[str, dict[str, Interval]] = {
     "data": {"validation_fraction": FRACTION, "test_fraction": FRACTION, "max_train_samples": COUNT,
-             "max_eval_samples": COUNT, "preprocessing_num_workers": COUNT},
+             "max_eval_samples": COUNT, "preprocessing_num_workers": COUNT,
+             "shuffle_buffer": COUNT},
     "model": {"image_size": Interval(16), "crop_pct": Interval(0, 1, open_low=True), "drop_rate": FRACTION,
               "drop_path_rate": FRACTION},
     "augment": {"hflip": PROBABILITY, "vflip": PROBABILITY, "rotation": Interval(0, 180), "color_jitter": NON_NEGATIVE,
@@ -300,7 +301,51 @@ def _check_tune(values: RecipeValues) -> None:
     check_tune(values.tune, lambda key: owner_of(key) is not None)
 
 
-CHECKS = (_check_ranges, _check_augment, _check_finetune, _check_peft, _check_training, _check_tune, _check_paths)
+def _check_streaming(values: RecipeValues) -> None:
+    """What a stream cannot do: be counted in epochs, cached as features, or drawn from by class."""
+    if not values.data.streaming:
+        return
+    _require(
+        (values.training.get("max_steps") or -1) > 0,
+        "data.streaming: a stream has no length, so the run is counted in steps: set training.max_steps (e.g. "
+        "training images x epochs / (per_device_train_batch_size x processes))",
+    )
+    strategy = values.finetune.strategy
+    _require(
+        not strategy_preset(strategy).probes,
+        f"data.streaming: strategy {strategy} fits the head on cached features of the whole training split; "
+        "with a stream use strategy full (finetune.freeze: backbone for a frozen backbone)",
+    )
+    _require(
+        values.finetune.sampler != "balanced",
+        "data.streaming: the balanced sampler draws images by index, which a stream has not; use "
+        "finetune.class_weights: auto instead",
+    )
+
+
+def resolve_streaming_schedule(data: DataArguments, training: dict[str, Any]) -> None:
+    """A stream has no epochs: evaluation, checkpoints and logs left at "epoch" come every tenth of max_steps
+    (checkpoints with the evaluations, which choose the best of them)."""
+    if not data.streaming:
+        return
+    every = max(1, int(training["max_steps"]) // 10)
+    checkpoints = training.get("eval_steps") or training.get("save_steps") or every  # the best model is a checkpoint
+    for kind, steps in (("eval", checkpoints), ("save", checkpoints), ("logging", every)):
+        if str(training.get(f"{kind}_strategy", "epoch")) == "epoch":
+            training[f"{kind}_strategy"] = "steps"
+            training.setdefault(f"{kind}_steps", steps)
+
+
+CHECKS = (
+    _check_ranges,
+    _check_augment,
+    _check_finetune,
+    _check_peft,
+    _check_training,
+    _check_tune,
+    _check_streaming,
+    _check_paths,
+)
 
 
 def check_recipe(values: RecipeValues) -> RecipeValues:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hf_cnn_ft.config.checks import RecipeValues, check_recipe
+from hf_cnn_ft.config.checks import RecipeValues, check_recipe, resolve_streaming_schedule
 from hf_cnn_ft.config.loading import parse_overrides, read_recipe_file, recipe_to_dict, recipe_to_yaml, section_values
 from hf_cnn_ft.config.sections import (
     SECTIONS,
@@ -78,6 +78,7 @@ def build_recipe(values: dict[str, Any], origin: str = "") -> Recipe:
     try:
         sections = {s: SECTIONS[s](**kwargs) for s, kwargs in per_section.items()}
         check_recipe(RecipeValues(**sections, training={**_declared_training_defaults(), **training}))
+        resolve_streaming_schedule(sections["data"], training)
         from hf_cnn_ft.config.training_arguments import TrainArguments
 
         return Recipe(**sections, training=TrainArguments(**training))

@@ -93,6 +93,14 @@ class DataArguments:
         default=True,
         metadata={"help": "Decode every image once before training and skip (and report) the unreadable ones."},
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training images as a stream, decoded as they go by, with flat memory (no readable check "
+            "or decode-once cache: an unreadable image is skipped when reached). Needs training.max_steps."
+        },
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Images a stream holds to shuffle."})
     preprocessing_num_workers: int | None = field(
         default=None,
         metadata={

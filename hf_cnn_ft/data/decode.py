@@ -24,7 +24,7 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,17 +110,27 @@ def _spec(config: DataConfig, like_evaluation: bool) -> str:
     return f"v{CACHE_VERSION}-{config.resize_size}-{mode}-{config.interpolation}-{like_evaluation}"
 
 
-def decode_once(data: ImageData, config: DataConfig, root: Path | None = None, workers: int | None = None) -> ImageData:
+def decode_once(
+    data: ImageData,
+    config: DataConfig,
+    root: Path | None = None,
+    workers: int | None = None,
+    keep: Collection[str] = (),
+) -> ImageData:
     """`data` with every split read from a decoded, resized Arrow cache (built on first use).
 
     Building the cache is the one pass that decodes each image: an image that fails is dropped from its
     split and added to `skipped` (reported once, here), so the splits need no separate readable check.
-    `workers` (data.preprocessing_num_workers) decode in parallel, each into its own Arrow shard.
+    `workers` (data.preprocessing_num_workers) decode in parallel, each into its own Arrow shard. The splits
+    in `keep` are left as they are (a streamed training split).
     """
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)
     cached, skipped = {}, []
     for name, split in data.splits.items():
+        if name in keep:
+            cached[name] = split
+            continue
         raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
         encoded = _cached_split(raw, name, config, root, preparation_workers(workers, len(raw)))
         reasons = encoded[UNREADABLE]

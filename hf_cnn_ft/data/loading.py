@@ -44,7 +44,10 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
         splits = DatasetDict({name: split for name, split in splits.items() if name != "test"})
     skipped: list[SkippedImage] = []
     if args.check_images if check_images is None else check_images:
-        splits, skipped = drop_unreadable_images(splits, args.preprocessing_num_workers)
+        # A stream meets its training images as it reads them, and skips the unreadable ones then.
+        checked = DatasetDict({name: split for name, split in splits.items() if name != "train" or not args.streaming})
+        checked, skipped = drop_unreadable_images(checked, args.preprocessing_num_workers)
+        splits = DatasetDict({**splits, **checked})
     splits = DatasetDict(
         {
             name: _truncate(

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from datasets import Dataset
 from torch import nn
 from transformers import (
     EarlyStoppingCallback,
@@ -29,6 +30,7 @@ from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.data.transforms import batch_mixer, eval_transform, train_transform
 from hf_cnn_ft.evaluation.metrics import trainer_compute_metrics
 from hf_cnn_ft.models.build import build_model
@@ -102,7 +104,8 @@ def prepare_model(
     model, data_config = build_model(recipe.model, data.label_names, data.typical_short_side())
     if recipe.data.decode_cache:
         with recipe.training.main_process_first(desc="decoding the images once"):
-            data = decode_once(data, data_config, workers=recipe.data.preprocessing_num_workers)
+            streamed = ("train",) if recipe.data.streaming else ()
+            data = decode_once(data, data_config, workers=recipe.data.preprocessing_num_workers, keep=streamed)
     frozen = frozen_stage_names(model, finetune.freeze)  # checked against the model before anything long
     if recipe.model.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -210,6 +213,22 @@ def start_run(recipe: Recipe) -> RunStart:
     return RunStart(data, output_dir, repo_id, resume)
 
 
+def training_images(recipe: Recipe, data: ImageData, augmentation: Callable) -> Dataset | StreamingImages:
+    """The training split as the Trainer reads it: a table transformed row by row, or this process's stream."""
+    if not recipe.data.streaming:
+        return with_pixel_values(data.splits["train"], augmentation)
+    args = recipe.training
+    return StreamingImages(
+        data.splits["train"],
+        augmentation,
+        args.seed,
+        recipe.data.shuffle_buffer,
+        args.process_index,
+        args.world_size,
+        args.dataloader_num_workers,
+    )
+
+
 def build_trainer(
     recipe: Recipe, prepared: PreparedModel, callbacks: list[TrainerCallback], args: TrainArguments | None = None
 ) -> FineTuneTrainer:
@@ -219,7 +238,7 @@ def build_trainer(
     return FineTuneTrainer(
         model=prepared.model,
         args=args or recipe.training,
-        train_dataset=with_pixel_values(data.splits["train"], prepared.augmentation),
+        train_dataset=training_images(recipe, data, prepared.augmentation),
         eval_dataset=with_pixel_values(data.splits["validation"], prepared.evaluation),
         data_collator=default_data_collator,
         compute_metrics=trainer_compute_metrics(data.label_names),

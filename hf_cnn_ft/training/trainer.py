@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from accelerate.data_loader import prepare_data_loader
 from peft import PeftModel
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from transformers import Trainer
 
+from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.models.anatomy import stages
 from hf_cnn_ft.strategies.ema import WeightAverage
 from hf_cnn_ft.strategies.freezing import adapter_parameter_groups, parameter_groups
@@ -143,6 +145,8 @@ class FineTuneTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def get_train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_dataset, StreamingImages):
+            return self._stream_loader()
         per_step = self._train_batch_size * max(1, self.args.world_size)
         drop_remainder = self.train_dataset is not None and len(self.train_dataset) >= per_step
         configured = self.args.dataloader_drop_last
@@ -151,3 +155,18 @@ class FineTuneTrainer(Trainer):
             return super().get_train_dataloader()
         finally:
             self.args.dataloader_drop_last = configured
+
+    def _stream_loader(self) -> DataLoader:
+        """Each process already reads its own share of the stream (StreamingImages splits it by node): the loader
+        is only put on the device, where `accelerator.prepare` would shard the stream a second time."""
+        args = self.args
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor,
+        )
+        return prepare_data_loader(loader, args.device, num_processes=1, process_index=0, put_on_device=True)
