@@ -8,15 +8,20 @@ input size the tool chooses for 28-px images. Every size runs in its own process
 finds the cache built and shows what preparation costs then. Reported per size: preparation (cold and
 warm), the epoch, seconds per 1,000 images, and the process's peak resident memory. The goal (issue 17):
 seconds per 1,000 images within 1.5x across sizes, peak memory growing by less than 20% from 10k to 60k.
-Writes the table and a plot (benchmarks/scale.png) and appends both to benchmarks/RESULTS.md.
+Then a stream of --stream generated 28-px images (1M by default) through the training input pipeline alone
+(`data.streaming`'s reader: shards, shuffle buffer, decode, augmentation at 128 px, batches; no model), in
+its own process: seconds per 1,000 images and peak RSS at every tenth of the stream, which must stay flat.
+Writes the tables and a plot (benchmarks/scale.png) and appends them to benchmarks/RESULTS.md.
 
     python benchmarks/scale.py
-    python benchmarks/scale.py --sizes 200,400 --validation 100 --no-record      # a quick check
+    python benchmarks/scale.py --sizes 200,400 --validation 100 --stream 20000 --no-record   # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import json
 import os
 import resource
@@ -107,7 +112,79 @@ def run_size(data: Path, model: Path, cache: Path) -> dict:
     }
 
 
-def plot(sizes: list[int], rows: list[dict], path: Path) -> None:
+STREAM_SHARDS = 64
+
+
+@functools.cache
+def _image_pool(size: int = 256) -> tuple[bytes, ...]:
+    """Distinct 28-px grey PNGs; each is decoded anew every time the stream brings it by."""
+    import numpy as np
+    from PIL import Image
+
+    rng, pool = np.random.default_rng(0), []
+    for _ in range(size):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, format="PNG")
+        pool.append(buffer.getvalue())
+    return tuple(pool)
+
+
+def _synthetic_rows(parts: list[int], count: int):
+    pool = _image_pool()
+    for part in parts:
+        for index in range(part, count, STREAM_SHARDS):
+            yield {"image": {"bytes": pool[index % len(pool)], "path": None}, "label": index % 10}
+
+
+def stream_run(count: int) -> list[dict]:
+    """In this process: `count` generated images through the streaming input pipeline, timed every tenth."""
+    import datasets
+    from torch.utils.data import DataLoader
+    from transformers import default_data_collator
+
+    from hf_cnn_ft.cli.process import prepare_cpu_process
+    from hf_cnn_ft.config.sections import AugmentArguments
+    from hf_cnn_ft.config.training_defaults import loader_plan
+    from hf_cnn_ft.data.data_config import DataConfig
+    from hf_cnn_ft.data.streaming import StreamingImages
+    from hf_cnn_ft.data.transforms import train_transform
+
+    prepare_cpu_process()
+    names = [str(label) for label in range(10)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    stream = datasets.IterableDataset.from_generator(
+        _synthetic_rows,
+        features=features,
+        gen_kwargs={"parts": list(range(STREAM_SHARDS)), "count": count},
+    )
+    workers = loader_plan().workers
+    transform = train_transform(DataConfig(input_size=128, crop_pct=1.0), AugmentArguments())
+    images = StreamingImages(stream, transform, seed=0, buffer_size=1000, workers=workers)
+    loader = DataLoader(images, batch_size=64, num_workers=workers, collate_fn=default_data_collator)
+    marks, points, seen, started = [count * k // 10 for k in range(1, 11)], [], 0, time.perf_counter()
+    for batch in loader:
+        seen += len(batch["labels"])
+        if seen >= marks[len(points)]:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            points.append({"images": seen, "seconds": time.perf_counter() - started, "peak_mb": peak})
+            if len(points) == len(marks):
+                break
+    return points
+
+
+def streamed(count: int) -> list[dict]:
+    """The stream in its own process, so its peak memory is the stream's alone."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    command = [sys.executable, str(Path(__file__)), "--stream-one", str(count)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"the stream of {count} images failed:\n{done.stderr[-3000:]}")
+    points = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"stream: {points[-1]}", flush=True)
+    return points
+
+
+def plot(sizes: list[int], rows: list[dict], stream: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +196,12 @@ def plot(sizes: list[int], rows: list[dict], path: Path) -> None:
     time_axis.plot(sizes, [r["epoch"] / (s / 1000) for s, r in zip(sizes, rows)], "s--", label="epoch")
     time_axis.set(xscale="log", xlabel="training images", ylabel="seconds per 1,000 images", ylim=(0, None))
     time_axis.legend()
-    memory_axis.plot(sizes, [row["peak_mb"] for row in rows], "o-")
+    memory_axis.plot(sizes, [row["peak_mb"] for row in rows], "o-", label="preparation + epoch")
+    if stream:
+        memory_axis.plot(
+            [p["images"] for p in stream], [p["peak_mb"] for p in stream], ".-", label="stream, input only"
+        )
+        memory_axis.legend()
     memory_axis.set(xscale="log", xlabel="training images", ylabel="peak resident memory (MB)", ylim=(0, None))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -131,12 +213,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/fashion-mnist"))
     parser.add_argument("--model", type=Path, default=Path("data/weights/mobilenet_v2/model"))
     parser.add_argument("--validation", type=int, default=1000, help="validation images (evaluated, not timed)")
+    parser.add_argument("--stream", type=int, default=1_000_000, help="generated images streamed; 0: none")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--stream-one", dest="stream_one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_run(args.one, args.model, args.out)))
+        return
+    if args.stream_one:
+        print(json.dumps(stream_run(args.stream_one)))
         return
 
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -158,11 +245,24 @@ def main() -> None:
             f"| {size:,} | {row['prepare']:.1f} | {row['prepare_warm']:.1f} | {row['epoch']:.1f} | {per_k:.2f} "
             f"| {row['peak_mb']:.0f} |"
         )
+    stream = streamed(args.stream) if args.stream else []
+    if stream:
+        lines += [
+            "",
+            f"A stream of {args.stream:,} generated 28-px images through the input pipeline alone (128 px, batch 64):",
+            "",
+            "| images read | seconds | s per 1,000 images (so far) | peak RSS (MB) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['images']:,} | {p['seconds']:.0f} | {p['seconds'] / (p['images'] / 1000):.2f} | {p['peak_mb']:.0f} |"
+            for p in stream
+        ]
     table = "\n".join(lines)
     print("\n" + table)
     if not args.no_record:
         picture = HERE / "scale.png"
-        plot(sizes, rows, picture)
+        plot(sizes, rows, stream, picture)
         command = "python benchmarks/scale.py " + shlex.join(sys.argv[1:])
         with RESULTS.open("a") as handle:
             handle.write(

@@ -35,8 +35,23 @@ def numbered_images(count: int, broken: tuple[int, ...] = ()) -> datasets.Datase
     images = [
         {"bytes": b"not a png" if i in broken else _png((i % 256, i // 256, 7)), "path": None} for i in range(count)
     ]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["even", "odd"])})
-    return datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(count)]}, features=features)
+    return datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(count)]}, features=FEATURES)
+
+
+FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["even", "odd"])})
+
+
+def _numbered_rows(parts: list[int], count: int, of: int):
+    for part in parts:
+        for i in range(part, count, of):
+            yield {"image": {"bytes": _png((i % 256, i // 256, 7)), "path": None}, "label": i % 2}
+
+
+def numbered_stream(count: int, shards: int = 8) -> datasets.IterableDataset:
+    """The same images as a stream generated in `shards` shards, never held as a table."""
+    return datasets.IterableDataset.from_generator(
+        _numbered_rows, features=FEATURES, gen_kwargs={"parts": list(range(shards)), "count": count, "of": shards}
+    )
 
 
 def number(image: Image.Image) -> torch.Tensor:
@@ -48,9 +63,11 @@ def one_pass(stream: StreamingImages, pass_index: int = 0) -> list[int]:
     return [int(row["pixel_values"]) for row in stream.rows(pass_index)]
 
 
+@pytest.mark.parametrize("source", ["table", "stream"])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_processes_read_each_image_once_per_pass(world_size):
-    table = numbered_images(101)  # a count no process count divides
+def test_processes_read_each_image_once_per_pass(world_size, source):
+    # 101: a count no process count divides; the stream's 8 shards do not divide among 3 processes either
+    table = numbered_images(101) if source == "table" else numbered_stream(101)
     passes = [
         [one_pass(StreamingImages(table, number, 0, 16, rank, world_size), p) for rank in range(world_size)]
         for p in (0, 1)

@@ -47,11 +47,12 @@ def _decoded(image: dict[str, Any]) -> Image.Image:
 
 class StreamingImages(torch.utils.data.IterableDataset):
     """The training split as this process reads it: its shards, shuffled in a buffer, decoded and transformed
-    one image at a time, rows of `pixel_values` and `labels`, pass after pass without end."""
+    one image at a time, rows of `pixel_values` and `labels`, pass after pass without end. `train` is a
+    table (read in shards) or already a stream."""
 
     def __init__(
         self,
-        train: Dataset,
+        train: Dataset | datasets.IterableDataset,
         transform: Callable[[Image.Image], torch.Tensor],
         seed: int,
         buffer_size: int,
@@ -59,9 +60,13 @@ class StreamingImages(torch.utils.data.IterableDataset):
         world_size: int = 1,
         workers: int = 0,
     ) -> None:
-        references = train.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
-        shards = min(len(references), world_size * max(1, workers) * SHARDS_PER_READER)
-        stream = references.to_iterable_dataset(num_shards=shards)
+        stream = train.cast_column(
+            IMAGE_COLUMN, datasets.Image(decode=False)
+        )  # decoded here, where a failure is caught
+        if isinstance(stream, Dataset):  # a table: read in shards
+            stream = stream.to_iterable_dataset(
+                num_shards=min(len(stream), world_size * max(1, workers) * SHARDS_PER_READER)
+            )
         self.stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
         self.transform, self.seed, self.buffer_size = transform, seed, buffer_size
 
