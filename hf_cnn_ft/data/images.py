@@ -61,6 +61,14 @@ def short_side(image: dict[str, Any]) -> int | None:
         return None
 
 
+def decode_entry(image: dict[str, Any]) -> Image.Image:
+    """An undecoded image entry ({bytes, path}), decoded; PIL's own exception for one that is not an image."""
+    data = image.get("bytes")
+    with Image.open(io.BytesIO(data) if data else image["path"]) as decoded:
+        decoded.load()
+    return decoded
+
+
 def open_image(path: str | Path) -> Image.Image:
     """The image in `path`, decoded; ValueError saying why for a file that is not a readable image."""
     try:

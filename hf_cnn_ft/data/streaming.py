@@ -14,7 +14,6 @@ have read next. Evaluation splits stay tables: every image evaluated once across
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 from collections.abc import Callable, Iterator
@@ -27,22 +26,12 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
 from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN
-from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.data.images import decode_entry, failure_reason, to_rgb
 from hf_cnn_ft.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 SHARDS_PER_READER = 8  # shards per process and loader worker: an even split, and shard order shuffles too
-
-
-def _decoded(image: dict[str, Any]) -> Image.Image:
-    data = image.get("bytes")
-    if data is None:
-        with open(image["path"], "rb") as handle:
-            data = handle.read()
-    decoded = Image.open(io.BytesIO(data))
-    decoded.load()
-    return decoded
 
 
 class StreamingImages(torch.utils.data.IterableDataset):
@@ -77,10 +66,10 @@ class StreamingImages(torch.utils.data.IterableDataset):
         for row in shuffled:
             image = row[IMAGE_COLUMN]
             try:
-                pixels = self.transform(to_rgb(_decoded(image)))
+                pixels = self.transform(to_rgb(decode_entry(image)))
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
-                logger.warning("skipping unreadable image %s (%s)", image.get("path") or "(embedded)", reason)
+                where = image.get("path") or "(embedded)"
+                logger.warning("skipping unreadable image %s (%s)", where, failure_reason(exc))
                 continue
             yield {"pixel_values": pixels, "labels": row[LABEL_COLUMN]}
 
