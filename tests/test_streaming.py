@@ -104,6 +104,8 @@ def test_a_stream_is_counted_in_steps_and_has_no_cached_features(tmp_path):
         build_recipe({**base, "max_steps": 100})
     with pytest.raises(UserError, match="balanced sampler"):
         build_recipe({**base, "max_steps": 100, "strategy": "full", "sampler": "balanced"})
+    with pytest.raises(UserError, match="bn_adapt reads the whole training split"):
+        build_recipe({**base, "max_steps": 100, "strategy": "full", "bn_adapt": True})
 
     training = build_recipe({**base, "max_steps": 100, "strategy": "full"}).training
     assert str(training.eval_strategy.value) == str(training.save_strategy.value) == "steps"

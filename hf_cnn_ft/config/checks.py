@@ -317,6 +317,11 @@ def _check_streaming(values: RecipeValues) -> None:
         "with a stream use strategy full (finetune.freeze: backbone for a frozen backbone)",
     )
     _require(
+        not values.finetune.bn_adapt,
+        "data.streaming: finetune.bn_adapt reads the whole training split before training, which a stream is not "
+        "read for; remove bn_adapt (or stream without it)",
+    )
+    _require(
         values.finetune.sampler != "balanced",
         "data.streaming: the balanced sampler draws images by index, which a stream has not; use "
         "finetune.class_weights: auto instead",

@@ -42,7 +42,17 @@ IMAGE_COLUMN_CANDIDATES = (
 )
 
 
-LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_name", "category", "target", "fine_label")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_name", "category", "target", "fine_label", "cls")
+
+
+LABEL_SAMPLE = 2000  # the first labels of a streamed split, for class counts: a stream is not read whole for them
+
+
+def label_sample(split: datasets.Dataset | datasets.IterableDataset) -> list[int]:
+    """A split's labels: all of a table's, the first LABEL_SAMPLE of a stream's."""
+    if isinstance(split, datasets.IterableDataset):
+        return [row[LABEL_COLUMN] for row in split.select_columns([LABEL_COLUMN]).take(LABEL_SAMPLE)]
+    return list(split[LABEL_COLUMN])
 
 
 @dataclass
@@ -70,14 +80,22 @@ class ImageData:
 
     def typical_short_side(self, sample: int = 64) -> int | None:
         """The median shorter edge, in pixels, of up to `sample` training images spread over the split."""
-        train = self.splits["train"]
-        picks = np.linspace(0, len(train) - 1, num=min(sample, len(train)), dtype=int)
-        undecoded = train.select(np.unique(picks)).cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
-        sides = [side for entry in undecoded[IMAGE_COLUMN] if (side := short_side(entry)) is not None]
+        train = self.splits["train"].cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+        if isinstance(train, datasets.IterableDataset):  # a stream: its first images
+            entries = [row[IMAGE_COLUMN] for row in train.take(sample)]
+        else:
+            entries = train.select(np.unique(np.linspace(0, len(train) - 1, num=min(sample, len(train)), dtype=int)))
+            entries = entries[IMAGE_COLUMN]
+        sides = [side for entry in entries if (side := short_side(entry)) is not None]
         return int(np.median(sides)) if sides else None
 
+    def split_sizes(self) -> dict[str, int | None]:
+        """Images per split; None for a streamed split, whose length is not known without reading it whole."""
+        return {name: len(s) if isinstance(s, datasets.Dataset) else None for name, s in self.splits.items()}
+
     def class_counts(self, split: str) -> dict[str, int]:
-        counts = np.bincount(self.splits[split][LABEL_COLUMN], minlength=len(self.label_names))
+        """Images per class; of a streamed split, in its first LABEL_SAMPLE images."""
+        counts = np.bincount(label_sample(self.splits[split]), minlength=len(self.label_names))
         return {name: int(n) for name, n in zip(self.label_names, counts)}
 
 

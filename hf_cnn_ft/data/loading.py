@@ -1,12 +1,20 @@
-"""Loading the dataset that a recipe describes: source -> columns -> labels -> splits -> readable images."""
+"""Loading the dataset that a recipe describes: source -> columns -> labels -> splits -> readable images.
+
+A listed source (a folder, a table, a saved dataset, a Hub dataset without streaming) becomes tables; a
+streamed source (data.streaming on a Hub dataset or a folder of shards) keeps its training split a stream
+and reads its evaluation splits once into tables. From there both take the same way."""
 
 from __future__ import annotations
 
+import logging
+
+import datasets
 import numpy as np
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, IterableDatasetDict
 
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import (
+    IMAGE_COLUMN,
     LABEL_COLUMN,
     SLICE_COLUMN,
     ImageData,
@@ -14,39 +22,86 @@ from hf_cnn_ft.data.dataset import (
     _encode_labels,
     _normalise_columns,
     drop_unreadable_images,
+    label_sample,
 )
 from hf_cnn_ft.data.duplicates import find_duplicates
-from hf_cnn_ft.data.sources import load_raw_dataset
-from hf_cnn_ft.data.splits import arrange_splits
+from hf_cnn_ft.data.sources import load_raw_dataset, open_stream
+from hf_cnn_ft.data.splits import arrange_splits, stream_splits
+from hf_cnn_ft.data.streaming import encode_stream_labels, shard_by_shard, to_table
 from hf_cnn_ft.errors import UserError
 
+logger = logging.getLogger(__name__)
 
-def _truncate(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    if limit is None or limit >= len(dataset):
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(limit))
+
+def _truncate(split: Dataset | datasets.IterableDataset, limit: int | None, seed: int) -> Dataset:
+    if limit is None:
+        return split
+    if isinstance(split, datasets.IterableDataset):
+        return split.take(limit)
+    return split if limit >= len(split) else split.shuffle(seed=seed).select(range(limit))
+
+
+def _only(splits: DatasetDict, names: list[str]) -> DatasetDict:
+    return DatasetDict({name: splits[name] for name in names})
+
+
+def _require_classes(label_names: list[str], source: str) -> None:
+    if len(label_names) < 2:
+        found = f" ('{label_names[0]}')" if label_names else ""
+        raise UserError(f"{source}: found a single class{found}; a classifier needs at least two")
+
+
+def _listed_splits(args: DataArguments) -> tuple[DatasetDict, list[str]]:
+    raw, base_dir = load_raw_dataset(args)
+    raw = _normalise_columns(raw, args, base_dir)
+    raw, label_names = _encode_labels(raw)
+    _require_classes(label_names, args.dataset or "")
+    splits = arrange_splits(raw, args)
+    if not args.read_test_split:  # set aside before anything opens a file: not checked, hashed nor decoded
+        splits = DatasetDict({name: split for name, split in splits.items() if name != "test"})
+    return splits, label_names
+
+
+def _streamed_splits(
+    args: DataArguments, streams: IterableDatasetDict, fingerprint: str | None
+) -> tuple[DatasetDict, list[str]]:
+    """The training split stays a stream; the evaluation splits are read into tables (the test split only when
+    it will be read), their class names are the classes when the stream declares none."""
+    named = stream_splits(streams, args)
+    named = {name: shard_by_shard(stream, name) for name, stream in named.items()}
+    tables = DatasetDict(
+        {name: to_table(s, fingerprint and f"{fingerprint}-{name}") for name, s in named.items() if name != "train"}
+    )
+    tables = _normalise_columns(tables, args, None)
+    tables = DatasetDict({name: t.cast_column(IMAGE_COLUMN, datasets.Image()) for name, t in tables.items()})
+    tables, label_names = _encode_labels(tables)
+    _require_classes(label_names, args.dataset or "")
+    train = _normalise_columns(DatasetDict({"train": named["train"]}), args, None)["train"]
+    if not isinstance(train.features[LABEL_COLUMN], datasets.ClassLabel):
+        logger.warning(
+            "%s declares no class names: the classes are the labels of its evaluation splits (%s); training "
+            "images with any other label are skipped",
+            args.dataset,
+            ", ".join(label_names),
+        )
+        train = encode_stream_labels(train, label_names)
+    return DatasetDict({"train": train, **tables}), label_names
 
 
 def load_image_data(args: DataArguments, check_images: bool | None = None) -> ImageData:
     """Loads, normalises, splits and checks the dataset that a recipe describes.
 
     `check_images` (default: data.check_images) decodes every image to drop the unreadable ones; a run
-    that builds the decode-once cache passes False, since building it is that decoding pass.
+    that builds the decode-once cache passes False, since building it is that decoding pass. A streamed
+    training split is neither checked nor hashed: the stream skips an unreadable image when it meets it.
     """
-    raw, base_dir = load_raw_dataset(args)
-    raw = _normalise_columns(raw, args, base_dir)
-    raw, label_names = _encode_labels(raw)
-    if len(label_names) < 2:
-        found = f" ('{label_names[0]}')" if label_names else ""
-        raise UserError(f"{args.dataset}: found a single class{found}; a classifier needs at least two")
-    splits = arrange_splits(raw, args)
-    if not args.read_test_split:  # set aside before anything opens a file: not checked, hashed nor decoded
-        splits = DatasetDict({name: split for name, split in splits.items() if name != "test"})
+    opened = open_stream(args)
+    splits, label_names = _streamed_splits(args, *opened) if opened else _listed_splits(args)
+    # Tables that are read whole; the training split of a streaming run is read as a stream.
+    tables = [n for n, s in splits.items() if isinstance(s, Dataset) and not (n == "train" and args.streaming)]
     skipped: list[SkippedImage] = []
     if args.check_images if check_images is None else check_images:
-        # A stream meets its training images as it reads them, and skips the unreadable ones then.
-        checked = DatasetDict({name: split for name, split in splits.items() if name != "train" or not args.streaming})
-        checked, skipped = drop_unreadable_images(checked, args.preprocessing_num_workers)
+        checked, skipped = drop_unreadable_images(_only(splits, tables), args.preprocessing_num_workers)
         splits = DatasetDict({**splits, **checked})
     splits = DatasetDict(
         {
@@ -56,20 +111,23 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
             for name, split in splits.items()
         }
     )
+    hashed = [n for n in splits if isinstance(splits[n], Dataset)]
     remove = args.cross_split_duplicates == "remove"
-    splits, duplicates = find_duplicates(splits, remove, args.preprocessing_num_workers)
+    cleaned, duplicates = find_duplicates(_only(splits, hashed), remove, args.preprocessing_num_workers)
+    splits = DatasetDict({**splits, **cleaned})
     require_usable(splits, args.dataset or "")
     slices = None
     if args.slice_column:
-        slices = {name: list(split[SLICE_COLUMN]) for name, split in splits.items()}
+        slices = {name: list(split[SLICE_COLUMN]) for name, split in splits.items() if isinstance(split, Dataset)}
         splits = DatasetDict({name: split.remove_columns(SLICE_COLUMN) for name, split in splits.items()})
     return ImageData(splits, label_names, args.dataset or "", skipped, slices, duplicates.as_dict())
 
 
 def require_usable(splits: DatasetDict, source: str) -> None:
-    """Every split has images, and the training split at least two classes."""
+    """Every split has images, and the training split at least two classes (a streamed one: in its first
+    images)."""
     for name, split in splits.items():
-        if len(split) == 0:
+        if len(label_sample(split)) == 0:
             raise UserError(f"{source}: the {name} split has no usable images")
-    if len(np.unique(splits["train"][LABEL_COLUMN])) < 2:
+    if len(np.unique(label_sample(splits["train"]))) < 2:
         raise UserError(f"{source}: the training split holds a single class; a classifier needs at least two")

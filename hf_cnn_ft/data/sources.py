@@ -1,7 +1,9 @@
-"""Where images come from: a Hub dataset id, an image folder, a CSV/JSONL/Parquet table or a saved dataset."""
+"""Where images come from: a Hub dataset id, an image folder, a CSV/JSONL/Parquet table or a saved dataset;
+with data.streaming, a Hub dataset or a folder of Parquet / WebDataset tar shards is opened as a stream."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,46 @@ def load_raw_dataset(args: DataArguments) -> tuple[DatasetDict, Path | None]:
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     return loaded, None
+
+
+SHARD_SUFFIXES = (".parquet", ".tar")  # a folder of these, with data.streaming, is read as a stream of shards
+
+
+def _holds_shards(folder: Path) -> bool:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return any(p.suffix.lower() in SHARD_SUFFIXES for p in files) and not any(
+        p.suffix.lower() in IMAGE_SUFFIXES for p in files
+    )
+
+
+def open_stream(args: DataArguments) -> tuple[datasets.IterableDatasetDict, str | None] | None:
+    """data.streaming on a source that is read as a stream rather than listed: a Hub dataset, or a folder of
+    Parquet or WebDataset tar shards (splits named by their files: train-00000.tar, validation-00000.tar...).
+    Returns the splits as streams and a fingerprint of the source (None when it may change: an unpinned Hub
+    revision), or None for any other source (listed as a table, and its training split streamed from that)."""
+    source = args.dataset or ""
+    if not args.streaming or not source:
+        return None
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path.is_dir() and _holds_shards(path)):
+            return None
+        files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
+        target, identity = str(path), repr(files)
+    elif looks_like_local_path(source):
+        return None  # load_raw_dataset says the path does not exist
+    else:
+        target = source
+        identity = repr((source, args.dataset_config, args.dataset_revision)) if args.dataset_revision else None
+    try:
+        streams = datasets.load_dataset(target, args.dataset_config, revision=args.dataset_revision, streaming=True)
+    except Exception as exc:  # the Hub client and the packaged readers raise many types; all mean the same here
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"could not open '{source}' as a stream ({reason}); check the Hub id and the network, or point "
+            "data.dataset at a folder of Parquet or .tar shards"
+        ) from None
+    if isinstance(streams, datasets.IterableDataset):
+        streams = datasets.IterableDatasetDict({"train": streams})
+    fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16] if identity else None
+    return streams, fingerprint

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from datasets import Dataset, DatasetDict, concatenate_datasets
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, concatenate_datasets
 
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import LABEL_COLUMN
@@ -57,7 +57,7 @@ def _warn_unused_split_settings(args: DataArguments, has_validation: bool, has_t
         )
 
 
-def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
+def _require_named_splits(raw: DatasetDict | IterableDatasetDict, args: DataArguments) -> None:
     available = list(raw.keys())
     if args.train_split not in raw:
         raise UserError(
@@ -70,6 +70,30 @@ def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
                 f"split '{wanted}' not found in {args.dataset}; splits there are: {', '.join(available)} "
                 f"(set data.{key})"
             )
+
+
+def stream_splits(streams: IterableDatasetDict, args: DataArguments) -> dict[str, IterableDataset]:
+    """The splits of a streamed source, as the source names them: a stream cannot be carved by class or pooled
+    and drawn again without reading it whole, so the validation split must be the source's own. The test split
+    is left out unless it will be read."""
+    _require_named_splits(streams, args)
+    validation_name = args.validation_split or next((n for n in VALIDATION_SPLIT_CANDIDATES if n in streams), None)
+    if validation_name is None:
+        raise UserError(
+            f"{args.dataset} has no validation split, and a stream cannot be carved into one: give the source one "
+            "(files named validation-00000.parquet / .tar beside the train-* ones) or set data.validation_split"
+        )
+    if args.resplit:
+        raise UserError("data.resplit draws the splits again from a pool, which a stream is not: remove it")
+    named = {"train": streams[args.train_split], "validation": streams[validation_name]}
+    test_name = args.test_split or ("test" if "test" in streams else None)
+    if test_name is not None and args.read_test_split:
+        named["test"] = streams[test_name]
+    return named
+
+
+def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
+    _require_named_splits(raw, args)
     validation_name = args.validation_split or next((n for n in VALIDATION_SPLIT_CANDIDATES if n in raw), None)
     test_name = args.test_split or ("test" if "test" in raw else None)
     test_fraction, validation_fraction = args.test_fraction, args.validation_fraction

@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.recipe import Recipe
+from hf_cnn_ft.data.dataset import LABEL_SAMPLE
 from hf_cnn_ft.share.card_findings import report_text, search_text
 from hf_cnn_ft.strategies.registry import get_strategy
 
@@ -39,9 +40,10 @@ def _metrics_table(report: dict[str, Any]) -> str:
 
 
 def _counts_table(summary: dict[str, Any]) -> str:
-    counts = summary["class_counts"]
+    counts, sizes = summary["class_counts"], summary["split_sizes"]
     splits = list(counts)
-    rows = ["| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    headers = [s if sizes.get(s) is not None else f"{s} (its first {LABEL_SAMPLE:,} streamed images)" for s in splits]
+    rows = ["| class | " + " | ".join(headers) + " |", "|---|" + "---|" * len(splits)]
     for name in summary["label_names"]:
         rows.append(f"| {name} | " + " | ".join(str(counts[s].get(name, 0)) for s in splits) + " |")
     return "\n".join(rows)
@@ -274,7 +276,7 @@ This model sorts an image into one of {len(labels)} classes: {", ".join(f"`{name
 ## Training data
 
 Source: `{recipe.data.dataset}`{revision}.
-Split sizes: {", ".join(f"{k} {v}" for k, v in summary["split_sizes"].items())}.
+Split sizes: {", ".join(f"{k} {'streamed' if v is None else v}" for k, v in summary["split_sizes"].items())}.
 Unreadable images skipped: {summary["skipped_images"]}.{_duplicates_text(summary.get("duplicates"))}
 
 {_counts_table(summary)}

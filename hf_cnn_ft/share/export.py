@@ -134,7 +134,8 @@ def _validation_data(model_dir: Path, images: list[Path] | None) -> tuple[Datase
     except UserError:
         raise UserError(f"{model_dir} names no dataset to check the export on: pass --images FILE...") from None
     data = load_image_data(replace(data_args, check_images=False))
-    return data.splits["train"], data.splits["validation"]
+    train = data.splits["train"]
+    return (train if isinstance(train, Dataset) else data.splits["validation"]), data.splits["validation"]
 
 
 def _quantize_int8(float_path: Path, output: Path, calibration: np.ndarray) -> None:

@@ -92,7 +92,7 @@ def write_artefacts(
         "peft": peft_summary,
         "library": "timm" if is_timm_model(plain_model) else "transformers",
         "preprocessing": dataclasses.asdict(data_config),
-        "split_sizes": {name: len(split) for name, split in data.splits.items()},
+        "split_sizes": data.split_sizes(),
         "class_counts": {name: data.class_counts(name) for name in data.splits},
         "skipped_images": len(data.skipped),
         "skipped": [item.__dict__ for item in data.skipped],
