@@ -105,6 +105,8 @@ def test_a_tar_shard_folder_streams_its_training_images_once_per_pass_across_pro
     seen = ranks[0] + ranks[1]
     assert sorted(seen) == sorted(pixel_digests(splits["train"]))  # every training image once across the two
     assert data.typical_short_side() == 40
+    again = load_image_data(DataArguments(dataset=str(tar_folder), streaming=True))
+    assert again.splits["test"].cache_files == data.splits["test"].cache_files  # read once, then reused
 
 
 def test_parquet_shards_name_their_classes_by_the_evaluation_splits(tmp_path, splits, caplog):
