@@ -96,8 +96,8 @@ class DataArguments:
     streaming: bool = field(
         default=False,
         metadata={
-            "help": "Read the training images as a stream, decoded as they go by, with flat memory (no readable check "
-            "or decode-once cache: an unreadable image is skipped when reached). Needs training.max_steps."
+            "help": "Read the training images as a stream, decoded as they go by, with flat memory (an unreadable image"
+            " is skipped when reached); a Hub id or a folder of Parquet/.tar shards is opened as one. Needs max_steps."
         },
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Images a stream holds to shuffle."})
