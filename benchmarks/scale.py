@@ -41,7 +41,8 @@ HERE = Path(__file__).resolve().parent
 
 
 class EpochClock(TrainerCallback):
-    """When the Trainer's loop starts and ends: everything before it is preparation."""
+    """When the Trainer's loop starts and its epoch ends (before the epoch's evaluation, which reads the same
+    1,000 validation images at every size): everything before it is preparation."""
 
     def __init__(self) -> None:
         self.began = self.ended = 0.0
@@ -49,7 +50,7 @@ class EpochClock(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.began = time.perf_counter()
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_epoch_end(self, args, state, control, **kwargs):
         self.ended = time.perf_counter()
 
 
