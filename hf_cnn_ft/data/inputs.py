@@ -2,11 +2,13 @@
 
 Training, both probes, AdaBN, evaluation, prediction and the ONNX check all go through
 `pixel_values`, so every path converts modes (to 8-bit RGB), transforms and lays out memory alike.
+Images are transformed on one thread (`one_thread`), as in a loader worker process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,13 +22,30 @@ from hf_cnn_ft.data.images import to_rgb
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch ops on one thread inside the block. A transform's ops are too small to share out: spread over
+    threads they cost more than on one, several times more when another process holds a core (a loader in
+    the training process, as on a 2-core machine, would otherwise slow the whole run; benchmarks/RESULTS.md)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def view_pixel_values(
     images: Sequence[Image.Image], views: Sequence[Transform], channels_last: bool = False
 ) -> list[torch.Tensor]:
     """One batch of model inputs per view: each image converted to RGB once, then transformed by every view
     and stacked (NHWC in memory if asked)."""
     rgb = [to_rgb(image) for image in images]
-    batches = [torch.stack([view(image) for image in rgb]) for view in views]
+    with one_thread():
+        batches = [torch.stack([view(image) for image in rgb]) for view in views]
     return [b.contiguous(memory_format=torch.channels_last) for b in batches] if channels_last else batches
 
 

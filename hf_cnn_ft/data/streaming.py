@@ -33,6 +33,7 @@ from PIL import Image
 
 from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN
 from hf_cnn_ft.data.images import decode_entry, failure_reason, to_rgb
+from hf_cnn_ft.data.inputs import one_thread
 from hf_cnn_ft.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class StreamingImages(torch.utils.data.IterableDataset):
         for row in shuffled:
             image = row[IMAGE_COLUMN]
             try:
-                pixels = self.transform(to_rgb(decode_entry(image)))
+                with one_thread():
+                    pixels = self.transform(to_rgb(decode_entry(image)))
             except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
                 where = image.get("path") or "(embedded)"
                 logger.warning("skipping unreadable image %s (%s)", where, failure_reason(exc))
