@@ -109,6 +109,16 @@ def test_a_tar_shard_folder_streams_its_training_images_once_per_pass_across_pro
     assert again.splits["test"].cache_files == data.splits["test"].cache_files  # read once, then reused
 
 
+def test_loader_workers_read_a_shard_folder_once_per_pass_between_them(tar_folder, splits):
+    data = load_image_data(DataArguments(dataset=str(tar_folder), streaming=True))
+    loader = torch.utils.data.DataLoader(
+        StreamingImages(data.splits["train"], digest, 0, 8, workers=2), batch_size=6, num_workers=2
+    )
+    batches = iter(loader)
+    first_pass = [int(i) for _ in range(12) for i in next(batches)["pixel_values"]]  # 2 workers x 2 shards x 18
+    assert sorted(first_pass) == sorted(pixel_digests(splits["train"]))
+
+
 def test_parquet_shards_name_their_classes_by_the_evaluation_splits(tmp_path, splits, caplog):
     folder = tmp_path / "parquet"
     write_parquet_shards(folder, "train", splits["train"], 3)

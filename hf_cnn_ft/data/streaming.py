@@ -115,9 +115,11 @@ def _read_shards(shards: list[int], stream: datasets.IterableDataset, name: str)
         where = f"{name} shard {index + 1} of {stream.n_shards}" + (f" ({', '.join(files)})" if files else "")
         read = 0
         try:
-            for row in shard:
+            # Batches of one, not `for row in shard`: iterated in a loader worker, a datasets stream would share
+            # its shards among the workers again, and this shard is already this worker's alone.
+            for batch in shard.iter(batch_size=1):
                 read += 1
-                yield row
+                yield {column: values[0] for column, values in batch.items()}
         except Exception as exc:  # pyarrow, tarfile, fsspec and HTTP errors: all mean the shard is damaged
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             _report_once(where, f"skipping the rest of {where} after {read} rows: it is unreadable ({reason})")
