@@ -183,7 +183,7 @@ def test_an_unreachable_stream_source_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_shard_stream_trains_like_the_same_images_as_a_table(tmp_path, splits):
+def test_a_shard_stream_trains_like_the_same_images_as_a_table(tmp_path, splits, capsys):
     table, shards = tmp_path / "table", tmp_path / "shards"
     splits.save_to_disk(table)
     for name, count in (("train", 4), ("validation", 1), ("test", 1)):
@@ -197,3 +197,6 @@ def test_a_shard_stream_trains_like_the_same_images_as_a_table(tmp_path, splits)
     mapped, stream = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("t", "s"))
     assert stream["split_sizes"] == {"train": None, "validation": 24, "test": 24}
     assert stream["test"]["accuracy"] > 0.7 and abs(stream["test"]["accuracy"] - mapped["test"]["accuracy"]) < 0.2
+    assert main(["evaluate", str(tmp_path / "s"), "--split", "validation"]) == 0  # the run's own shard folder
+    assert main(["evaluate", str(tmp_path / "s"), "--split", "train"]) == 2  # a stream is not evaluated whole
+    assert "the train split of" in capsys.readouterr().err

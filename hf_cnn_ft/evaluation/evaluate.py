@@ -56,6 +56,13 @@ def labelled_split(
         data_args = replace(data_args, validation_fraction=0.5, test_fraction=0.0)
     data: ImageData = load_image_data(data_args)
     name = data.evaluation_split if split == "test" else split
+    sizes = data.split_sizes()
+    streamed = [s for s in (list(sizes) if split == ALL_SPLITS else [name]) if s in sizes and sizes[s] is None]
+    if streamed:
+        raise UserError(
+            f"the {streamed[0]} split of {data_args.dataset} is a stream, read while training and never whole: "
+            "evaluate the validation or test split"
+        )
     if split == ALL_SPLITS:
         from datasets import concatenate_datasets
 
