@@ -6,8 +6,7 @@ train` would: the readable check, duplicate hashes and decode-once cache in a fr
 one epoch of the imported MobileNetV2 with its backbone frozen (strategy full, freeze backbone) at the
 input size the tool chooses for 28-px images. Every size runs in its own process, twice: the second run
 finds the cache built and shows what preparation costs then. Reported per size: preparation (cold and
-warm), the epoch, seconds per 1,000 images, the process's peak resident memory and its largest preparation
-worker's (the readable check, hashes and cache build run in worker processes from 2,000 images). The goal (issue 17):
+warm), the epoch, seconds per 1,000 images, and the process's peak resident memory. The goal (issue 17):
 seconds per 1,000 images within 1.5x across sizes, peak memory growing by less than 20% from 10k to 60k.
 Then a stream of --stream generated 28-px images (1M by default) through the training input pipeline alone
 (`data.streaming`'s reader: shards, shuffle buffer, decode, augmentation at 128 px, batches; no model), in
@@ -91,13 +90,7 @@ def one_run(data: Path, model: Path, out: Path) -> dict:
     clock, started = EpochClock(), time.perf_counter()
     train(build_recipe(settings, "scale benchmark"), callbacks=[clock])
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    worker_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest preparation worker
-    return {
-        "prepare": clock.began - started,
-        "epoch": clock.ended - clock.began,
-        "peak_mb": peak_kb / 1024,
-        "worker_mb": worker_kb / 1024,
-    }
+    return {"prepare": clock.began - started, "epoch": clock.ended - clock.began, "peak_mb": peak_kb / 1024}
 
 
 def run_size(data: Path, model: Path, cache: Path) -> dict:
@@ -117,7 +110,6 @@ def run_size(data: Path, model: Path, cache: Path) -> dict:
         "prepare_warm": warm["prepare"],
         "epoch": cold["epoch"],
         "peak_mb": max(cold["peak_mb"], warm["peak_mb"]),
-        "worker_mb": max(cold["worker_mb"], warm["worker_mb"]),
     }
 
 
@@ -245,14 +237,14 @@ def main() -> None:
             print(f"{size}: {json.dumps({k: round(v, 1) for k, v in row.items()})}", flush=True)
     lines = [
         "| training images | preparation, cold (s) | preparation, cache built (s) | one epoch (s) "
-        "| s per 1,000 images (cold preparation + epoch) | peak RSS (MB) | largest preparation worker (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "| s per 1,000 images (cold preparation + epoch) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
     ]
     for size, row in zip(sizes, rows):
         per_k = (row["prepare"] + row["epoch"]) / (size / 1000)
         lines.append(
             f"| {size:,} | {row['prepare']:.1f} | {row['prepare_warm']:.1f} | {row['epoch']:.1f} | {per_k:.2f} "
-            f"| {row['peak_mb']:.0f} | {row['worker_mb']:.0f} |"
+            f"| {row['peak_mb']:.0f} |"
         )
     stream = streamed(args.stream) if args.stream else []
     if stream:
