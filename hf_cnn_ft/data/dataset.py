@@ -48,11 +48,12 @@ LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_name", "category",
 LABEL_SAMPLE = 2000  # the first labels of a streamed split, for class counts: a stream is not read whole for them
 
 
-def label_sample(split: datasets.Dataset | datasets.IterableDataset) -> list[int]:
-    """A split's labels: all of a table's, the first LABEL_SAMPLE of a stream's."""
+def split_labels(split: datasets.Dataset | datasets.IterableDataset) -> list[int]:
+    """A split's labels as a list: all of a table's (read as one column, not item by item: a datasets Column
+    reads the table anew for every item asked of it), the first LABEL_SAMPLE of a stream's."""
     if isinstance(split, datasets.IterableDataset):
         return [row[LABEL_COLUMN] for row in split.select_columns([LABEL_COLUMN]).take(LABEL_SAMPLE)]
-    return list(split[LABEL_COLUMN])
+    return split.select_columns([LABEL_COLUMN])[:][LABEL_COLUMN]
 
 
 @dataclass
@@ -95,7 +96,7 @@ class ImageData:
 
     def class_counts(self, split: str) -> dict[str, int]:
         """Images per class; of a streamed split, in its first LABEL_SAMPLE images."""
-        counts = np.bincount(label_sample(self.splits[split]), minlength=len(self.label_names))
+        counts = np.bincount(split_labels(self.splits[split]), minlength=len(self.label_names))
         return {name: int(n) for name, n in zip(self.label_names, counts)}
 
 
@@ -181,7 +182,7 @@ def _encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
     class_label = ClassLabel(names=names)
     encoded = {}
     for name, split in raw.items():
-        missing = sum(v is None for v in split[LABEL_COLUMN])
+        missing = sum(v is None for v in split_labels(split))
         if missing:
             split = split.filter(lambda row: row[LABEL_COLUMN] is not None)
             logger.warning("%s split: dropped %d rows with an empty label", name, missing)
@@ -229,7 +230,7 @@ def drop_unreadable_images(splits: DatasetDict, workers: int | None = None) -> t
             num_proc=preparation_workers(workers, len(raw)),
             writer_batch_size=WRITER_BATCH,
             desc=f"Checking {name} images",
-        )["_unreadable"]
+        )[:]["_unreadable"]
         bad = [i for i, r in enumerate(reasons) if r]
         if bad:
             for i, img in zip(bad, raw.select(bad)[IMAGE_COLUMN]):

@@ -133,7 +133,7 @@ def decode_once(
             continue
         raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
         encoded = _cached_split(raw, name, config, root, preparation_workers(workers, len(raw)))
-        reasons = encoded[UNREADABLE]
+        reasons = encoded.select_columns([UNREADABLE])[:][UNREADABLE]
         bad = [i for i, reason in enumerate(reasons) if reason]
         if bad:
             sources = raw.select(bad)[IMAGE_COLUMN]

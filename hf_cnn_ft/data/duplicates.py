@@ -45,7 +45,8 @@ def content_hashes(split: Dataset, name: str, workers: int | None = None) -> tup
         writer_batch_size=WRITER_BATCH,
         desc=f"Hashing the {name} images",
     )
-    return hashed["_hash"], hashed["_name"]
+    columns = hashed[:]  # plain lists: a datasets Column reads the table anew for every item asked of it
+    return columns["_hash"], columns["_name"]
 
 
 @dataclass

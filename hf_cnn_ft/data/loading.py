@@ -22,7 +22,7 @@ from hf_cnn_ft.data.dataset import (
     _encode_labels,
     _normalise_columns,
     drop_unreadable_images,
-    label_sample,
+    split_labels,
 )
 from hf_cnn_ft.data.duplicates import find_duplicates
 from hf_cnn_ft.data.sources import load_raw_dataset, open_stream
@@ -127,7 +127,7 @@ def require_usable(splits: DatasetDict, source: str) -> None:
     """Every split has images, and the training split at least two classes (a streamed one: in its first
     images)."""
     for name, split in splits.items():
-        if len(label_sample(split)) == 0:
+        if len(split_labels(split)) == 0:
             raise UserError(f"{source}: the {name} split has no usable images")
-    if len(np.unique(label_sample(splits["train"]))) < 2:
+    if len(np.unique(split_labels(splits["train"]))) < 2:
         raise UserError(f"{source}: the training split holds a single class; a classifier needs at least two")

@@ -9,7 +9,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, concatenate_datasets
 
 from hf_cnn_ft.config.sections import DataArguments
-from hf_cnn_ft.data.dataset import LABEL_COLUMN
+from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
         train = raw[args.train_split]
 
     def carve(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-        kept, held = stratified_split(np.asarray(dataset[LABEL_COLUMN]), fraction, seed)
+        kept, held = stratified_split(np.asarray(split_labels(dataset)), fraction, seed)
         return dataset.select(kept), dataset.select(held)
 
     splits: dict[str, Dataset] = {}

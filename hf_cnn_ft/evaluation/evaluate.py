@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 
 from hf_cnn_ft.config.sections import DataArguments
-from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.dataset import ImageData, split_labels
 from hf_cnn_ft.data.inputs import view_batches
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
@@ -73,7 +73,7 @@ def labelled_split(
     else:
         raise UserError(f"split '{split}' not found; use one of: {', '.join(data.splits)}, {ALL_SPLITS}")
     mapping = _label_mapping(data.label_names, model.config.label2id, data_args.dataset or "")
-    return data, dataset, slices, mapping[np.asarray(dataset[LABEL_COLUMN], dtype=np.int64)]
+    return data, dataset, slices, mapping[np.asarray(split_labels(dataset), dtype=np.int64)]
 
 
 def evaluate_model(

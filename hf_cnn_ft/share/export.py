@@ -24,7 +24,7 @@ from datasets import Dataset
 from torch import nn
 
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, split_labels
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform
@@ -104,7 +104,7 @@ def _session(path: Path):
 def _pixels(dataset: Dataset, data_config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     transform = eval_transform(data_config)
     pixels = np.concatenate([batch.numpy() for batch in pixel_batches(dataset, transform, batch_size=32)])
-    return pixels.astype(np.float32), np.asarray(dataset[LABEL_COLUMN])
+    return pixels.astype(np.float32), np.asarray(split_labels(dataset))
 
 
 def _run(session, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
 from hf_cnn_ft.config.sections import FinetuneArguments
-from hf_cnn_ft.data.dataset import LABEL_COLUMN
+from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
 from hf_cnn_ft.strategies.shared_features import shared_or_computed
@@ -78,7 +78,7 @@ def extract_features(
     """The inputs of the classifier layer (pooled features) for every image, and the labels."""
     head = head_linear(backbone_of(model), model.config.num_labels)
     features = module_inputs(model, head, dataset, transform, batch_size, channels_last)
-    labels = torch.tensor(dataset[LABEL_COLUMN], dtype=torch.long)
+    labels = torch.tensor(split_labels(dataset), dtype=torch.long)
     return features.float().flatten(1), labels
 
 

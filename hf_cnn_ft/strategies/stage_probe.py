@@ -26,7 +26,7 @@ from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
 from hf_cnn_ft.config.sections import FinetuneArguments
-from hf_cnn_ft.data.dataset import LABEL_COLUMN
+from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import BATCHNORM, stages
@@ -252,6 +252,6 @@ def _cache_entry_inputs(
 
     views = [cache(train, probe.eval_transform)]
     views += [cache(train, probe.train_transform) for _ in range(probe.finetune.feature_views - 1)]
-    labels = torch.tensor(list(train[LABEL_COLUMN]) * len(views), dtype=torch.long)
-    validation_labels = torch.tensor(list(validation[LABEL_COLUMN]), dtype=torch.long)
+    labels = torch.tensor(split_labels(train) * len(views), dtype=torch.long)
+    validation_labels = torch.tensor(split_labels(validation), dtype=torch.long)
     return torch.cat(views), labels, (cache(validation, probe.eval_transform), validation_labels)

@@ -19,7 +19,7 @@ from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, ImageData, split_labels
 from hf_cnn_ft.data.images import to_rgb
 from hf_cnn_ft.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from hf_cnn_ft.models.anatomy import is_timm_model
@@ -153,7 +153,7 @@ def _write_pictures(
 
 def _write_examples(data: ImageData, split: str, count: int, folder: Path) -> None:
     """Saves up to `count` images of the evaluated split, taking the classes in turn, for the demo page."""
-    labels = data.splits[split][LABEL_COLUMN]
+    labels = split_labels(data.splits[split])
     by_class: dict[int, list[int]] = {}
     for index, label in enumerate(labels):  # one pass, whatever the number of classes
         by_class.setdefault(label, []).append(index)

@@ -21,7 +21,7 @@ import numpy as np
 from transformers import TrainerCallback, set_seed
 
 from hf_cnn_ft.config.recipe import Recipe
-from hf_cnn_ft.data.dataset import label_sample
+from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.plots import pyplot
@@ -101,7 +101,7 @@ def find_learning_rate(
     flush_denormals_on_cpu()
     set_seed(args.seed)
     prepared = prepare_model(recipe, load_image_data(recipe.data))
-    if len(label_sample(prepared.data.splits["train"])) < args.per_device_train_batch_size:
+    if len(split_labels(prepared.data.splits["train"])) < args.per_device_train_batch_size:
         raise UserError(
             "lr-find: the training split holds fewer images than one batch; lower per_device_train_batch_size"
         )

@@ -13,7 +13,7 @@ from transformers import Trainer
 
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData
+from hf_cnn_ft.data.dataset import ImageData, split_labels
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.transforms import evaluation_views
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_temperature, probabilities
@@ -77,7 +77,7 @@ def report_finished_run(recipe: Recipe, model, data_config: DataConfig, data: Im
         return
     split = data.evaluation_split
     slices = data.slices[split] if data.slices else None
-    report_data = ReportData(data.splits[split], np.asarray(data.splits[split][LABEL_COLUMN]), split, slices)
+    report_data = ReportData(data.splits[split], np.asarray(split_labels(data.splits[split])), split, slices)
     try:
         report = write_report(
             model.eval(), data_config, report_data, recipe.report, output_dir, recipe.augment.test_time_flips

@@ -26,7 +26,7 @@ from transformers import (
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import LABEL_COLUMN, ImageData, label_sample
+from hf_cnn_ft.data.dataset import ImageData, split_labels
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.loading import load_image_data
@@ -111,7 +111,7 @@ def prepare_model(
         model.to(memory_format=torch.channels_last)
     evaluation = eval_transform(data_config)
     augmentation = train_transform(data_config, recipe.augment)
-    loss_weights = class_loss_weights(finetune.class_weights, label_sample(data.splits["train"]), data.label_names)
+    loss_weights = class_loss_weights(finetune.class_weights, split_labels(data.splits["train"]), data.label_names)
     bn_policy = resolve_bn_policy(finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
     started = time.perf_counter()
     probe_history: list[dict[str, float]] = []
@@ -247,7 +247,7 @@ def build_trainer(
         backbone_lr_multiplier=finetune.backbone_lr_multiplier,
         lr_decay=finetune.lr_decay,
         sample_weights=(
-            balanced_sample_weights(data.splits["train"][LABEL_COLUMN], classes)
+            balanced_sample_weights(split_labels(data.splits["train"]), classes)
             if finetune.sampler == "balanced"
             else None
         ),
