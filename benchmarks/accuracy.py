@@ -21,19 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from common import machine, record  # benchmarks/ is on the path when run as a script
 
 from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.config.recipe import Recipe, load_recipe
@@ -42,13 +37,7 @@ from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS, import_known_weights
 from hf_cnn_ft.extras.offline_data import prepare_dataset
 from hf_cnn_ft.training.train import train
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 INPUT_KEYS = ("pretrained", "weights", "model_revision", "image_size", "crop_pct", "crop_mode")
-
-
-def machine() -> str:
-    threads = torch.get_num_threads()
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} threads"
 
 
 def ensure_offline_inputs(recipe: Recipe) -> None:
@@ -181,12 +170,9 @@ def main() -> None:
     text = "\n".join([header, "|---" * (len(figures) + 3) + "|", *table])
     print("\n" + text)
     if not args.no_record:
-        command = "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:])
         over = f"{len(splits)} resampled splits" if splits != [None] else "the shipped split"
-        title = f"### Accuracy over {over} x {args.seeds} seed(s) ({time.strftime('%Y-%m-%d')})"
         note = "mean ± std over the runs [95% interval over the split means]"
-        with RESULTS.open("a") as handle:
-            handle.write(f"\n{title}\n\n`{command}`  \nMachine: {machine()}; {note}\n\n{text}\n")
+        record(f"### Accuracy over {over} x {args.seeds} seed(s)", text, f"{machine()}; {note}")
 
 
 if __name__ == "__main__":

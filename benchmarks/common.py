@@ -1,8 +1,12 @@
-"""What the throughput benchmarks share: training settings that time only training, a step clock,
-generated photos."""
+"""What the benchmarks share: where and how a result is recorded (RESULTS.md, with the command and the
+machine), training settings that time only training, a step clock, generated photos."""
 
 from __future__ import annotations
 
+import os
+import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +14,23 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import TrainerCallback
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    threads = torch.get_num_threads()
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} threads"
+
+
+def record(heading: str, body: str, machine_line: str | None = None) -> None:
+    """Appends a dated `heading`, the command that ran (this script and its arguments), the machine and
+    `body` to RESULTS.md."""
+    command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    dated = f"{heading} ({time.strftime('%Y-%m-%d')})"
+    with RESULTS.open("a") as handle:
+        handle.write(f"\n{dated}\n\n`{command}`  \nMachine: {machine_line or machine()}\n\n{body}\n")
+
 
 # `hf-cnn-ft train` doing nothing but training: no evaluation, checkpoints, logging or image checks,
 # and images decoded every epoch, as a hand-written loop does.

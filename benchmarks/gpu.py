@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import TRAINING_ONLY, StepClock, make_photos, sync  # benchmarks/ is on the path as a script
+from common import TRAINING_ONLY, StepClock, make_photos, record, sync  # benchmarks/ is on the path as a script
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
@@ -202,13 +200,9 @@ def main() -> None:
     table = f"{table}\n\n{pipeline}" if models else pipeline
     print("\n" + table)
     if not args.no_record:
-        command = "python benchmarks/gpu.py " + shlex.join(sys.argv[1:])
-        with RESULTS.open("a") as handle:
-            handle.write(
-                f"\n### GPU training throughput, {args.image_size} px, batch {args.batch_size}, {precision}, "
-                f"channels_last ({time.strftime('%Y-%m-%d')})\n\n`{command}`  \nMachine: {device}, "
-                f"torch {torch.__version__}\n\n{table}\n"
-            )
+        heading = f"### GPU training throughput, {args.image_size} px, batch {args.batch_size}, {precision}"
+        heading += ", channels_last"
+        record(heading, table, f"{device}, torch {torch.__version__}")
 
 
 if __name__ == "__main__":

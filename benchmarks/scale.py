@@ -25,15 +25,13 @@ import io
 import json
 import os
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from accuracy import RESULTS, machine  # benchmarks/ is on the path when run as a script
-from common import TRAINING_ONLY
+from common import TRAINING_ONLY, record  # benchmarks/ is on the path when run as a script
 from transformers import TrainerCallback
 
 HERE = Path(__file__).resolve().parent
@@ -264,12 +262,7 @@ def main() -> None:
     if not args.no_record:
         picture = HERE / "scale.png"
         plot(sizes, rows, stream, picture)
-        command = "python benchmarks/scale.py " + shlex.join(sys.argv[1:])
-        with RESULTS.open("a") as handle:
-            handle.write(
-                f"\n### Cost as the data grows ({time.strftime('%Y-%m-%d')})\n\n`{command}`  \nMachine: {machine()}\n\n"
-                f"{table}\n\n![time and memory against training images](scale.png)\n"
-            )
+        record("### Cost as the data grows", f"{table}\n\n![time and memory against training images](scale.png)")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ import argparse
 import json
 import logging
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from accuracy import machine  # benchmarks/ is on the path when run as a script
-from common import TRAINING_ONLY, StepClock, make_photos
+from common import TRAINING_ONLY, StepClock, make_photos, record  # benchmarks/ is on the path as a script
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
@@ -281,12 +279,9 @@ def main() -> None:
     )
     print("\n" + table)
     if not args.no_record:
-        command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
-        with RESULTS.open("a") as handle:
-            handle.write(
-                f"\n### Training throughput, {args.weights} at {args.image_size} px, batch {args.batch_size}, "
-                f"{args.steps} steps ({time.strftime('%Y-%m-%d')})\n\n`{command}`  \nMachine: {machine()}\n\n{table}\n"
-            )
+        heading = f"### Training throughput, {args.weights} at {args.image_size} px, batch {args.batch_size}"
+        heading += f", {args.steps} steps"
+        record(heading, table)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from accuracy import RESULTS, ensure_offline_inputs, machine, measure, rows
+from accuracy import ensure_offline_inputs, measure, rows
+from common import record
 
 from hf_cnn_ft.api import prepare_cpu_process
 from hf_cnn_ft.config.recipe import load_recipe
@@ -67,10 +66,7 @@ def main() -> None:
     text = "\n".join(lines)
     print("\n" + text)
     if not args.no_record:
-        command = "python benchmarks/tune.py " + shlex.join(sys.argv[1:])
-        title = f"### tune, {args.timeout:g} minutes from {args.recipe.name} ({time.strftime('%Y-%m-%d')})"
-        with RESULTS.open("a") as handle:
-            handle.write(f"\n{title}\n\n`{command}`  \nMachine: {machine()}\n\n{text}\n")
+        record(f"### tune, {args.timeout:g} minutes from {args.recipe.name}", text)
 
 
 if __name__ == "__main__":
