@@ -33,7 +33,9 @@ from hf_cnn_ft.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-def _truncate(split: Dataset | datasets.IterableDataset, limit: int | None, seed: int) -> Dataset:
+def _truncate(
+    split: Dataset | datasets.IterableDataset, limit: int | None, seed: int
+) -> Dataset | datasets.IterableDataset:
     if limit is None:
         return split
     if isinstance(split, datasets.IterableDataset):
