@@ -42,7 +42,7 @@ from hf_cnn_ft.data.dataset import (
     preparation_workers,
     report_skipped,
 )
-from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.data.images import failure_reason, to_rgb
 from hf_cnn_ft.data.loading import require_usable
 from hf_cnn_ft.data.transforms import interpolation_mode
 
@@ -94,10 +94,7 @@ def _encoded(item: dict, shrink: Callable[[Image.Image], Image.Image | None]) ->
             image.load()  # the one full decode, also of images kept as they are
             small = shrink(image)
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        return {
-            "bytes": None,
-            "path": None,
-        }, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        return {"bytes": None, "path": None}, failure_reason(exc)
     if small is None:
         return {"bytes": data, "path": None}, ""
     buffer = io.BytesIO()

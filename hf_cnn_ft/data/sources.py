@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict
 from hf_cnn_ft.config.paths import IMAGE_SUFFIXES, TABLE_SUFFIXES, looks_like_local_path
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import LABEL_COLUMN
-from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.errors import UserError, first_line
 
 
 def _load_table(path: Path) -> DatasetDict:
@@ -70,7 +70,7 @@ def load_raw_dataset(args: DataArguments) -> tuple[DatasetDict, Path | None]:
     try:
         loaded = datasets.load_dataset(source, args.dataset_config, revision=args.dataset_revision)
     except Exception as exc:  # the Hub client raises many types; all mean the same to the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(
             f"could not load dataset '{source}' from the Hub ({reason}); if it is a local folder or file, "
             "check that the path exists"
@@ -112,7 +112,7 @@ def open_stream(args: DataArguments) -> tuple[datasets.IterableDatasetDict, str 
     try:
         streams = datasets.load_dataset(target, args.dataset_config, revision=args.dataset_revision, streaming=True)
     except Exception as exc:  # the Hub client and the packaged readers raise many types; all mean the same here
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(
             f"could not open '{source}' as a stream ({reason}); check the Hub id and the network, or point "
             "data.dataset at a folder of Parquet or .tar shards"

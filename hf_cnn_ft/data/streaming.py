@@ -34,7 +34,7 @@ from PIL import Image
 from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN
 from hf_cnn_ft.data.images import decode_entry, failure_reason, to_rgb
 from hf_cnn_ft.data.inputs import one_thread
-from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ def _read_shards(shards: list[int], stream: datasets.IterableDataset, name: str)
                 read += 1
                 yield {column: values[0] for column, values in batch.items()}
         except Exception as exc:  # pyarrow, tarfile, fsspec and HTTP errors: all mean the shard is damaged
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            _report_once(where, f"skipping the rest of {where} after {read} rows: it is unreadable ({reason})")
+            _report_once(where, f"skipping the rest of {where} after {read} rows: it is unreadable ({first_line(exc)})")
             continue
         broken = next(filter(None, map(_cut_short, files)), None)
         if broken:
