@@ -1,4 +1,7 @@
-"""The one exception type that the command line turns into a single clear line."""
+"""The one exception type that the command line turns into a single clear line, and the helpers that
+keep that line short."""
+
+import reprlib
 
 
 class UserError(Exception):
@@ -18,3 +21,14 @@ def first_line(exc: BaseException) -> str:
 def located(origin: str, message: str) -> str:
     """`message` prefixed with the file it concerns, when there is one (command-line values have none)."""
     return f"{origin}: {message}" if origin else message
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 6
+_SHORT.maxlevel = 2
+
+
+def shown(value: object) -> str:
+    """`repr(value)`, cut short: a value quoted in an error line may be huge (a pasted file, a nested list)."""
+    return _SHORT.repr(value)

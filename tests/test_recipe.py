@@ -1,7 +1,9 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
 from hf_cnn_ft.config.keys import KEY_OWNERS
 from hf_cnn_ft.config.loading import parse_overrides, recipe_to_yaml
@@ -87,19 +89,21 @@ def test_unknown_override_suggests_the_closest_key():
     assert "unknown override --lerning_rate; did you mean 'learning_rate'?" in str(info.value)
 
 
-def test_saved_recipe_is_fully_resolved_round_trips_and_never_holds_tokens(tmp_path):
+def test_saved_recipe_is_fully_resolved_round_trips_and_holds_no_invocation_settings(tmp_path):
     output_dir = tmp_path / "o"
     (output_dir / "checkpoint-3").mkdir(parents=True)  # a complete checkpoint, for --resume to find
     (output_dir / "checkpoint-3" / "trainer_state.json").write_text("{}")
-    (output_dir / "checkpoint-3" / "model.safetensors").write_bytes(b"x")
+    save_file({"w": torch.zeros(2)}, str(output_dir / "checkpoint-3" / "model.safetensors"))
     path = write(
         tmp_path,
-        f"data: {{dataset: d}}\nmodel: {{model: m}}\ntraining: {{output_dir: {output_dir}, hub_token: hf_x1}}\n",
+        f"data: {{dataset: d}}\nmodel: {{model: m}}\ntraining: {{output_dir: {output_dir}}}\n",
     )
-    recipe = load_recipe(path, ["--learning_rate", "5e-4", "--resume_from_checkpoint", "latest"])
+    recipe = load_recipe(
+        path, ["--learning_rate", "5e-4", "--resume_from_checkpoint", "latest", "--overwrite_output_dir"]
+    )
     text = recipe_to_yaml(recipe)
-    assert "hf_x1" not in text and "token" not in text
-    assert "resume_from_checkpoint" not in text
+    assert "token" not in text  # a token is refused when the recipe loads (tests/test_faults.py)
+    assert "resume_from_checkpoint" not in text and "overwrite" not in text
     saved = yaml.safe_load(text)["training"]
     # Resolved: the values the run used, not only the keys given (a changed default cannot change a rerun).
     assert saved["learning_rate"] == 5e-4 and saved["seed"] == 42 and saved["lr_scheduler_type"] == "cosine"

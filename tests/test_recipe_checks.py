@@ -63,7 +63,7 @@ def untouched(monkeypatch, tmp_path):
     calls = []
     for target in (
         "hf_cnn_ft.data.loading.load_raw_dataset",
-        "hf_cnn_ft.training.train.load_image_data",
+        "hf_cnn_ft.training.run_start.load_image_data",
         "hf_cnn_ft.training.train.build_model",
     ):
         monkeypatch.setattr(target, lambda *args, _target=target, **kwargs: calls.append(_target))

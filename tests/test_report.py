@@ -21,7 +21,12 @@ from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.data.inputs import pixel_values
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform
-from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_temperature, probabilities
+from hf_cnn_ft.evaluation.calibration import (
+    MIN_CALIBRATION_IMAGES,
+    expected_calibration_error,
+    fit_temperature,
+    probabilities,
+)
 from hf_cnn_ft.evaluation.gradcam import grad_cam
 from hf_cnn_ft.share.run_dir import load_run
 
@@ -82,11 +87,30 @@ def test_temperature_fit_recovers_a_known_temperature():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (4000, 4))
     labels = np.array([rng.choice(4, p=p) for p in probabilities(logits, 2.5)])  # drawn at T = 2.5
-    fitted = fit_temperature(logits * 1.0, labels)
-    assert fitted == pytest.approx(2.5, rel=0.1)
-    assert expected_calibration_error(probabilities(logits, fitted), labels) < expected_calibration_error(
+    fit = fit_temperature(logits * 1.0, labels)
+    assert fit.fitted and fit.temperature == pytest.approx(2.5, rel=0.1)
+    assert expected_calibration_error(probabilities(logits, fit.temperature), labels) < expected_calibration_error(
         probabilities(logits), labels
     )
+
+
+def test_temperature_is_left_alone_on_too_few_images_or_a_split_without_errors():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (MIN_CALIBRATION_IMAGES - 1, 4))
+    labels = np.array([rng.choice(4, p=p) for p in probabilities(logits, 2.5)])
+    few = fit_temperature(logits, labels)
+    assert not few.fitted and few.temperature == 1.0 and f"{MIN_CALIBRATION_IMAGES - 1} validation images" in few.reason
+    logits = rng.normal(0, 3, (200, 4))
+    perfect = fit_temperature(logits, logits.argmax(axis=1))  # every image right: the fit runs towards T = 0
+    assert not perfect.fitted and perfect.temperature == 1.0 and "0 errors" in perfect.reason
+
+
+def test_a_tiny_validation_split_leaves_the_probabilities_as_trained(trained_run):
+    """The shared run validates on 12 images: no temperature, and the run says why."""
+    calibration = json.loads((trained_run / "metrics.json").read_text())["calibration"]
+    assert calibration["fitted"] is False and calibration["temperature"] == 1.0
+    assert "validation images, below the" in calibration["reason"]
+    assert "calibration_temperature_folded" not in json.loads((trained_run / "config.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +141,11 @@ def overconfident_run(tmp_path_factory) -> Path:
 def test_temperature_scaling_calibrates_an_overconfident_model_without_changing_predictions(overconfident_run):
     summary = json.loads((overconfident_run / "metrics.json").read_text())
     temperature = summary["calibration"]["temperature"]
-    assert temperature > 1
+    assert summary["calibration"]["fitted"] and temperature > 1
     calibration = summary["report"]["calibration"]
-    assert calibration["temperature"] == temperature and calibration["ece_scaled"] < calibration["ece"]
+    assert calibration["temperature"] == pytest.approx(temperature) and calibration["ece_scaled"] < calibration["ece"]
     config = json.loads((overconfident_run / "config.json").read_text())
-    assert config["calibration_temperature"] == pytest.approx(temperature)  # saved with the weights
+    assert config["calibration_temperature_folded"] == pytest.approx(temperature)  # recorded, already applied
 
     model, data_config = load_run(overconfident_run)
     test = load_image_data(load_recipe(overconfident_run / "recipe.yaml").data).splits["test"]
@@ -130,31 +154,82 @@ def test_temperature_scaling_calibrates_an_overconfident_model_without_changing_
     report = json.loads((overconfident_run / "report.json").read_text())
     predicted = [model.config.label2id[row["predicted"]] for row in report["per_image"]]
     assert predicted == logits.argmax(-1).tolist()  # argmax unchanged by the temperature
-    scaled = (logits / temperature).softmax(-1).max(-1).values
-    assert [row["probability"] for row in report["per_image"]] == pytest.approx(scaled.tolist(), abs=1e-5)
+    # The saved head gives the calibrated probabilities: what the report shows is the plain softmax of the logits.
+    calibrated = logits.softmax(-1).max(-1).values
+    assert [row["probability"] for row in report["per_image"]] == pytest.approx(calibrated.tolist(), abs=1e-5)
 
 
-def test_the_temperature_survives_predict_push_pull_and_export(overconfident_run, hub, tmp_path, capsys):
-    from transformers import AutoModelForImageClassification
+def _top3(labels: list[str], scores: list[float]) -> list[tuple[str, float]]:
+    return [(label, float(score)) for label, score in zip(labels, scores)][:3]
+
+
+def _same_top3(first: list[tuple[str, float]], second: list[tuple[str, float]]) -> None:
+    assert [label for label, _ in first] == [label for label, _ in second]
+    assert [score for _, score in first] == pytest.approx([score for _, score in second], abs=1e-5)
+
+
+def _every_loader(source: str, images: list[Path], local_run: Path) -> dict[str, list]:
+    """The top-3 probabilities of each image through transformers' pipeline, timm with its own transforms,
+    `hf-cnn-ft predict` and the demo page's model: per loader, per image."""
+    import timm
+    from transformers import pipeline
+
+    from hf_cnn_ft.app.demo_model import classify, load_demo_model
+
+    found: dict[str, list] = {}
+    classifier = pipeline("image-classification", model=source)
+    found["pipeline"] = [
+        [(row["label"], row["score"]) for row in classifier(Image.open(p).convert("RGB"), top_k=3)] for p in images
+    ]
+    timm_model = timm.create_model(f"{'local-dir' if Path(source).is_dir() else 'hf-hub'}:{source}", pretrained=True)
+    timm_model.eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=timm_model))
+    names = json.loads((local_run / "metrics.json").read_text())["label_names"]
+    with torch.no_grad():
+        probs = timm_model(torch.stack([transform(Image.open(p).convert("RGB")) for p in images])).softmax(-1)
+    found["timm"] = [
+        _top3([names[i] for i in row.argsort(descending=True)], row.sort(descending=True).values) for row in probs
+    ]
+    written = local_run.parent / f"predictions-{Path(source).name}.json"
+    assert main(["predict", source, *map(str, images), "--top-k", "3", "--tta", "none", "--output", str(written)]) == 0
+    found["predict"] = [
+        [(row["label"], row["score"]) for row in record["predictions"]] for record in json.loads(written.read_text())
+    ]
+    demo = load_demo_model(source)
+    found["app"] = [list(classify(demo, Image.open(p), 3).items()) for p in images]
+    return found
+
+
+def test_one_model_gives_one_answer_in_every_loader_locally_and_after_a_push(overconfident_run, hub, tmp_path):
+    """The fitted temperature is in the weights: transformers' pipeline, timm, `predict`, the demo page and
+    onnxruntime on the export give the same calibrated top-3 probabilities, from the folder and from the Hub."""
+    import onnxruntime
 
     temperature = json.loads((overconfident_run / "metrics.json").read_text())["calibration"]["temperature"]
+    assert temperature > 1.05  # calibration changes the probabilities, so a loader that missed it would show
+    images = sorted((overconfident_run.parent / "shapes").rglob("*.png"))[:4]
+    local = _every_loader(str(overconfident_run), images, overconfident_run)
+    assert main(["export", str(overconfident_run), "--output", str(tmp_path / "onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    model, data_config = load_run(overconfident_run)
+    pixels = pixel_values([Image.open(p) for p in images], eval_transform(data_config)).numpy()
+    onnx_probs = torch.from_numpy(session.run(None, {"pixel_values": pixels})[0]).softmax(-1)
+    names = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())["labels"]
+    local["onnx"] = [
+        _top3([names[i] for i in row.argsort(descending=True)], row.sort(descending=True).values) for row in onnx_probs
+    ]
     repo_id = hub.repo_id("calibrated")
     assert main(["push", str(overconfident_run), repo_id]) == 0
-    assert AutoModelForImageClassification.from_pretrained(repo_id).config.calibration_temperature == pytest.approx(
-        temperature
-    )
-    assert main(["export", str(overconfident_run), "--output", str(tmp_path / "onnx")]) == 0
-    preprocessing = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())
-    assert preprocessing["temperature"] == pytest.approx(temperature)
-
-    image = next((overconfident_run.parent / "shapes").rglob("*.png"))
-    capsys.readouterr()
-    assert main(["predict", str(overconfident_run), str(image), "--top-k", "1"]) == 0
-    printed = float(capsys.readouterr().out.split()[-1])
-    model, data_config = load_run(overconfident_run)
-    with torch.no_grad():
-        logits = model(pixel_values=pixel_values([Image.open(image)], eval_transform(data_config))).logits
-    assert printed == pytest.approx(float((logits / temperature).softmax(-1).max()), abs=1e-3)
+    pulled = _every_loader(repo_id, images, overconfident_run)
+    reference = local["predict"]
+    for loader, answers in [*local.items(), *((f"{k} (Hub)", v) for k, v in pulled.items())]:
+        for image, answer, expected in zip(images, answers, reference):
+            try:
+                _same_top3(answer, expected)
+            except AssertionError as failure:
+                raise AssertionError(
+                    f"{loader} differs from predict on {image.name}: {answer} vs {expected}"
+                ) from failure
 
 
 def test_top_losses_are_the_highest_loss_wrong_images(overconfident_run):

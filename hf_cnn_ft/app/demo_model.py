@@ -22,7 +22,7 @@ from hf_cnn_ft.evaluation.gradcam import grad_cam_views
 from hf_cnn_ft.evaluation.predict import top_k_predictions
 from hf_cnn_ft.evaluation.report_plots import heat_overlay
 from hf_cnn_ft.models.hub import repo_snapshot
-from hf_cnn_ft.models.io import label_names_of, temperature_of
+from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
 from hf_cnn_ft.share.run_dir import COMPLETION_MARKER, example_images, load_run, test_time_flips_for
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def headline(demo: DemoModel) -> str:
             f"On its held-out {split} split ({report['num_samples']} images): accuracy "
             f"**{report['accuracy']:.3f}**, macro-F1 **{report['f1_macro']:.3f}**."
         )
-    temperature = temperature_of(demo.model)
+    temperature = folded_temperature_of(demo.model)
     if temperature != 1.0:
         lines.append(f"Probabilities are calibrated (temperature {temperature:.2f}, fitted on the validation split).")
     return "\n\n".join(lines)

@@ -15,7 +15,7 @@ import numpy as np
 from hf_cnn_ft.app.demo_model import DemoModel, classify, explain, headline, load_demo_model
 from hf_cnn_ft.data.images import open_image
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.models.io import temperature_of
+from hf_cnn_ft.models.io import folded_temperature_of
 
 # The system's own fonts: the default theme would fetch web fonts, which an offline machine cannot.
 THEME = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -50,7 +50,7 @@ def build_page(demo: DemoModel, top_k: int = 3) -> gr.Blocks:
         scores = classify(demo, image, top_k)
         return scores, _shown_large(explain(demo, image, next(iter(scores))))
 
-    calibrated = " (calibrated probabilities)" if temperature_of(demo.model) != 1.0 else ""
+    calibrated = " (calibrated probabilities)" if folded_temperature_of(demo.model) != 1.0 else ""
     with gr.Blocks(title=f"{demo.name} · hf-cnn-ft", analytics_enabled=False) as page:
         gr.Markdown(headline(demo))
         with gr.Row():

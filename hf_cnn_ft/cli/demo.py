@@ -30,7 +30,8 @@ def run_demo(output_dir: Path, recipe_path: Path = DEMO_RECIPE, data_root: Path 
     prepare_dataset("food", data_root)
     print(f"data: food photographs; licence: {OFFLINE_DATASETS['food'].licence}")
     import_known_weights("efficientnet_lite0", cache_dir=data_root / "weights")
-    recipe = load_recipe(recipe_path, ["--output_dir", str(output_dir)])
+    # Running the demo again replaces its earlier run (only once the new one has finished).
+    recipe = load_recipe(recipe_path, ["--output_dir", str(output_dir), "--overwrite_output_dir", "true"])
     prepare_cpu_process(recipe.training.keep_freed_memory)
     result = train(recipe)
     report = result.report

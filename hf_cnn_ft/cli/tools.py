@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hf_cnn_ft.config.paths import check_model_location
+from hf_cnn_ft.config.paths import check_model_location, check_output_folder
 from hf_cnn_ft.errors import UserError
 
 
@@ -14,6 +14,7 @@ def _data(options: argparse.Namespace) -> int:
     from hf_cnn_ft.extras.offline_data import OFFLINE_DATASETS, prepare_dataset
 
     spec = OFFLINE_DATASETS.get(options.name)
+    check_output_folder(options.root, "--root")
     folder = prepare_dataset(options.name, Path(options.root))
     if spec is not None:
         print(f"{options.name}: {spec.description}\nsource: {spec.source}\nlicence: {spec.licence}")
@@ -25,6 +26,8 @@ def _import_weights(options: argparse.Namespace) -> int:
     from hf_cnn_ft.extras.known_weights import import_known_weights
     from hf_cnn_ft.models.weights_import import import_weights
 
+    if options.output:
+        check_output_folder(options.output, "--output")
     if options.known:
         output = import_known_weights(options.known, Path(options.output) if options.output else None)
     else:

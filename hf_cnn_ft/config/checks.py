@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_cnn_ft.config.checkpoints import NO_RESUME, RESUME_LATEST, last_complete_checkpoint
+from hf_cnn_ft.config.checkpoints import (
+    NO_RESUME,
+    RESUME_LATEST,
+    checkpoint_problem,
+    last_complete_checkpoint,
+    resume_dir,
+)
 from hf_cnn_ft.config.choices import METRIC_NAMES, STRATEGY_PRESETS, StrategyPreset
 from hf_cnn_ft.config.keys import owner_of
-from hf_cnn_ft.config.paths import looks_like_local_path
+from hf_cnn_ft.config.paths import check_safe_weights, looks_like_local_path
 from hf_cnn_ft.config.search import check_tune
 from hf_cnn_ft.config.sections import (
     AugmentArguments,
@@ -143,6 +149,8 @@ def _check_paths(values: RecipeValues) -> None:
             f"model.model: {model} is not a model directory: give a model folder, timm name or Hub id (offline "
             "weights: fetch them with `hf-cnn-ft import-weights --known NAME`)",
         )
+    if model and Path(model).expanduser().is_dir():
+        check_safe_weights(Path(model).expanduser(), "model.model:")
     weights = values.model.weights
     if weights is not None:
         _require(
@@ -161,19 +169,26 @@ def _check_resume(training: Mapping[str, Any]) -> None:
     value = training.get("resume_from_checkpoint")
     if value is None or str(value).lower() in NO_RESUME:
         return
-    output_dir = Path(str(training.get("output_dir"))).expanduser()
+    folder = resume_dir(Path(str(training.get("output_dir"))).expanduser(), bool(training.get("overwrite_output_dir")))
     if str(value).lower() in RESUME_LATEST:
         _require(
-            last_complete_checkpoint(output_dir) is not None,
-            f"--resume: no complete checkpoint in {output_dir} to resume from: check training.output_dir, "
+            last_complete_checkpoint(folder) is not None,
+            f"--resume: no complete checkpoint in {folder} to resume from: check training.output_dir, "
             "or drop --resume to start a new run",
         )
-    else:
-        _require(
-            Path(str(value)).expanduser().is_dir(),
-            f"training.resume_from_checkpoint: checkpoint {value} does not exist: give a checkpoint folder, "
-            "or --resume for the latest one in output_dir",
-        )
+        return
+    checkpoint = Path(str(value)).expanduser()
+    _require(
+        checkpoint.is_dir(),
+        f"training.resume_from_checkpoint: checkpoint {value} does not exist: give a checkpoint folder, "
+        "or --resume for the latest one in output_dir",
+    )
+    problem = checkpoint_problem(checkpoint)
+    _require(
+        problem is None,
+        f"training.resume_from_checkpoint: {value} cannot be resumed from ({problem}): give another checkpoint, "
+        "or --resume for the latest complete one in output_dir",
+    )
 
 
 def _check_augment(values: RecipeValues) -> None:
@@ -279,6 +294,11 @@ def _check_training(values: RecipeValues) -> None:
         not (training.get("push_to_hub") or training.get("hub_model_id")),
         "set hub.repo_id instead of training.push_to_hub / hub_model_id: the hub section pushes the model "
         "card and a layout that both transformers and timm load",
+    )
+    _require(
+        not training.get("hub_token"),
+        "training.hub_token: a token never goes in a recipe or on the command line (the Trainer would save it "
+        "in every checkpoint): remove it and export HF_TOKEN or run `hf auth login`",
     )
     _require(
         not training.get("remove_unused_columns"),

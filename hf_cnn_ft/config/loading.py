@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import re
 import types
 import typing
@@ -16,18 +17,44 @@ import yaml
 
 from hf_cnn_ft.config.keys import KEY_OWNERS, every_key, field_type, init_fields, owner_of
 from hf_cnn_ft.config.sections import SECTIONS
-from hf_cnn_ft.errors import UserError, located
+from hf_cnn_ft.errors import UserError, first_line, located, shown
 
 if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe, from these helpers
     from hf_cnn_ft.config.recipe import Recipe
 
 # Settings of a single invocation that must not be replayed from a saved recipe.
-_NOT_SAVED = {"resume_from_checkpoint", "local_rank"}
+_NOT_SAVED = {"resume_from_checkpoint", "overwrite_output_dir", "local_rank"}
 
 
 class RecipeLoader(yaml.SafeLoader):
     """YAML with YAML 1.2's booleans: only true/false are, so `save_strategy: no` stays the string "no"
-    (YAML 1.1 reads no/yes/on/off as booleans)."""
+    (YAML 1.1 reads no/yes/on/off as booleans). A key given twice in one mapping is an error, not a silent
+    last-one-wins; an alias may repeat a value but not a list or mapping, which is how a few lines of YAML
+    expand into billions of items."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if isinstance(self.anchors.get(event.anchor), (yaml.SequenceNode, yaml.MappingNode)):
+                raise yaml.composer.ComposerError(
+                    None, None, f"the alias *{event.anchor} repeats a list or mapping: write it out", event.start_mark
+                )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"'{key}' is given twice (first on line {first_line[key]}): keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 RecipeLoader.yaml_implicit_resolvers = {
@@ -82,11 +109,11 @@ def coerce_value(value: Any, hint: Any, key: str) -> Any:
                 continue
         if value is None:
             raise UserError(f"{key}: cannot be null")
-        raise UserError(f"{key}: {value!r} is not {' or '.join(_describe(member) for member in candidates)}")
+        raise UserError(f"{key}: {shown(value)} is not {' or '.join(_describe(member) for member in candidates)}")
     if origin is typing.Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise UserError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            raise UserError(f"{key}: {shown(value)} is not one of {', '.join(map(str, choices))}")
         return value
     if hint is Any:
         return value
@@ -97,24 +124,24 @@ def coerce_value(value: Any, hint: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-        raise UserError(f"{key}: expected true or false, got {value!r}")
+        raise UserError(f"{key}: expected true or false, got {shown(value)}")
     if hint in (int, float):
         return _coerce_number(value, hint, key)
     if hint is str:
         if isinstance(value, (dict, list)):
-            raise UserError(f"{key}: expected a string, got {value!r}")
+            raise UserError(f"{key}: expected a string, got {shown(value)}")
         return str(value)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(value).value
         except ValueError:
             choices = ", ".join(m.value for m in hint)
-            raise UserError(f"{key}: {value!r} is not one of {choices}") from None
+            raise UserError(f"{key}: {shown(value)} is not one of {choices}") from None
     if origin in (list, tuple):
         return _coerce_sequence(value, hint, key)
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{key}: expected a mapping, got {value!r}")
+            raise UserError(f"{key}: expected a mapping, got {shown(value)}")
         return dict(value)
     return value
 
@@ -122,13 +149,16 @@ def coerce_value(value: Any, hint: Any, key: str) -> Any:
 def _coerce_number(value: Any, hint: type, key: str) -> int | float:
     what = "an integer" if hint is int else "a number"
     if isinstance(value, bool):
-        raise UserError(f"{key}: expected {what}, got {value!r}")
+        raise UserError(f"{key}: expected {what}, got {shown(value)}")
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     try:
-        return hint(value) if hint is float or isinstance(value, int) else int(str(value))
-    except (TypeError, ValueError):
-        raise UserError(f"{key}: expected {what}, got {value!r}") from None
+        number = hint(value) if hint is float or isinstance(value, int) else int(str(value))
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{key}: expected {what}, got {shown(value)}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{key}: {shown(value)} is not a finite number: give a finite value")
+    return number
 
 
 def _coerce_sequence(value: Any, hint: Any, key: str) -> list | tuple:
@@ -137,7 +167,7 @@ def _coerce_sequence(value: Any, hint: Any, key: str) -> list | tuple:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)):
-        raise UserError(f"{key}: expected a list, got {value!r}")
+        raise UserError(f"{key}: expected a list, got {shown(value)}")
     args = typing.get_args(hint)
     if origin is tuple and args and args[-1] is not Ellipsis:
         if len(value) != len(args):
@@ -149,10 +179,21 @@ def _coerce_sequence(value: Any, hint: Any, key: str) -> list | tuple:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise UserError(f"recipe file {path} is a folder: give a .yaml file")
     if not path.is_file():
         raise UserError(f"recipe file {path} does not exist")
     try:
-        loaded = yaml.load(path.read_text(), Loader=RecipeLoader)
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise UserError(f"recipe file {path} cannot be read ({exc.strerror or first_line(exc)})") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save the recipe as UTF-8"
+        ) from None
+    try:
+        loaded = yaml.load(text, Loader=RecipeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

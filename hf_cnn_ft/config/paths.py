@@ -4,7 +4,9 @@ line's run verbs share them, so a wrong path is one line at once."""
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +30,25 @@ def looks_like_local_path(source: str) -> bool:
     )
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def check_safe_weights(folder: Path, what: str) -> None:
+    """A model folder whose weights exist only as pickles is refused in one line: unpickling can run code, and
+    this tool loads safetensors only."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(
+        p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern) if p.name != "training_args.bin"
+    )
+    if pickled:
+        raise UserError(
+            f"{what} {folder}: its weights are a pickle ({pickled[0]}), which can run code when loaded and which "
+            "this tool does not load: save them as safetensors (`model.save_pretrained(DIR)`), or give the file as "
+            "model.weights (read with weights_only)"
+        )
+
+
 def check_model_location(source: str) -> bool:
     """True for a local model directory, False for a Hub id; one line for a path that holds no model."""
     local = Path(source).expanduser()
@@ -41,6 +62,7 @@ def check_model_location(source: str) -> bool:
         raise UserError(
             f"{source} holds no model (no {' or '.join(MODEL_FILES)}): give the output_dir of a finished run"
         )
+    check_safe_weights(local, "model")
     return True
 
 
@@ -63,3 +85,38 @@ def check_predictions_path(path: Path) -> None:
     """Before predicting: the file to write must be one of the formats predictions are written in."""
     if path.suffix.lower() not in PREDICTION_SUFFIXES:
         raise UserError(f"--output {path}: use a .csv or .json file name")
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """`folder` or the nearest of its parents that exists."""
+    return next(candidate for candidate in (folder, *folder.parents) if candidate.exists())
+
+
+def check_output_folder(folder: str | Path, option: str) -> Path:
+    """Before any work: `folder` can be made and written in. Nothing is created: a command refused for
+    another reason leaves no empty folder behind. Writing a scratch file into the nearest existing folder is
+    the real test: permission bits do not stop root, and a read-only mount shows only on a write.
+    """
+    folder = Path(folder).expanduser().absolute()
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise UserError(f"{option} {folder}: {existing} is a file, not a folder: choose another place")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        reason = "permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else exc.strerror or str(exc)
+        raise UserError(f"{option} {folder}: cannot write there ({reason}): choose a folder you can write to") from None
+    return folder
+
+
+def check_output_file(path: str | Path, option: str, replace: bool = True) -> Path:
+    """Before any work: the file `option` names can be written (its folder is created); with `replace`
+    false, an existing file is refused rather than overwritten."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder: give a file name")
+    if path.exists() and not replace:
+        raise UserError(f"{option} {path} already exists: remove it or choose another name")
+    check_output_folder(path.parent, option)
+    return path

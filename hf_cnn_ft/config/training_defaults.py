@@ -51,6 +51,13 @@ class TrainingDefaults:
     """Fine-tuning defaults for transformers' TrainingArguments, and the keys this project adds."""
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints and artefacts go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train even though output_dir holds a run (`train --overwrite`): the new run trains beside it "
+            "and replaces it only once it has finished. Without it, a folder holding a run is refused."
+        },
+    )
     num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs to train (> 0)."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the head (> 0)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name."})

@@ -164,6 +164,33 @@ def _resolve(path: str | None, base_dir: Path) -> str | None:
     return str(p if p.is_absolute() else base_dir / p)
 
 
+def _blank(label: Any) -> bool:
+    return label is None or (isinstance(label, str) and not label.strip())
+
+
+def warn_about_classes(label_names: list[str], counts: dict[str, int], source: str) -> None:
+    """Classes that are probably a labelling mistake: names that differ only by case, and classes with a single
+    image (which cannot be both learnt and tested)."""
+    by_lowercase: dict[str, list[str]] = {}
+    for name in label_names:
+        by_lowercase.setdefault(name.lower(), []).append(name)
+    for names in by_lowercase.values():
+        if len(names) > 1:
+            logger.warning(
+                "%s: the classes %s differ only by case and are trained as different classes; if they are one, "
+                "fix the labels",
+                source,
+                " and ".join(f"'{n}'" for n in names),
+            )
+    for name in label_names:
+        if counts.get(name, 0) == 1:
+            logger.warning(
+                "%s: class '%s' has a single image: it cannot be both learnt and tested; add images or leave it out",
+                source,
+                name,
+            )
+
+
 def _encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
     """Makes the label column a ClassLabel shared by all splits; returns the class names."""
     feature = next(iter(raw.values())).features[LABEL_COLUMN]
@@ -171,10 +198,12 @@ def _encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
         return raw, list(feature.names)
     values = set()
     for split in raw.values():
-        values.update(v for v in split.unique(LABEL_COLUMN) if v is not None)
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        values.update(v for v in split.unique(LABEL_COLUMN) if not _blank(v))
+    # A numeric label column with one blank cell is read as floats: 0.0 and 1.0 are the classes 0 and 1.
+    whole = all(isinstance(v, (float, np.floating)) and float(v).is_integer() for v in values)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values) or whole:
         ordered = sorted(values)
-        names = [str(v) for v in ordered]
+        names = [str(int(v)) for v in ordered]
     else:
         ordered = sorted(values, key=str)
         names = [str(v) for v in ordered]
@@ -182,10 +211,10 @@ def _encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
     class_label = ClassLabel(names=names)
     encoded = {}
     for name, split in raw.items():
-        missing = sum(v is None for v in split_labels(split))
+        missing = sum(_blank(v) for v in split_labels(split))
         if missing:
-            split = split.filter(lambda row: row[LABEL_COLUMN] is not None)
-            logger.warning("%s split: dropped %d rows with an empty label", name, missing)
+            split = split.filter(lambda rows: [not _blank(v) for v in rows], input_columns=LABEL_COLUMN, batched=True)
+            logger.warning("%s split: skipped %d rows with an empty label", name, missing)
         features = split.features.copy()
         features[LABEL_COLUMN] = class_label
         split = split.map(

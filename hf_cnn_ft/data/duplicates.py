@@ -23,9 +23,14 @@ SHOWN = 3  # examples named in a warning
 
 
 def _digest(image: dict[str, Any]) -> str:
+    """A hash of the image's bytes; a file that cannot be read gets a name of its own instead, so it is the copy
+    of nothing (the pass that decodes the images skips and reports it)."""
     data = image.get("bytes")
     if data is None:
-        data = Path(image["path"]).read_bytes() if image.get("path") else b""
+        try:
+            data = Path(image["path"]).read_bytes() if image.get("path") else b""
+        except OSError:
+            return f"unreadable:{image['path']}"
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 

@@ -23,6 +23,7 @@ from hf_cnn_ft.data.dataset import (
     _normalise_columns,
     drop_unreadable_images,
     split_labels,
+    warn_about_classes,
 )
 from hf_cnn_ft.data.duplicates import find_duplicates
 from hf_cnn_ft.data.sources import load_raw_dataset, open_stream
@@ -48,6 +49,8 @@ def _only(splits: DatasetDict, names: list[str]) -> DatasetDict:
 
 
 def _require_classes(label_names: list[str], source: str) -> None:
+    if not label_names:
+        raise UserError(f"{source}: no image has a label: fill in the label column (or set data.label_column)")
     if len(label_names) < 2:
         found = f" ('{label_names[0]}')" if label_names else ""
         raise UserError(f"{source}: found a single class{found}; a classifier needs at least two")
@@ -58,6 +61,8 @@ def _listed_splits(args: DataArguments) -> tuple[DatasetDict, list[str]]:
     raw = _normalise_columns(raw, args, base_dir)
     raw, label_names = _encode_labels(raw)
     _require_classes(label_names, args.dataset or "")
+    counts = sum(np.bincount(split_labels(split), minlength=len(label_names)) for split in raw.values())
+    warn_about_classes(label_names, dict(zip(label_names, counts.tolist())), args.dataset or "")
     splits = arrange_splits(raw, args)
     if not args.read_test_split:  # set aside before anything opens a file: not checked, hashed nor decoded
         splits = DatasetDict({name: split for name, split in splits.items() if name != "test"})

@@ -22,7 +22,18 @@ def _load_table(path: Path) -> DatasetDict:
     try:
         return datasets.load_dataset(loader, data_files={"train": str(path)}, **kwargs)
     except Exception as exc:  # pandas / pyarrow parse errors come in many types
-        raise UserError(f"{path}: could not read it as {loader.upper()} ({str(exc).splitlines()[0]})") from None
+        if _rows_after_header(path, loader) == 0:
+            raise UserError(f"{path}: lists no images: add one row per image (image path, label)") from None
+        raise UserError(f"{path}: could not read it as {loader.upper()} ({first_line(exc)})") from None
+
+
+def _rows_after_header(path: Path, loader: str) -> int | None:
+    """Non-blank rows of a CSV/TSV (after its header) or JSON lines file; None for other formats."""
+    if loader not in ("csv", "json"):
+        return None
+    with path.open("rb") as handle:
+        rows = sum(1 for line in handle if line.strip())
+    return max(0, rows - 1) if loader == "csv" else rows
 
 
 def _count_class_folders(folder: Path) -> list[str]:

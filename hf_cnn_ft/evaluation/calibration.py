@@ -4,6 +4,7 @@ logits. Argmax predictions never change; only the probabilities do."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,22 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(gaps / len(labels)) if len(labels) else 0.0
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the negative log-likelihood of `labels` (validation logits)."""
+# One scalar fitted on a few dozen images is noisy, and on a split the model gets (almost) entirely right the
+# likelihood keeps growing as T falls towards 0, making every probability 1. Below this many images, or outside
+# the bounds (a network a quarter as sure as it should be is implausible; twenty times surer is a model at
+# chance), the probabilities are left as trained.
+MIN_CALIBRATION_IMAGES = 50
+TEMPERATURE_BOUNDS = (0.25, 20.0)
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    temperature: float  # 1.0 when not fitted
+    fitted: bool
+    reason: str  # why it was not fitted ("" when it was)
+
+
+def _minimise_nll(logits: np.ndarray, labels: np.ndarray) -> float:
     scores = torch.as_tensor(logits, dtype=torch.float64)
     targets = torch.as_tensor(labels, dtype=torch.long)
     log_temperature = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(.) stays positive
@@ -59,4 +74,23 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     with torch.enable_grad():
         optimizer.step(loss)
-    return float(log_temperature.detach().exp().clamp(0.05, 100.0))
+    return float(log_temperature.detach().exp())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> TemperatureFit:
+    """The temperature that minimises the negative log-likelihood of `labels` (validation logits), when the
+    images are enough to tell it and it lies inside TEMPERATURE_BOUNDS; otherwise 1.0 and the reason."""
+    low, high = TEMPERATURE_BOUNDS
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        return TemperatureFit(1.0, False, f"{len(labels)} validation images, below the {MIN_CALIBRATION_IMAGES} needed")
+    temperature = _minimise_nll(logits, labels)
+    if not low <= temperature <= high:
+        errors = int((np.asarray(logits).argmax(axis=1) != np.asarray(labels)).sum())
+        why = "too few to tell how sure to be" if temperature < low else "a model this far off is not calibrated"
+        return TemperatureFit(
+            1.0,
+            False,
+            f"the fit ran to T = {temperature:.3g}, outside [{low:g}, {high:g}] ({errors} errors on "
+            f"{len(labels)} validation images: {why})",
+        )
+    return TemperatureFit(temperature, True, "")

@@ -19,7 +19,7 @@ from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.views import mean_logits
-from hf_cnn_ft.models.io import label_names_of, temperature_of
+from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
 from hf_cnn_ft.share.run_dir import load_run
 
 ALL_SPLITS = "all"
@@ -85,9 +85,7 @@ def evaluate_model(
     scores = predict_scores(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
     label_names = label_names_of(model)
     report = classification_report(scores, references, label_names)
-    report["temperature"] = temperature_of(model)
-    report["expected_calibration_error"] = expected_calibration_error(
-        probabilities(scores, report["temperature"]), references
-    )
+    report["temperature"] = folded_temperature_of(model)  # already in the logits
+    report["expected_calibration_error"] = expected_calibration_error(probabilities(scores), references)
     report["skipped_images"] = len(data.skipped)
     return report

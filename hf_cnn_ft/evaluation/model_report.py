@@ -32,7 +32,7 @@ from hf_cnn_ft.evaluation.error_analysis import (
 from hf_cnn_ft.evaluation.evaluate import labelled_split, predict_scores
 from hf_cnn_ft.evaluation.gradcam import grad_cam_views
 from hf_cnn_ft.evaluation.report_plots import Tile, plot_reliability, plot_tiles
-from hf_cnn_ft.models.io import label_names_of, temperature_of
+from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
 from hf_cnn_ft.share.run_dir import add_to_run, load_run
 
 REPORT_FILE = "report.json"
@@ -91,8 +91,8 @@ def write_report(
     """Writes report.json and the pictures into `folder`; returns the report."""
     names = label_names_of(model)
     logits = predict_scores(model, data.dataset, eval_transform(data_config), test_time_flips=test_time_flips)
-    temperature = temperature_of(model)
-    probs = probabilities(logits, temperature)
+    temperature = folded_temperature_of(model)  # the logits are calibrated; `logits * T` are as trained
+    probs = probabilities(logits)
     predictions, labels = probs.argmax(axis=1), data.labels
     losses = per_image_losses(probs, labels)
     wrong = top_losses(losses, predictions, labels, settings.top_losses)
@@ -100,7 +100,7 @@ def write_report(
     report: dict[str, Any] = {
         "split": data.split,
         "num_samples": len(labels),
-        "calibration": _calibration(logits, labels, temperature),
+        "calibration": _calibration(logits * temperature, labels, temperature),
         "most_confused": most_confused(_confusion(predictions, labels, len(names)), names),
         "slices": slice_metrics(predictions, labels, data.slices, len(names)) if data.slices else None,
         "top_losses": wrong,

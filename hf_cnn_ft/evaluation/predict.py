@@ -18,7 +18,6 @@ from hf_cnn_ft.data.inputs import Transform, view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.views import mean_logits
-from hf_cnn_ft.models.io import temperature_of
 from hf_cnn_ft.share.run_dir import load_run
 
 
@@ -39,9 +38,9 @@ def top_k_predictions(
     model: PreTrainedModel, views: Sequence[Transform], images: Sequence[Image.Image], top_k: int
 ) -> list[tuple[list[str], list[float]]]:
     """(labels, probabilities) of the `top_k` classes of each image: logits averaged over the test-time
-    views, divided by the run's temperature (calibrated probabilities; the ranking is the logits')."""
+    views (calibrated probabilities where the run folded a temperature into its head)."""
     with torch.inference_mode():
-        logits = mean_logits(model, view_pixel_values(images, views)) / temperature_of(model)
+        logits = mean_logits(model, view_pixel_values(images, views))
     scores, indices = logits.softmax(-1).topk(max(1, min(top_k, model.config.num_labels)), dim=-1)
     return [
         ([model.config.id2label[i] for i in row_indices], [round(s, 6) for s in row_scores])
@@ -86,6 +85,7 @@ def predict_files(
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
     """Writes predictions as .json (a list of records) or .csv (one row per image)."""
     check_predictions_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
         records = [
             {

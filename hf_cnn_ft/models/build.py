@@ -179,18 +179,19 @@ def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[
         return model, True
     common.update(regularisation)
     existing = [config.id2label.get(i) for i in range(config.num_labels)] if config.id2label else []
-    if existing == label_names:
-        model = AutoModelForImageClassification.from_pretrained(source, **common)
-        return model, False
+    same_head = existing == label_names
     try:
         # The new head's size mismatch is expected: keep transformers' report of it out of the log.
         with _quiet_transformers():
-            model = AutoModelForImageClassification.from_pretrained(
-                source, ignore_mismatched_sizes=True, **_label_maps(label_names), **common
-            )
+            if same_head:
+                model = AutoModelForImageClassification.from_pretrained(source, **common)
+            else:
+                model = AutoModelForImageClassification.from_pretrained(
+                    source, ignore_mismatched_sizes=True, **_label_maps(label_names), **common
+                )
     except Exception as exc:
         raise UserError(f"could not load model '{source}' as an image classifier ({first_line(exc)})") from None
-    return model, True
+    return model, not same_head
 
 
 def build_model(

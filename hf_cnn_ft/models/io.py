@@ -18,7 +18,7 @@ from transformers import (
 from hf_cnn_ft.config.paths import check_model_location
 from hf_cnn_ft.data.data_config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from hf_cnn_ft.errors import UserError, first_line
-from hf_cnn_ft.models.anatomy import is_timm_model
+from hf_cnn_ft.models.anatomy import backbone_of, head_linear, is_timm_model
 from hf_cnn_ft.models.hub import model_source
 
 logger = logging.getLogger(__name__)
@@ -103,9 +103,26 @@ def label_names_of(model: PreTrainedModel) -> list[str]:
     return [model.config.id2label[i] for i in range(model.config.num_labels)]
 
 
-def temperature_of(model: PreTrainedModel) -> float:
-    """The temperature fitted on the validation split when the run ended (1.0: uncalibrated)."""
-    return float(getattr(model.config, "calibration_temperature", None) or 1.0)
+FOLDED_TEMPERATURE = "calibration_temperature_folded"  # config.json: the temperature the head already divides by
+_UNFOLDED_TEMPERATURE = "calibration_temperature"  # runs of earlier versions: applied by this tool only
+
+
+def folded_temperature_of(model: PreTrainedModel) -> float:
+    """The temperature folded into the classification layer when the run ended (1.0: uncalibrated). The model's
+    logits are already divided by it; `logits * T` are the logits as trained."""
+    return float(getattr(model.config, FOLDED_TEMPERATURE, None) or 1.0)
+
+
+@torch.no_grad()
+def fold_temperature(model: torch.nn.Module, temperature: float) -> None:
+    """Divides the classification layer's weights and bias by `temperature`, so that the logits of every loader
+    (transformers' pipeline, timm, ONNX, this tool) are the calibrated ones, with nothing to know."""
+    plain = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model: its head copy
+    head = head_linear(backbone_of(plain), plain.config.num_labels)
+    head.weight.div_(temperature)
+    if head.bias is not None:
+        head.bias.div_(temperature)
+    setattr(plain.config, FOLDED_TEMPERATURE, folded_temperature_of(plain) * temperature)
 
 
 def image_processor_for(data_config: DataConfig) -> BitImageProcessor:
@@ -162,4 +179,8 @@ def load_model(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
         model = AutoModelForImageClassification.from_pretrained(source)
     except Exception as exc:
         raise UserError(f"could not load model '{source}' ({first_line(exc)})") from None
+    unfolded = getattr(model.config, _UNFOLDED_TEMPERATURE, None)
+    if unfolded:  # an earlier version's run: its temperature is folded now, as a run of this one has it
+        delattr(model.config, _UNFOLDED_TEMPERATURE)
+        fold_temperature(model, float(unfolded))
     return model.eval(), resolve_data_config(model, source)

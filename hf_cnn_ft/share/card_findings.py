@@ -16,8 +16,9 @@ def _calibration_text(calibration: dict[str, Any]) -> str:
         return f"Expected calibration error (15 bins): {calibration['ece']:.4f}; no temperature was fitted."
     return (
         f"The probabilities are temperature-scaled (T = {calibration['temperature']:.3f}, fitted on the validation "
-        f"split; `predict`, `evaluate`, `pipeline` users: divide the logits by T). Expected calibration error "
-        f"(15 bins): {calibration['ece']:.4f} before, {calibration['ece_scaled']:.4f} after."
+        "split and folded into the classification layer, so `pipeline`, timm, ONNX and `predict` all give the "
+        f"calibrated ones). Expected calibration error (15 bins): {calibration['ece']:.4f} as trained, "
+        f"{calibration['ece_scaled']:.4f} scaled."
     )
 
 

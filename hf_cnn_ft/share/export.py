@@ -1,8 +1,8 @@
 """Export for deployment: ONNX with a dynamic batch axis, checked with onnxruntime on real images.
 
 The export directory holds `model.onnx` (input `pixel_values`, NCHW float32, output `logits`),
-`preprocessing.json` (resize, crop, interpolation, mean/std, the label names and the temperature that
-calibrates the probabilities: everything a runtime needs besides the graph) and `export_report.json`.
+`preprocessing.json` (resize, crop, interpolation, mean/std and the label names: everything a runtime needs
+besides the graph, whose logits are already calibrated) and `export_report.json`.
 With `quantize="int8"` it also holds `model.int8.onnx` (static QDQ quantization calibrated on training
 images) and the accuracy change it costs on the validation split. Files appear only once their check
 passed.
@@ -30,7 +30,7 @@ from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import is_timm_model
-from hf_cnn_ft.models.io import label_names_of, temperature_of
+from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
 from hf_cnn_ft.share.run_dir import load_run, write_json
 
 logger = logging.getLogger(__name__)
@@ -208,8 +208,9 @@ def export_onnx(
             "resize_size": data_config.resize_size,
             "input": "pixel_values, NCHW float32 RGB",
             "labels": labels,
-            # Probabilities: softmax(logits / temperature), the calibration fitted when the run ended.
-            "temperature": temperature_of(model),
+            # Probabilities: softmax(logits). The temperature fitted when the run ended is already folded
+            # into the graph's classification layer; it is recorded, not to be applied again.
+            "calibration_temperature_folded": folded_temperature_of(model),
         },
     )
     result = ExportResult(output_dir, onnx_path, difference, len(check_pixels))

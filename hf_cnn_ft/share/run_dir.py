@@ -24,8 +24,8 @@ from transformers import PreTrainedModel
 from hf_cnn_ft.config.checkpoints import (
     NO_RESUME,
     RESUME_LATEST,
+    checkpoint_problem,
     checkpoints,
-    is_complete_checkpoint,
     last_complete_checkpoint,
 )
 from hf_cnn_ft.config.recipe import Recipe, load_recipe
@@ -33,7 +33,7 @@ from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.models.io import load_model, save_model
+from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, fold_temperature, load_model, save_model
 from hf_cnn_ft.share.card import write_model_card
 from hf_cnn_ft.strategies.adapters import is_adapter_dir
 
@@ -87,9 +87,10 @@ def example_images(directory: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
-def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """Deletes checkpoints a crash cut short, so the resumed run can rewrite them."""
-    removed = [p for p in checkpoints(output_dir) if not is_complete_checkpoint(p)]
+def remove_incomplete_checkpoints(output_dir: Path) -> dict[Path, str]:
+    """Deletes checkpoints a crash cut short or a disk damaged, so the resumed run can rewrite them; returns
+    each with what was wrong."""
+    removed = {p: problem for p in checkpoints(output_dir) if (problem := checkpoint_problem(p))}
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
@@ -147,10 +148,13 @@ def add_to_run(output_dir: Path, key: str, finding: dict[str, Any]) -> None:
 
 
 def _restore_temperature(merged: PreTrainedModel, adapter_dir: Path) -> None:
-    """An adapter directory has no model config: its temperature lives in the run's summary."""
-    calibration = json.loads((adapter_dir / COMPLETION_MARKER).read_text()).get("calibration")
-    if calibration:
-        merged.config.calibration_temperature = calibration["temperature"]
+    """An adapter directory has no model config: the temperature its head was divided by lives in the run's
+    summary (the head itself, saved with the adapter, is already calibrated)."""
+    calibration = json.loads((adapter_dir / COMPLETION_MARKER).read_text()).get("calibration") or {}
+    if calibration.get("folded_into_head"):
+        setattr(merged.config, FOLDED_TEMPERATURE, calibration["temperature"])
+    elif calibration.get("temperature", 1.0) != 1.0:  # an earlier version's run: fold it now
+        fold_temperature(merged, calibration["temperature"])
 
 
 def load_run(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
@@ -200,10 +204,10 @@ def resolve_resume(value: str | None, output_dir: Path, is_main: bool) -> str | 
     if value is None or str(value).lower() in NO_RESUME:
         return None
     if str(value).lower() not in RESUME_LATEST:
-        return str(value)
+        return str(value)  # checked when the recipe loaded
     if is_main:
-        for path in remove_incomplete_checkpoints(output_dir):
-            logger.warning("removed checkpoint %s: it was cut short by a crash", path)
+        for path, problem in remove_incomplete_checkpoints(output_dir).items():
+            logger.warning("removed checkpoint %s: it cannot be resumed from (%s)", path, problem)
     checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is None:
         raise UserError(f"--resume: no complete checkpoint in {output_dir} to resume from")

@@ -25,10 +25,11 @@ EMA_FILE = "ema.safetensors"
 
 
 class WeightAverage(TrainerCallback):
-    def __init__(self, decay: float, warmup: bool = True) -> None:
+    def __init__(self, decay: float, warmup: bool = True, resumed_from: str | None = None) -> None:
         if not 0 < decay < 1:
             raise ValueError(f"finetune.ema_decay must be in (0, 1), got {decay}")
         self.decay, self.warmup = decay, warmup
+        self.resumed_from = Path(resumed_from) if resumed_from else None  # the checkpoint a resumed run starts from
         self.average: dict[str, torch.Tensor] = {}
         self.updates = 0
 
@@ -76,7 +77,7 @@ class WeightAverage(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.average and state.global_step > 0:  # resumed: continue the checkpoint's average
-            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            checkpoint = self.resumed_from or Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if (checkpoint / EMA_FILE).is_file():
                 stored = load_file(str(checkpoint / EMA_FILE))
                 self.updates = int(stored.pop("__updates__").item())

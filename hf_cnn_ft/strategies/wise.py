@@ -37,14 +37,16 @@ def save_start(start: dict[str, torch.Tensor], output_dir: Path) -> None:
     save_file({name: tensor.contiguous() for name, tensor in start.items()}, str(output_dir / START_FILE))
 
 
-def load_start(output_dir: Path) -> dict[str, torch.Tensor]:
-    path = output_dir / START_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{path} (the probed model, which the end of the run compares with) is missing, so this run cannot be "
-            "resumed: start it again without --resume"
-        )
-    return load_file(str(path))
+def load_start(checkpoint: Path, output_dir: Path) -> dict[str, torch.Tensor]:
+    """The probed start of a resumed run: the copy in its checkpoint, else the one in its run folder (checkpoints
+    written before they carried it)."""
+    for path in (checkpoint / START_FILE, output_dir / START_FILE):
+        if path.is_file():
+            return load_file(str(path))
+    raise UserError(
+        f"{checkpoint} holds no {START_FILE} (the probed model, which the end of the run compares with), so this "
+        "run cannot be resumed: start it again without --resume"
+    )
 
 
 def interpolate(model: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> None:

@@ -67,8 +67,8 @@ def write_artefacts(
     probe_history: list[dict[str, float]],
     repo_id: str | None,
     extra: dict[str, Any],
+    output_dir: Path,
 ) -> None:
-    output_dir = Path(recipe.training.output_dir)
     staging = artefacts.staging_dir(output_dir)
     plain_model = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
     base_model = base_model_id(recipe.model, plain_model)

@@ -20,6 +20,7 @@ from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_tem
 from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.model_report import ReportData, report_summary, write_report
 from hf_cnn_ft.evaluation.views import average_views
+from hf_cnn_ft.models.io import fold_temperature
 from hf_cnn_ft.share.run_dir import add_to_run
 
 logger = logging.getLogger(__name__)
@@ -53,20 +54,27 @@ def calibrate(
     recipe: Recipe, trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
 ) -> dict[str, Any] | None:
     """Fits the temperature on the validation logits (the averaged test-time views, as `predict` makes
-    them) and records it in the model's config, which is saved with the weights. Every process calls it."""
+    them) and folds it into the classification layer, so the saved weights give calibrated probabilities to
+    every loader. Every process calls it."""
     if not recipe.report.temperature_scaling or "validation" not in data.splits:
         return None
     views, labels = split_logits(trainer, data, "validation", evaluation, test_time_flips)
     logits = average_views(views)
-    temperature = fit_temperature(logits, labels)
-    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    model.config.calibration_temperature = temperature
-    logger.info("temperature %.3f fitted on the validation split", temperature)
+    fit = fit_temperature(logits, labels)
+    if not fit.fitted:
+        logger.info("probabilities left as trained, no temperature fitted: %s", fit.reason)
+        return {"temperature": 1.0, "fitted": False, "reason": fit.reason}
+    fold_temperature(trainer.model, fit.temperature)
+    logger.info(
+        "temperature %.3f fitted on the validation split, folded into the classification layer", fit.temperature
+    )
     return {
-        "temperature": temperature,
+        "temperature": fit.temperature,
+        "fitted": True,
         "fitted_on": "validation",
+        "folded_into_head": True,
         "validation_ece": expected_calibration_error(probabilities(logits), labels),
-        "validation_ece_scaled": expected_calibration_error(probabilities(logits, temperature), labels),
+        "validation_ece_scaled": expected_calibration_error(probabilities(logits, fit.temperature), labels),
     }
 
 

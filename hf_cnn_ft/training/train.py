@@ -29,14 +29,12 @@ from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import ImageData, split_labels
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.inputs import with_pixel_values
-from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.data.transforms import batch_mixer, eval_transform, train_transform
 from hf_cnn_ft.evaluation.metrics import trainer_compute_metrics
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.share import run_dir as artefacts
+from hf_cnn_ft.share.claim import claim_output_dir
 from hf_cnn_ft.share.hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
-from hf_cnn_ft.share.run_dir import resolve_resume
 from hf_cnn_ft.strategies.adapters import apply_adapter, parameter_counts
 from hf_cnn_ft.strategies.ema import WeightAverage
 from hf_cnn_ft.strategies.freezing import (
@@ -51,10 +49,12 @@ from hf_cnn_ft.strategies.probe import ProbeInputs
 from hf_cnn_ft.strategies.registry import get_strategy
 from hf_cnn_ft.strategies.shared_features import features_key
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan, fingerprint
-from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, keep_the_better, load_start, save_start, snapshot
+from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, keep_the_better
 from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
+from hf_cnn_ft.training.checkpoint_contents import SelfContainedCheckpoints
 from hf_cnn_ft.training.machine import settle_process
 from hf_cnn_ft.training.reporting import calibrate, final_evaluation, report_finished_run
+from hf_cnn_ft.training.run_start import RunStart, probed_start, start_run, trainer_arguments
 from hf_cnn_ft.training.trainer import FineTuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -188,31 +188,6 @@ def _validation_metrics(trainer: Trainer) -> dict[str, float]:
     return loop.metrics
 
 
-@dataclass
-class RunStart:
-    """What is settled before the model is built: the data, the Hub target, the checkpoint to resume."""
-
-    data: ImageData
-    output_dir: Path
-    repo_id: str | None
-    resume: str | None
-
-
-def start_run(recipe: Recipe) -> RunStart:
-    """Checks the Hub push, loads the data, checks the checkpoint to resume, and marks the output unfinished."""
-    args = recipe.training
-    output_dir, is_main = Path(args.output_dir), args.process_index == 0
-    # A push that cannot work fails now, not after hours of training. Only the main process pushes.
-    repo_id = check_push_access(recipe.hub.repo_id) if recipe.hub.repo_id and is_main else None
-    with args.main_process_first(desc="loading the dataset"):
-        # With the decode-once cache, building it is the pass that finds unreadable images.
-        data = load_image_data(recipe.data, check_images=recipe.data.check_images and not recipe.data.decode_cache)
-    resume = resolve_resume(args.resume_from_checkpoint, output_dir, is_main)
-    if is_main:
-        artefacts.mark_incomplete(output_dir)
-    return RunStart(data, output_dir, repo_id, resume)
-
-
 def training_images(recipe: Recipe, data: ImageData, augmentation: Callable) -> Dataset | StreamingImages:
     """The training split as the Trainer reads it: a table transformed row by row, or this process's stream."""
     if not recipe.data.streaming:
@@ -230,9 +205,14 @@ def training_images(recipe: Recipe, data: ImageData, augmentation: Callable) -> 
 
 
 def build_trainer(
-    recipe: Recipe, prepared: PreparedModel, callbacks: list[TrainerCallback], args: TrainArguments | None = None
+    recipe: Recipe,
+    prepared: PreparedModel,
+    callbacks: list[TrainerCallback],
+    args: TrainArguments | None = None,
+    resume: str | None = None,
 ) -> FineTuneTrainer:
-    """The Trainer of the run's fine-tuning phase: datasets, metrics, per-stage rates, loss and sampler."""
+    """The Trainer of the run's fine-tuning phase: datasets, metrics, per-stage rates, loss and sampler; `resume`
+    is the checkpoint a resumed run continues from."""
     finetune, data = recipe.finetune, prepared.data
     classes = len(data.label_names)
     return FineTuneTrainer(
@@ -255,34 +235,20 @@ def build_trainer(
         batch_mixer=batch_mixer(recipe.augment, classes),
         unfreeze=prepared.unfreeze,
         lr_restart=finetune.lr_restart,
-        weight_average=WeightAverage(finetune.ema_decay) if finetune.ema_decay else None,
+        weight_average=WeightAverage(finetune.ema_decay, resumed_from=resume) if finetune.ema_decay else None,
     )
 
 
-def _run_callbacks(recipe: Recipe, prepared: PreparedModel, repo_id: str | None) -> list[TrainerCallback]:
-    """The strategy's callbacks, early stopping, and Hub pushes during training."""
-    args = recipe.training
+def _run_callbacks(recipe: Recipe, prepared: PreparedModel, run: RunStart) -> list[TrainerCallback]:
+    """The strategy's callbacks, self-contained checkpoints, early stopping, and Hub pushes during training."""
+    args, repo_id = recipe.training, run.repo_id
     callbacks = get_strategy(recipe.finetune.strategy).callbacks(recipe)
+    callbacks.append(SelfContainedCheckpoints([run.output_dir / START_FILE], run.resume))
     if args.early_stopping_patience is not None and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
     if repo_id and recipe.hub.push_strategy != "end":
         callbacks.append(PushDuringTrainingCallback(recipe.hub, repo_id, prepared.data_config))
     return callbacks
-
-
-def _probed_start(recipe: Recipe, model: nn.Module, run: RunStart) -> dict[str, torch.Tensor] | None:
-    """The probed model, before the Trainer changes anything: the start of the WiSE-FT interpolation and
-    the candidate that the fine-tuned model must beat (None for strategies without a probe and a Trainer phase)."""
-    finetune = recipe.finetune
-    preset = get_strategy(finetune.strategy).preset
-    if not (preset.probes and preset.trains) or (finetune.wise_alpha is None and not finetune.probe_candidate):
-        return None
-    if run.resume:
-        return load_start(run.output_dir)
-    start = snapshot(model)
-    if recipe.training.process_index == 0:
-        save_start(start, run.output_dir)
-    return start
 
 
 def _share_main_process_statistics(trainer: Trainer) -> None:
@@ -334,13 +300,28 @@ def train(
     """Runs a whole fine-tuning recipe and writes its artefacts to `training.output_dir`. `callbacks` join the
     Trainer's own (early stopping, unfreezing, weight average, Hub pushes); `probe_epoch_end` hears each
     epoch of the probe phase (its history entry, validation scores included)."""
-    args, several = recipe.training, recipe.training.world_size > 1
+    args = recipe.training
     settle_process(args)
     set_seed(args.seed)
-    run = start_run(recipe)
+    is_main = args.process_index == 0
+    # A push that cannot work fails now, not after hours of training. Only the main process pushes.
+    repo_id = check_push_access(recipe.hub.repo_id) if recipe.hub.repo_id and is_main else None
+    # Before any work: the output folder is writable, holds no other run's results, and is ours alone.
+    folder = claim_output_dir(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, is_main)
+    try:
+        return _run(recipe, start_run(recipe, folder, repo_id), callbacks or [], probe_epoch_end)
+    finally:
+        folder.release()
+
+
+def _run(
+    recipe: Recipe, run: RunStart, callbacks: list[TrainerCallback], probe_epoch_end: Callable[[dict[str, float]], None]
+) -> TrainResult:
+    several = recipe.training.world_size > 1
     prepared = prepare_model(recipe, run.data, run.resume is None, probe_epoch_end)  # a checkpoint holds the probe
-    probed = _probed_start(recipe, prepared.model, run)
-    trainer = build_trainer(recipe, prepared, [*(callbacks or []), *_run_callbacks(recipe, prepared, run.repo_id)])
+    probed = probed_start(recipe, prepared.model, run)
+    callbacks = [*callbacks, *_run_callbacks(recipe, prepared, run)]
+    trainer = build_trainer(recipe, prepared, callbacks, trainer_arguments(recipe, run), run.resume)
     started = time.perf_counter()
     if get_strategy(recipe.finetune.strategy).preset.trains:
         trainer.train(resume_from_checkpoint=run.resume)
@@ -375,13 +356,15 @@ def train(
             prepared.probe_history,
             run.repo_id,
             extra,
+            run.output_dir,
         )
         (run.output_dir / START_FILE).unlink(missing_ok=True)  # only a resumed run needed it
         report_finished_run(recipe, trainer.model, prepared.data_config, data, run.output_dir)
+        run.folder.finish()
     trainer.accelerator.wait_for_everyone()
-    push = None
+    output_dir, push = run.folder.output_dir, None
     if run.repo_id:
         hub = recipe.hub
-        push = push_model_dir(run.output_dir, run.repo_id, hub.private, hub.branch, hub.commit_message)
+        push = push_model_dir(output_dir, run.repo_id, hub.private, hub.branch, hub.commit_message)
     evaluated_on = prepared.data.evaluation_split
-    return TrainResult(run.output_dir, report, evaluated_on, train_seconds, push, trainer.model.eval())
+    return TrainResult(output_dir, report, evaluated_on, train_seconds, push, trainer.model.eval())

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hf_cnn_ft.config.loading import parse_overrides, read_recipe_file
+from hf_cnn_ft.config.paths import check_output_folder
 from hf_cnn_ft.config.recipe import build_recipe, load_recipe
 from hf_cnn_ft.config.search import Distribution, TuneArguments
 from hf_cnn_ft.errors import UserError
@@ -89,7 +90,7 @@ def start_search(
     recipe = build_recipe(settings, str(path or ""))
     space = search_space(recipe)
     check_space_values(settings, space)
-    output_dir = Path(recipe.training.output_dir)
+    output_dir = check_output_folder(recipe.training.output_dir, "training.output_dir")
     storage = open_storage(recipe.tune.storage, output_dir)
     greater = bool(recipe.training.greater_is_better)
     study = open_study(storage, recipe.tune.study or output_dir.name, recipe.tune, greater)
