@@ -404,3 +404,12 @@ def test_the_pickle_payload_would_run_if_unpickled():
         assert marker.exists()
     finally:
         marker.unlink(missing_ok=True)
+
+
+def test_predictions_and_metrics_go_into_folders_that_do_not_exist_yet(run_copy, shapes_dir, tmp_path):
+    """Where the work used to be lost after it was done: the folder of `--output` is made."""
+    predictions, metrics = tmp_path / "new" / "p.csv", tmp_path / "other" / "deeper" / "e.json"
+    assert main(["predict", str(run_copy), str(shapes_dir / "red_disc"), "--output", str(predictions)]) == 0
+    assert main(["evaluate", str(run_copy), "--output", str(metrics)]) == 0
+    assert len(predictions.read_text().splitlines()) == 1 + len(list((shapes_dir / "red_disc").iterdir()))
+    assert "accuracy" in json.loads(metrics.read_text())
