@@ -42,6 +42,9 @@ BAD_VALUES = [
     (["--pruner", "hyperband"], "tune.pruner", "hyperband", "halving"),
     (["--trials", "0"], "tune.trials", "0", "at least 1"),
     (["--timeout", "0"], "tune.timeout", "0", "more than 0"),
+    (["--cv_folds", "often"], "tune.cv_folds", "often", "auto"),
+    (["--cv_folds", "0"], "tune.cv_folds", "0", "at least 1"),
+    (["--unlabeled_method", "mixmatch"], "signal.unlabeled_method", "mixmatch", "flexmatch"),
     (["--space", "{learning_rate: {log_uniform: [0, 0.1]}}"], "tune.space.learning_rate", "0", "low > 0"),
     (["--lora_rank", "0"], "peft.lora_rank", "0", ">= 1"),
     (["--peft_method", "lora", "--strategy", "gradual"], "finetune.strategy", "gradual", "two_phase"),
@@ -64,7 +67,7 @@ def untouched(monkeypatch, tmp_path):
     for target in (
         "hf_cnn_ft.data.loading.load_raw_dataset",
         "hf_cnn_ft.training.run_start.load_image_data",
-        "hf_cnn_ft.training.train.build_model",
+        "hf_cnn_ft.training.prepare.build_model",
     ):
         monkeypatch.setattr(target, lambda *args, _target=target, **kwargs: calls.append(_target))
     return tmp_path / "no-such-folder", calls

@@ -29,7 +29,13 @@ from hf_cnn_ft.training.tuning.study import JOURNAL_FILE, masked
 from hf_cnn_ft.training.tuning.tune import finish, search, start_search, tune
 
 # Linear-probe trials on the tiny model: about a second each.
-PROBE_SETTINGS = {**TINY_SETTINGS, "strategy": "linear_probe", "head_epochs": 6, "report_at_end": False}
+PROBE_SETTINGS = {
+    **TINY_SETTINGS,
+    "strategy": "linear_probe",
+    "head_epochs": 6,
+    "report_at_end": False,
+    "cv_folds": 1,  # judged on the validation split itself (cross-validation has tests of its own below)
+}
 SPACE = {"head_learning_rate": {"log_uniform": [1.0e-3, 3.0e-2]}, "head_epochs": {"int": [3, 8]}}
 
 
@@ -174,7 +180,7 @@ def test_pruning_stops_trials_that_cannot_learn(tmp_path, shapes_dir):
     out = tmp_path / "out"
     space = {"head_learning_rate": {"choice": [3.0e-2, 1.0e-9]}}  # the second cannot move the head
     values = {**PROBE_SETTINGS, "dataset": shapes_dir, "output_dir": out, "space": space, "trials": 12}
-    tune(None, values={**values, "head_epochs": 8, "search_seed": 0})
+    tune(None, values={**values, "head_epochs": 8, "head_learning_rate": 3.0e-2, "search_seed": 0})  # a learning start
     rows = trials_csv(out)
     stuck = [row["state"] for row in rows if float(row["head_learning_rate"]) < 1e-6]
     learning = [row["state"] for row in rows if float(row["head_learning_rate"]) > 1e-6]
@@ -279,3 +285,55 @@ def test_a_launcher_runs_each_trial_as_its_own_train_command(tmp_path, shapes_di
     assert [row["state"] for row in rows] == ["complete", "complete"]
     assert (out / "trials" / "trial-0000.yaml").is_file() and (out / "trials" / "trial-0000.log").is_file()
     assert result.best_validation == max(float(row["validation_accuracy"]) for row in rows)
+
+
+def test_the_starting_recipe_is_the_first_trial_and_every_trial_is_one_line(tmp_path, shapes_dir, caplog):
+    out = tmp_path / "search"
+    values = {**PROBE_SETTINGS, "dataset": shapes_dir, "output_dir": out, "space": SPACE, "trials": 3}
+    values.update(head_learning_rate=0.02, head_epochs=5, search_seed=0)
+    with caplog.at_level("INFO", logger="hf_cnn_ft"):
+        tune(None, values=values)
+    rows = trials_csv(out)
+    assert rows[0]["start"] == "True" and [row["start"] for row in rows[1:]] == ["False", "False"]
+    assert float(rows[0]["head_learning_rate"]) == 0.02 and rows[0]["head_epochs"] == "5"
+    lines = [r.message for r in caplog.records if r.message.startswith("trial ")]
+    assert lines[0].startswith("trial 0 (the starting recipe): validation ") and len(lines) == 3
+    assert all("best so far: trial" in line for line in lines)
+
+
+def test_a_small_validation_split_scores_every_trial_over_folds(tmp_path, shapes_dir):
+    out = tmp_path / "search"
+    values = {**PROBE_SETTINGS, "dataset": shapes_dir, "output_dir": out, "space": SPACE, "trials": 2}
+    values["cv_folds"] = "auto"  # 12 validation images: too few to choose on
+    result = tune(None, values=values)
+    rows = trials_csv(out)
+    assert [row["folds"] for row in rows] == ["5", "5"] and all(float(row["standard_error"]) >= 0 for row in rows)
+    assert sorted(p.name for p in (out / "trials" / "trial-0001").iterdir()) == [f"fold-{k}" for k in range(5)]
+    summary = json.loads((out / "best" / "metrics.json").read_text())["search"]
+    assert summary["folds"] == 5 and summary["chosen_because"]
+    assert result.evaluated_on == "test"
+
+
+def _finished(study: optuna.Study, value_per_fold: list[float], start: bool) -> None:
+    distribution = optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=sum(value_per_fold) / len(value_per_fold),
+            params={"head_learning_rate": 1e-2},
+            distributions={"head_learning_rate": distribution},
+            user_attrs={"scores": value_per_fold, "values": {}, **({"start": ["head_learning_rate"]} if start else {})},
+        )
+    )
+
+
+def test_a_best_trial_within_the_noise_of_the_start_gives_back_the_start():
+    from hf_cnn_ft.training.tuning.results import choose_trial
+
+    study = optuna.create_study(direction="maximize")
+    _finished(study, [0.70, 0.80, 0.60, 0.75, 0.72], start=True)
+    _finished(study, [0.74, 0.76, 0.66, 0.73, 0.75], start=False)  # +0.014 mean, fold differences all over
+    choice = choose_trial(study)
+    assert choice.trial.number == 0 and "not distinguishable" in choice.reason
+    _finished(study, [0.80, 0.88, 0.70, 0.84, 0.81], start=False)  # better on every fold
+    choice = choose_trial(study)
+    assert choice.trial.number == 2 and "over the starting recipe" in choice.reason

@@ -26,6 +26,7 @@ from hf_cnn_ft.config.checkpoints import (
 from hf_cnn_ft.config.choices import METRIC_NAMES, STRATEGY_PRESETS, StrategyPreset
 from hf_cnn_ft.config.keys import owner_of
 from hf_cnn_ft.config.paths import check_safe_weights, looks_like_local_path
+from hf_cnn_ft.config.ranges import RANGES
 from hf_cnn_ft.config.search import check_tune
 from hf_cnn_ft.config.sections import (
     AugmentArguments,
@@ -35,8 +36,10 @@ from hf_cnn_ft.config.sections import (
     ModelArguments,
     PeftArguments,
     ReportArguments,
+    SignalArguments,
     TuneArguments,
 )
+from hf_cnn_ft.config.signal import check_signal, resolve_signal
 from hf_cnn_ft.errors import UserError
 
 
@@ -49,61 +52,12 @@ class RecipeValues:
     model: ModelArguments
     augment: AugmentArguments
     finetune: FinetuneArguments
+    signal: SignalArguments
     peft: PeftArguments
     hub: HubArguments
     report: ReportArguments
     tune: TuneArguments
     training: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Interval:
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
-        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.open_low else '>='} {self.low:g}"
-        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
-
-
-PROBABILITY = Interval(0, 1)
-FRACTION = Interval(0, 1, open_high=True)
-POSITIVE = Interval(0, open_low=True)
-NON_NEGATIVE = Interval(0)
-COUNT = Interval(1)
-
-# Every numeric key with a bound, by section. A null value means "unset" and is not checked.
-RANGES: dict[str, dict[str, Interval]] = {
-    "data": {"validation_fraction": FRACTION, "test_fraction": FRACTION, "max_train_samples": COUNT,
-             "max_eval_samples": COUNT, "preprocessing_num_workers": COUNT,
-             "shuffle_buffer": COUNT},
-    "model": {"image_size": Interval(16), "crop_pct": Interval(0, 1, open_low=True), "drop_rate": FRACTION,
-              "drop_path_rate": FRACTION},
-    "augment": {"hflip": PROBABILITY, "vflip": PROBABILITY, "rotation": Interval(0, 180), "color_jitter": NON_NEGATIVE,
-                "randaugment_ops": COUNT, "randaugment_magnitude": Interval(0, 30), "random_erasing": PROBABILITY,
-                "mixup_alpha": NON_NEGATIVE, "cutmix_alpha": NON_NEGATIVE, "mix_prob": PROBABILITY},
-    "finetune": {"unfreeze_epochs": COUNT, "head_epochs": NON_NEGATIVE, "head_learning_rate": POSITIVE,
-                 "head_weight_decay": NON_NEGATIVE, "head_batch_size": COUNT, "feature_views": COUNT,
-                 "probe_stages": NON_NEGATIVE, "backbone_lr_multiplier": NON_NEGATIVE, "l2sp_alpha": NON_NEGATIVE,
-                 "lr_decay": Interval(0, 1, open_low=True), "ema_decay": Interval(0, 1, True, True)},
-    "peft": {"lora_rank": COUNT, "lora_alpha": POSITIVE, "lora_dropout": FRACTION},
-    "report": {"top_losses": NON_NEGATIVE, "correct_per_class": NON_NEGATIVE, "example_images": NON_NEGATIVE},
-    "training": {"learning_rate": NON_NEGATIVE, "num_train_epochs": POSITIVE, "per_device_train_batch_size": COUNT,
-                 "per_device_eval_batch_size": COUNT, "gradient_accumulation_steps": COUNT,
-                 "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "warmup_ratio": PROBABILITY,
-                 "max_grad_norm": NON_NEGATIVE, "label_smoothing_factor": FRACTION,
-                 "dataloader_num_workers": NON_NEGATIVE, "early_stopping_patience": COUNT,
-                 "early_stopping_threshold": NON_NEGATIVE, "save_total_limit": COUNT, "logging_steps": POSITIVE,
-                 "eval_steps": POSITIVE, "save_steps": POSITIVE},
-}  # fmt: skip
 
 
 def strategy_preset(name: str) -> StrategyPreset:
@@ -188,6 +142,14 @@ def _check_resume(training: Mapping[str, Any]) -> None:
         problem is None,
         f"training.resume_from_checkpoint: {value} cannot be resumed from ({problem}): give another checkpoint, "
         "or --resume for the latest complete one in output_dir",
+    )
+
+
+def _check_folds(values: RecipeValues) -> None:
+    data = values.data
+    _require(
+        data.folds is None or data.fold < data.folds,
+        f"data.fold: {data.fold} is not a fold of data.folds {data.folds}: use 0 to {(data.folds or 1) - 1}",
     )
 
 
@@ -317,6 +279,12 @@ def resolve_strategy_defaults(finetune: FinetuneArguments) -> None:
         finetune.lr_decay = preset.lr_decay
 
 
+def _check_signal(values: RecipeValues) -> None:
+    adapters = bool(values.peft.peft_method)
+    preset = strategy_preset(values.finetune.strategy)
+    check_signal(values.signal, values.data, preset, adapters, values.finetune.probe_stages)
+
+
 def _check_tune(values: RecipeValues) -> None:
     check_tune(values.tune, lambda key: owner_of(key) is not None)
 
@@ -364,11 +332,13 @@ def resolve_streaming_schedule(data: DataArguments, training: dict[str, Any]) ->
 CHECKS = (
     _check_ranges,
     _check_augment,
+    _check_folds,
     _check_finetune,
     _check_peft,
     _check_training,
     _check_tune,
     _check_streaming,
+    _check_signal,
     _check_paths,
 )
 
@@ -378,4 +348,5 @@ def check_recipe(values: RecipeValues) -> RecipeValues:
     for check in CHECKS:
         check(values)
     resolve_strategy_defaults(values.finetune)
+    resolve_signal(values.signal, values.data)
     return values

@@ -25,6 +25,7 @@ from hf_cnn_ft.config.sections import (
     ModelArguments,
     PeftArguments,
     ReportArguments,
+    SignalArguments,
     TuneArguments,
 )
 from hf_cnn_ft.config.training_defaults import TrainingDefaults
@@ -42,6 +43,7 @@ class Recipe:
     model: ModelArguments
     augment: AugmentArguments
     finetune: FinetuneArguments
+    signal: SignalArguments
     peft: PeftArguments
     hub: HubArguments
     report: ReportArguments

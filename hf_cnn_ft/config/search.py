@@ -70,6 +70,14 @@ class TuneArguments:
             "--num_processes 2' (null: in this process, with pruning)."
         },
     )
+    cv_folds: int | Literal["auto"] = field(
+        default="auto",
+        metadata={
+            "help": "Score each trial by cross-validation over this many folds of the training and validation images "
+            "(1: the validation split alone); auto: 5 when the validation split has fewer than 1,000 images, where "
+            "one split's score is too noisy to choose on."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -128,5 +136,7 @@ def check_tune(tune: TuneArguments, known: Any) -> None:
     check_search_space(tune.space, known)
     if tune.trials is not None and tune.trials < 1:
         raise UserError(f"tune.trials: {tune.trials} must be at least 1 (or null, to search until the timeout)")
+    if tune.cv_folds != "auto" and tune.cv_folds < 1:
+        raise UserError(f"tune.cv_folds: {tune.cv_folds} must be at least 1 (1: the validation split alone), or auto")
     if tune.timeout is not None and not tune.timeout > 0:
         raise UserError(f"tune.timeout: {tune.timeout} minutes must be more than 0 (or null: no limit)")

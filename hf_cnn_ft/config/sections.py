@@ -1,7 +1,8 @@
 """The recipe's sections, each a dataclass: the one source of truth for every setting.
 
-A recipe has the sections ``data``, ``model``, ``augment``, ``finetune``, ``peft``, ``hub``, ``report``,
-``tune`` (read by `hf-cnn-ft tune` only, `config.search`) and ``training`` (transformers'
+A recipe has the sections ``data`` (`config.data_section`), ``model``, ``augment``, ``finetune``, ``signal``
+(training signal beyond the labels, `config.signal`), ``peft``, ``hub``, ``report``, ``tune`` (read by
+`hf-cnn-ft tune` only, `config.search`) and ``training`` (transformers'
 ``TrainingArguments`` with defaults chosen for fine-tuning). Every key name is unique across
 the sections, so a command-line override names it plainly (``--learning_rate 3e-4``) or with its section
 (``--training.learning_rate 3e-4``). The CLI, the YAML files, the saved ``recipe.yaml`` and the model card
@@ -17,111 +18,16 @@ from hf_cnn_ft.config.choices import (
     AUTO_AUGMENT_POLICIES,
     BN_POLICIES,
     CROP_MODES,
-    CROSS_SPLIT_DUPLICATES,
     PEFT_METHODS,
     PUSH_STRATEGIES,
     SAMPLERS,
     TEST_TIME_FLIPS,
     UNFREEZE_SCHEDULES,
 )
+from hf_cnn_ft.config.data_section import DataArguments
 from hf_cnn_ft.config.search import TuneArguments
+from hf_cnn_ft.config.signal import SignalArguments
 from hf_cnn_ft.config.training_defaults import TrainingDefaults
-
-
-@dataclass
-class DataArguments:
-    """Where the images come from and how they are split."""
-
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "A Hub dataset id, a folder of images in class sub-folders, a CSV/JSONL file of "
-            "(image path, label) rows, or a folder written by `Dataset.save_to_disk`."
-        },
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset branch, tag or commit."})
-    image_column: str | None = field(
-        default=None, metadata={"help": "Column holding the images or image paths (found automatically if unset)."}
-    )
-    label_column: str | None = field(
-        default=None, metadata={"help": "Column holding the class labels (found automatically if unset)."}
-    )
-    slice_column: str | None = field(
-        default=None,
-        metadata={"help": "A metadata column (site, camera, batch...): the report gives accuracy and F1 per value."},
-    )
-    train_split: str = field(default="train", metadata={"help": "Name of the training split."})
-    validation_split: str | None = field(
-        default=None,
-        metadata={"help": "Name of an existing validation split; unset looks for validation/valid/val/dev."},
-    )
-    test_split: str | None = field(
-        default=None, metadata={"help": "Name of an existing test split; unset looks for a split named test."}
-    )
-    validation_fraction: float = field(
-        default=0.1, metadata={"help": "Share of the training images held out for validation when no split exists."}
-    )
-    test_fraction: float = field(
-        default=0.1,
-        metadata={
-            "help": "Share of the training images held out for the final test when no test split exists. "
-            "0 means no test split: the final evaluation then runs on the validation split."
-        },
-    )
-    split_seed: int = field(default=42, metadata={"help": "Seed of the stratified split, independent of training."})
-    resplit: bool = field(
-        default=False,
-        metadata={
-            "help": "Pool the dataset's own splits and draw train/validation/test again, stratified, with "
-            "split_seed and the same sizes: a recipe measured over several split seeds (benchmarks/accuracy.py "
-            "--splits) is not a property of one test split."
-        },
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (debugging)."})
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Truncate the validation and test splits (debugging)."}
-    )
-    decode_cache: bool = field(
-        default=True,
-        metadata={
-            "help": "Decode and resize every image once, into an Arrow cache, instead of every epoch "
-            "(evaluation pixels are unchanged; training crops come from the resized copy)."
-        },
-    )
-    check_images: bool = field(
-        default=True,
-        metadata={"help": "Decode every image once before training and skip (and report) the unreadable ones."},
-    )
-    streaming: bool = field(
-        default=False,
-        metadata={
-            "help": "Read the training images as a stream, decoded as they go by, with flat memory (an unreadable image"
-            " is skipped when reached); a Hub id or a folder of Parquet/.tar shards is opened as one. Needs max_steps."
-        },
-    )
-    shuffle_buffer: int = field(default=1000, metadata={"help": "Images a stream holds to shuffle."})
-    preprocessing_num_workers: int | None = field(
-        default=None,
-        metadata={
-            "help": "Processes for the passes over every image before training (readable check, duplicate hashes, "
-            "decode-once cache); null: one per core, up to 8, for splits of 2,000 images or more."
-        },
-    )
-    read_test_split: bool = field(
-        default=True,
-        metadata={
-            "help": "false: the test split is set aside unread (not decoded, hashed nor evaluated) and the run is "
-            "judged on validation, as `hf-cnn-ft tune` judges its trials."
-        },
-    )
-    cross_split_duplicates: Literal[CROSS_SPLIT_DUPLICATES] = field(
-        default="remove",
-        metadata={
-            "help": "Validation/test images byte-identical to an image of an earlier split (train, then validation) "
-            "are always reported; remove takes them out of the evaluated split, keep leaves them (optimistic figures)."
-        },
-    )
 
 
 @dataclass
@@ -390,6 +296,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "augment": AugmentArguments,
     "finetune": FinetuneArguments,
+    "signal": SignalArguments,
     "peft": PeftArguments,
     "hub": HubArguments,
     "report": ReportArguments,

@@ -73,6 +73,7 @@ class ImageData:
     skipped: list[SkippedImage] = field(default_factory=list)
     slices: dict[str, list[str]] | None = None  # split -> each image's data.slice_column value
     duplicates: dict[str, Any] | None = None  # byte-identical copies found (data/duplicates.py)
+    unlabeled: datasets.Dataset | None = None  # images without labels (data.unlabeled, data.labels_per_class)
 
     @property
     def evaluation_split(self) -> str:
@@ -100,7 +101,7 @@ class ImageData:
         return {name: int(n) for name, n in zip(self.label_names, counts)}
 
 
-def _pick_column(
+def pick_column(
     features: datasets.Features, wanted: str | None, candidates: tuple[str, ...], what: str, source: str
 ) -> str:
     columns = list(features)
@@ -125,14 +126,19 @@ def _pick_column(
     raise UserError(f"no {what} column found in {source} (columns: {', '.join(columns)}); set data.{key}")
 
 
-def _normalise_columns(raw: DatasetDict, args: DataArguments, base_dir: Path | None) -> DatasetDict:
-    """Renames the chosen columns to image/label, drops the rest, and makes images decodable."""
+def normalise_columns(
+    raw: DatasetDict, args: DataArguments, base_dir: Path | None, with_labels: bool = True
+) -> DatasetDict:
+    """Renames the chosen columns to image/label (image alone without `with_labels`), drops the rest, and
+    makes images decodable."""
     features = next(iter(raw.values())).features
-    image_col = _pick_column(features, args.image_column, IMAGE_COLUMN_CANDIDATES, "image", args.dataset or "")
-    label_col = _pick_column(features, args.label_column, LABEL_COLUMN_CANDIDATES, "label", args.dataset or "")
-    kept = {image_col: IMAGE_COLUMN, label_col: LABEL_COLUMN}
+    image_col = pick_column(features, args.image_column, IMAGE_COLUMN_CANDIDATES, "image", args.dataset or "")
+    kept = {image_col: IMAGE_COLUMN}
+    if with_labels:
+        label_col = pick_column(features, args.label_column, LABEL_COLUMN_CANDIDATES, "label", args.dataset or "")
+        kept[label_col] = LABEL_COLUMN
     if args.slice_column:
-        kept[_pick_column(features, args.slice_column, (), "slice", args.dataset or "")] = SLICE_COLUMN
+        kept[pick_column(features, args.slice_column, (), "slice", args.dataset or "")] = SLICE_COLUMN
     splits = {}
     for name, split in raw.items():
         split = split.select_columns(list(kept))
@@ -191,7 +197,7 @@ def warn_about_classes(label_names: list[str], counts: dict[str, int], source: s
             )
 
 
-def _encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
+def encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
     """Makes the label column a ClassLabel shared by all splits; returns the class names."""
     feature = next(iter(raw.values())).features[LABEL_COLUMN]
     if isinstance(feature, ClassLabel):

@@ -45,6 +45,7 @@ from hf_cnn_ft.data.dataset import (
 from hf_cnn_ft.data.images import failure_reason, to_rgb
 from hf_cnn_ft.data.loading import require_usable
 from hf_cnn_ft.data.transforms import interpolation_mode
+from hf_cnn_ft.data.unlabeled import UNLABELED
 
 logger = logging.getLogger(__name__)
 
@@ -124,27 +125,38 @@ def decode_once(
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)
     cached, skipped = {}, []
-    for name, split in data.splits.items():
+    named = {**data.splits, **({UNLABELED: data.unlabeled} if data.unlabeled is not None else {})}
+    for name, split in named.items():
         if name in keep:
             cached[name] = split
             continue
-        raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
-        encoded = _cached_split(raw, name, config, root, preparation_workers(workers, len(raw)))
-        reasons = encoded.select_columns([UNREADABLE])[:][UNREADABLE]
-        bad = [i for i, reason in enumerate(reasons) if reason]
-        if bad:
-            sources = raw.select(bad)[IMAGE_COLUMN]
-            skipped += [SkippedImage(name, s.get("path") or f"{name}[{i}]", reasons[i]) for i, s in zip(bad, sources)]
-            encoded = encoded.select([i for i, reason in enumerate(reasons) if not reason])
-        cached[name] = encoded.remove_columns(UNREADABLE).cast_column(IMAGE_COLUMN, datasets.Image())
+        cached[name], failed = _decoded(split, name, config, root, workers)
+        skipped += failed
     report_skipped(skipped)
+    unlabeled = cached.pop(UNLABELED, None)
     splits = DatasetDict(cached)
     require_usable(splits, data.source)
-    return replace(data, splits=splits, skipped=[*data.skipped, *skipped])
+    return replace(data, splits=splits, skipped=[*data.skipped, *skipped], unlabeled=unlabeled)
+
+
+def _decoded(
+    split: Dataset, name: str, config: DataConfig, root: Path, workers: int | None
+) -> tuple[Dataset, list[SkippedImage]]:
+    """One split read from the cache, without the images that failed to decode, and those."""
+    raw = split.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+    encoded = _cached_split(raw, name, config, root, preparation_workers(workers, len(raw)))
+    reasons = encoded.select_columns([UNREADABLE])[:][UNREADABLE]
+    bad = [i for i, reason in enumerate(reasons) if reason]
+    skipped = []
+    if bad:
+        sources = raw.select(bad)[IMAGE_COLUMN]
+        skipped = [SkippedImage(name, s.get("path") or f"{name}[{i}]", reasons[i]) for i, s in zip(bad, sources)]
+        encoded = encoded.select([i for i, reason in enumerate(reasons) if not reason])
+    return encoded.remove_columns(UNREADABLE).cast_column(IMAGE_COLUMN, datasets.Image()), skipped
 
 
 def _cached_split(raw: Dataset, name: str, config: DataConfig, root: Path, workers: int | None) -> Dataset:
-    like_evaluation = name != "train"
+    like_evaluation = name not in ("train", UNLABELED)  # the pool is augmented like the training images
     key = hashlib.sha256(f"{source_fingerprint(raw)}-{_spec(config, like_evaluation)}".encode()).hexdigest()
     shrink = _shrinker(config, like_evaluation)
 

@@ -17,8 +17,10 @@ from hf_cnn_ft.data.dataset import IMAGE_COLUMN, WRITER_BATCH, preparation_worke
 
 logger = logging.getLogger(__name__)
 
-# Earlier splits win: a copy is removed from the later one, the side that is evaluated.
-SPLIT_ORDER = ("train", "validation", "test")
+# Earlier splits win: a copy is removed from the later one, the side that is evaluated. The unlabeled pool comes
+# last and always loses its copies: training on a copy of a test image would leak it.
+SPLIT_ORDER = ("train", "validation", "test", "unlabeled")
+ALWAYS_REMOVED_FROM = ("unlabeled",)
 SHOWN = 3  # examples named in a warning
 
 
@@ -86,7 +88,7 @@ def find_duplicates(
                 first_here[digest] = index
         if copies:
             report.across[name] = len(copies)
-            if remove_across:
+            if remove_across or name in ALWAYS_REMOVED_FROM:
                 kept = set(copies)
                 split = split.select([i for i in range(len(split)) if i not in kept])
         for digest, index in first_here.items():
@@ -101,11 +103,12 @@ def _warn(report: DuplicateReport) -> None:
     for name, count in report.within.items():
         logger.info("%s split: %d images are byte-identical copies of other %s images", name, count, name)
     for name, count in report.across.items():
-        action = (
-            f"removed from {name} (data.cross_split_duplicates: keep keeps them)"
-            if report.removed
-            else f"kept in {name}: its figures are optimistic"
-        )
+        if name in ALWAYS_REMOVED_FROM:
+            action = "removed from the pool (a copy of a validation or test image would leak it into training)"
+        elif report.removed:
+            action = f"removed from {name} (data.cross_split_duplicates: keep keeps them)"
+        else:
+            action = f"kept in {name}: its figures are optimistic"
         logger.warning(
             "%d %s images are byte-identical to images of an earlier split (%s): %s",
             count,

@@ -19,9 +19,9 @@ from hf_cnn_ft.data.dataset import (
     SLICE_COLUMN,
     ImageData,
     SkippedImage,
-    _encode_labels,
-    _normalise_columns,
     drop_unreadable_images,
+    encode_labels,
+    normalise_columns,
     split_labels,
     warn_about_classes,
 )
@@ -29,6 +29,7 @@ from hf_cnn_ft.data.duplicates import find_duplicates
 from hf_cnn_ft.data.sources import load_raw_dataset, open_stream
 from hf_cnn_ft.data.splits import arrange_splits, stream_splits
 from hf_cnn_ft.data.streaming import encode_stream_labels, shard_by_shard, to_table
+from hf_cnn_ft.data.unlabeled import UNLABELED, unlabeled_pool
 from hf_cnn_ft.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def _require_classes(label_names: list[str], source: str) -> None:
 
 def _listed_splits(args: DataArguments) -> tuple[DatasetDict, list[str]]:
     raw, base_dir = load_raw_dataset(args)
-    raw = _normalise_columns(raw, args, base_dir)
-    raw, label_names = _encode_labels(raw)
+    raw = normalise_columns(raw, args, base_dir)
+    raw, label_names = encode_labels(raw)
     _require_classes(label_names, args.dataset or "")
     counts = sum(np.bincount(split_labels(split), minlength=len(label_names)) for split in raw.values())
     warn_about_classes(label_names, dict(zip(label_names, counts.tolist())), args.dataset or "")
@@ -79,11 +80,11 @@ def _streamed_splits(
     tables = DatasetDict(
         {name: to_table(s, fingerprint and f"{fingerprint}-{name}") for name, s in named.items() if name != "train"}
     )
-    tables = _normalise_columns(tables, args, None)
+    tables = normalise_columns(tables, args, None)
     tables = DatasetDict({name: t.cast_column(IMAGE_COLUMN, datasets.Image()) for name, t in tables.items()})
-    tables, label_names = _encode_labels(tables)
+    tables, label_names = encode_labels(tables)
     _require_classes(label_names, args.dataset or "")
-    train = _normalise_columns(DatasetDict({"train": named["train"]}), args, None)["train"]
+    train = normalise_columns(DatasetDict({"train": named["train"]}), args, None)["train"]
     if not isinstance(train.features[LABEL_COLUMN], datasets.ClassLabel):
         logger.warning(
             "%s declares no class names: the classes are the labels of its evaluation splits (%s); training "
@@ -104,17 +105,19 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
     """
     opened = open_stream(args)
     splits, label_names = _streamed_splits(args, *opened) if opened else _listed_splits(args)
+    splits, pool = unlabeled_pool(args, splits)
+    if pool is not None:  # checked and hashed with the splits, then set apart again
+        splits = DatasetDict({**splits, UNLABELED: pool})
     # Tables that are read whole; the training split of a streaming run is read as a stream.
     tables = [n for n, s in splits.items() if isinstance(s, Dataset) and not (n == "train" and args.streaming)]
     skipped: list[SkippedImage] = []
     if args.check_images if check_images is None else check_images:
         checked, skipped = drop_unreadable_images(_only(splits, tables), args.preprocessing_num_workers)
         splits = DatasetDict({**splits, **checked})
+    limits = {"train": args.max_train_samples, UNLABELED: None}  # the pool has data.max_unlabeled_samples
     splits = DatasetDict(
         {
-            name: _truncate(
-                split, args.max_train_samples if name == "train" else args.max_eval_samples, args.split_seed
-            )
+            name: _truncate(split, limits.get(name, args.max_eval_samples), args.split_seed)
             for name, split in splits.items()
         }
     )
@@ -122,12 +125,16 @@ def load_image_data(args: DataArguments, check_images: bool | None = None) -> Im
     remove = args.cross_split_duplicates == "remove"
     cleaned, duplicates = find_duplicates(_only(splits, hashed), remove, args.preprocessing_num_workers)
     splits = DatasetDict({**splits, **cleaned})
+    pool = splits.pop(UNLABELED, None)
+    if pool is not None and len(pool) == 0:
+        logger.warning("%s: no unlabeled image is left to learn from", args.unlabeled or "the unlabeled pool")
+        pool = None
     require_usable(splits, args.dataset or "")
     slices = None
     if args.slice_column:
         slices = {name: list(split[SLICE_COLUMN]) for name, split in splits.items() if isinstance(split, Dataset)}
         splits = DatasetDict({name: split.remove_columns(SLICE_COLUMN) for name, split in splits.items()})
-    return ImageData(splits, label_names, args.dataset or "", skipped, slices, duplicates.as_dict())
+    return ImageData(splits, label_names, args.dataset or "", skipped, slices, duplicates.as_dict(), pool)
 
 
 def require_usable(splits: DatasetDict, source: str) -> None:

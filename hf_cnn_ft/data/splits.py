@@ -126,10 +126,24 @@ def arrange_splits(raw: DatasetDict, args: DataArguments) -> DatasetDict:
             f"{args.dataset} has no validation split and data.validation_fraction is 0; early stopping and "
             "best-model selection need one: set data.validation_fraction (e.g. 0.1) or data.validation_split"
         )
+    if args.folds:
+        train, splits["validation"] = _fold(concatenate_datasets([train, splits["validation"]]), args)
     ordered = {"train": train, "validation": splits["validation"]}
     if "test" in splits:
         ordered["test"] = splits["test"]
     return DatasetDict(ordered)
+
+
+def _fold(pool: Dataset, args: DataArguments) -> tuple[Dataset, Dataset]:
+    """data.folds: the training and validation images cut into stratified folds; fold `fold` validates."""
+    labels = np.asarray(split_labels(pool))
+    rng = np.random.default_rng(args.split_seed)
+    assigned = np.empty(len(labels), dtype=int)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        assigned[members] = (np.arange(len(members)) + rng.integers(args.folds)) % args.folds
+    held = np.flatnonzero(assigned == args.fold)
+    return pool.select(np.flatnonzero(assigned != args.fold)), pool.select(held)
 
 
 def _pooled(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -241,3 +242,38 @@ def base_model_id(args: ModelArguments, model: PreTrainedModel) -> str | None:
     if is_timm_model(model) and timm_architecture(source) is not None:
         return (model.config.pretrained_cfg or {}).get("hf_hub_id") or None
     return source.removeprefix("hf-hub:") if source.count("/") == 1 else None
+
+
+def pretrained_head(args: ModelArguments) -> tuple[nn.Linear, list[str]]:
+    """The classifier the pretrained weights came with (ImageNet's, for the offline backbones) and its class
+    names, for Co-Tuning; one line when the backbone has none to give."""
+    source = args.model or ""
+    no_head = UserError(
+        f"signal.co_tuning_weight: '{source}' has no pretrained classifier to learn from (Co-Tuning needs the "
+        "weights' own head, as the imported offline backbones have): set signal.co_tuning_weight: 0"
+    )
+    if not args.pretrained or args.weights is not None:
+        raise no_head
+    try:
+        with _quiet_transformers():
+            if (architecture := timm_architecture(source)) is not None and not Path(source).expanduser().is_dir():
+                import timm
+
+                classifier = timm.create_model(architecture, pretrained=True).get_classifier()
+                if not isinstance(classifier, nn.Linear):
+                    raise no_head
+                return classifier.requires_grad_(False), [str(i) for i in range(classifier.out_features)]
+            local = Path(source).expanduser()
+            where = str(local) if local.is_dir() else model_source(source, args.model_revision)
+            model = AutoModelForImageClassification.from_pretrained(where)
+    except UserError:
+        raise
+    except Exception as exc:  # the Hub client and timm raise many types; all mean the weights cannot be read
+        raise UserError(f"{no_head} ({first_line(exc)})") from None
+    classes = model.config.num_labels
+    try:
+        head = head_linear(backbone_of(model), classes)
+    except RuntimeError:
+        raise no_head from None
+    names = [str(model.config.id2label.get(i, i)) for i in range(classes)]
+    return head.requires_grad_(False), names

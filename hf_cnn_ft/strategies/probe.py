@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from datasets import Dataset
@@ -24,6 +25,9 @@ from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
 from hf_cnn_ft.strategies.shared_features import shared_or_computed
+
+if TYPE_CHECKING:  # built in training, read by strategies/extra_signal.py
+    from hf_cnn_ft.strategies.extra_signal import ExtraSignal
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +76,20 @@ def module_inputs(
     return torch.cat(inputs)
 
 
+def pooled_features(
+    model: nn.Module, dataset: Dataset, transform: Callable, batch_size: int = 32, channels_last: bool = False
+) -> torch.Tensor:
+    """The inputs of the classifier layer (pooled features) for every image."""
+    head = head_linear(backbone_of(model), model.config.num_labels)
+    return module_inputs(model, head, dataset, transform, batch_size, channels_last).float().flatten(1)
+
+
 def extract_features(
     model: nn.Module, dataset: Dataset, transform: Callable, batch_size: int = 32, channels_last: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs of the classifier layer (pooled features) for every image, and the labels."""
-    head = head_linear(backbone_of(model), model.config.num_labels)
-    features = module_inputs(model, head, dataset, transform, batch_size, channels_last)
-    labels = torch.tensor(split_labels(dataset), dtype=torch.long)
-    return features.float().flatten(1), labels
+    """The pooled features of every image, and the labels."""
+    features = pooled_features(model, dataset, transform, batch_size, channels_last)
+    return features, torch.tensor(split_labels(dataset), dtype=torch.long)
 
 
 class BackboneFeatures:
@@ -116,6 +126,7 @@ class ProbeInputs:
     train_batchnorm: bool = False  # whether BatchNorm in the probed stages trains (stage probe only)
     epoch_end: Callable[[dict[str, float]], None] = lambda entry: None  # hears each epoch (tune prunes on it)
     features_key: str | None = None  # set while a search shares frozen features between its trials
+    signal: ExtraSignal | None = None  # unlabeled images and teachers (strategies/extra_signal.py)
 
 
 def fit_on_cache(
@@ -135,21 +146,25 @@ def fit_on_cache(
     hooks = hooks or ProbeHooks()
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
+    objective = hooks.objective or (lambda logits, batch: loss_fn(logits, labels[batch]))
+    rows = hooks.rows_per_epoch or len(inputs)
     history = []
     started = time.perf_counter()
     for epoch in range(1, args.head_epochs + 1):
         hooks.train_mode()
-        order = torch.randperm(len(inputs), generator=generator)
+        hooks.epoch_begin()
+        order = torch.cat([torch.randperm(len(inputs), generator=generator) for _ in range(-(-rows // len(inputs)))])
+        order = order[:rows]
         running = 0.0
         for start in range(0, len(order), args.head_batch_size):
             batch = order[start : start + args.head_batch_size]
-            loss = loss_fn(forward(inputs[batch]), labels[batch])
+            loss = objective(forward(inputs[batch]), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             running += loss.item() * len(batch)
-        entry = {"epoch": float(epoch), "loss": running / len(inputs), "seconds": time.perf_counter() - started}
+        entry = {"epoch": float(epoch), "loss": running / len(order), "seconds": time.perf_counter() - started}
         if validation is not None:
             with torch.no_grad():
                 logits = (hooks.validation_logits or forward)(validation[0])
@@ -168,6 +183,9 @@ class ProbeHooks:
     train_mode: Callable[[], None] = lambda: None
     validation_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
     epoch_end: Callable[[dict[str, float]], None] = lambda entry: None
+    epoch_begin: Callable[[], None] = lambda: None
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (logits, rows) -> loss
+    rows_per_epoch: int | None = None  # labelled rows drawn per epoch (repeated when an epoch is longer)
 
 
 def macro_f1(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
@@ -200,7 +218,8 @@ def train_head(
     `features` is the cached tensor, or `BackboneFeatures` to recompute every batch (same result).
     """
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
-    schedule = get_cosine_schedule_with_warmup(optimizer, 0, steps_of(len(features), args))
+    rows = (hooks.rows_per_epoch if hooks else None) or len(features)
+    schedule = get_cosine_schedule_with_warmup(optimizer, 0, steps_of(rows, args))
     head.train()
     return fit_on_cache(head, features, labels, optimizer, schedule, args, seed, validation, loss_weights, hooks)
 

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from hf_cnn_ft.config.choices import STRATEGY_PRESETS, StrategyPreset
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.sections import FinetuneArguments
+from hf_cnn_ft.strategies.extra_signal import probe_with_signal
 from hf_cnn_ft.strategies.probe import ProbeInputs, linear_probe
 from hf_cnn_ft.strategies.stage_probe import probe_last_stages
 
@@ -47,6 +48,8 @@ class Strategy:
         per-epoch history. Runs only when the preset probes and the run is not resumed."""
         if inputs.finetune.probe_stages:
             return probe_last_stages(model, inputs)
+        if inputs.signal is not None and inputs.signal.active:
+            return probe_with_signal(model, inputs)
         return linear_probe(model, inputs)
 
     def prepare(self, model: nn.Module, recipe: Recipe) -> None:

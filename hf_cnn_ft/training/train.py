@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from datasets import Dataset
 from torch import nn
 from transformers import (
     EarlyStoppingCallback,
-    PreTrainedModel,
     Trainer,
     TrainerCallback,
     default_data_collator,
@@ -25,34 +23,24 @@ from transformers import (
 
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.training_arguments import TrainArguments
-from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import ImageData, split_labels
-from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.streaming import StreamingImages
-from hf_cnn_ft.data.transforms import batch_mixer, eval_transform, train_transform
+from hf_cnn_ft.data.transforms import batch_mixer
 from hf_cnn_ft.evaluation.metrics import trainer_compute_metrics
-from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.share.claim import claim_output_dir
 from hf_cnn_ft.share.hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
-from hf_cnn_ft.strategies.adapters import apply_adapter, parameter_counts
 from hf_cnn_ft.strategies.ema import WeightAverage
 from hf_cnn_ft.strategies.freezing import (
-    adapt_batchnorm,
-    apply_freezing,
     balanced_sample_weights,
-    class_loss_weights,
-    frozen_stage_names,
-    resolve_bn_policy,
 )
-from hf_cnn_ft.strategies.probe import ProbeInputs
 from hf_cnn_ft.strategies.registry import get_strategy
-from hf_cnn_ft.strategies.shared_features import features_key
-from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan, fingerprint
+from hf_cnn_ft.strategies.unfreezing import fingerprint
 from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, keep_the_better
 from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
 from hf_cnn_ft.training.checkpoint_contents import SelfContainedCheckpoints
 from hf_cnn_ft.training.machine import settle_process
+from hf_cnn_ft.training.prepare import PreparedModel, prepare_model
 from hf_cnn_ft.training.reporting import calibrate, final_evaluation, report_finished_run
 from hf_cnn_ft.training.run_start import RunStart, probed_start, start_run, trainer_arguments
 from hf_cnn_ft.training.trainer import FineTuneTrainer
@@ -74,111 +62,6 @@ class TrainResult:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.report
-
-
-@dataclass
-class PreparedModel:
-    """The model as the Trainer phase starts from it, and what was made on the way."""
-
-    data: ImageData  # the splits, read from the decode-once cache when it is on
-    model: PreTrainedModel
-    data_config: DataConfig
-    augmentation: Callable
-    evaluation: Callable
-    loss_weights: torch.Tensor | None
-    probe_history: list[dict[str, float]]
-    probe_seconds: float
-    unfreeze: UnfreezeCallback | None = None
-
-
-def prepare_model(
-    recipe: Recipe,
-    data: ImageData,
-    run_probe: bool = True,
-    probe_epoch_end: Callable[[dict[str, float]], None] = lambda entry: None,
-) -> PreparedModel:
-    """Builds the backbone, runs the strategy's probe phase (unless resuming), and freezes as configured
-    (or wraps the model in a peft adapter); the strategy's own hook has the last word."""
-    finetune = recipe.finetune
-    strategy = get_strategy(finetune.strategy)
-    model, data_config = build_model(recipe.model, data.label_names, data.typical_short_side())
-    if recipe.data.decode_cache:
-        with recipe.training.main_process_first(desc="decoding the images once"):
-            streamed = ("train",) if recipe.data.streaming else ()
-            data = decode_once(data, data_config, workers=recipe.data.preprocessing_num_workers, keep=streamed)
-    frozen = frozen_stage_names(model, finetune.freeze)  # checked against the model before anything long
-    if recipe.model.channels_last:
-        model.to(memory_format=torch.channels_last)
-    evaluation = eval_transform(data_config)
-    augmentation = train_transform(data_config, recipe.augment)
-    loss_weights = class_loss_weights(finetune.class_weights, split_labels(data.splits["train"]), data.label_names)
-    bn_policy = resolve_bn_policy(finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
-    started = time.perf_counter()
-    probe_history: list[dict[str, float]] = []
-    if run_probe:  # a resumed run's checkpoint holds the adapted statistics and the probed head
-        if finetune.bn_adapt:
-            _adapt_batchnorm(model, data, evaluation, recipe)
-        if strategy.preset.probes:
-            # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
-            probe = ProbeInputs(
-                data.splits["train"],
-                data.splits["validation"],
-                augmentation,
-                evaluation,
-                finetune,
-                recipe.training.seed,
-                recipe.model.channels_last,
-                loss_weights,
-                train_batchnorm=bn_policy != "frozen",
-                epoch_end=probe_epoch_end,
-                features_key=features_key(
-                    model,
-                    *(data.splits[s]._fingerprint for s in ("train", "validation")),
-                    data_config,
-                    recipe.augment,
-                    recipe.model.channels_last,
-                    recipe.training.seed,
-                ),
-            )
-            probe_history = strategy.probe(model, probe)
-    probe_seconds = time.perf_counter() - started
-    model, unfreeze = _set_trainable(model, recipe, frozen, bn_policy)
-    strategy.prepare(model, recipe)
-    return PreparedModel(
-        data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds, unfreeze
-    )
-
-
-def _adapt_batchnorm(model: nn.Module, data: ImageData, evaluation: Callable, recipe: Recipe) -> None:
-    train_split = data.splits["train"]
-    batch_size, channels_last = recipe.training.per_device_eval_batch_size, recipe.model.channels_last
-    adapted = adapt_batchnorm(model, train_split, evaluation, batch_size, channels_last)
-    logger.info("bn_adapt: re-estimated %d BatchNorm layers on %d training images", adapted, len(train_split))
-
-
-def _set_trainable(
-    model: PreTrainedModel, recipe: Recipe, frozen: list[str], bn_policy: str
-) -> tuple[nn.Module, UnfreezeCallback | None]:
-    """Freezes what the recipe freezes (or the unfreezing schedule's first step), or wraps the model in
-    a peft adapter: the base weights stay, adapter + head (+ BatchNorm) train."""
-    if recipe.peft.peft_method:
-        model = apply_adapter(model, recipe.peft, train_batchnorm=recipe.finetune.bn in ("auto", "train"))
-        trainable, total = parameter_counts(model)
-        logger.info(
-            "%s: training %s of %s parameters (%.2f%%)",
-            recipe.peft.peft_method,
-            f"{trainable:,}",
-            f"{total:,}",
-            100 * trainable / total,
-        )
-        return model, None
-    plan = build_plan(model, recipe.finetune, math.ceil(recipe.training.num_train_epochs))
-    if plan is None:
-        apply_freezing(model, frozen, bn_policy)
-        return model, None
-    unfreeze = UnfreezeCallback(plan, bn_policy, masked=recipe.training.world_size > 1)
-    unfreeze.apply(model, 0)  # before the Trainer wraps the model (DDP must see the final trainable set)
-    return model, unfreeze
 
 
 def _validation_metrics(trainer: Trainer) -> dict[str, float]:
@@ -236,6 +119,9 @@ def build_trainer(
         unfreeze=prepared.unfreeze,
         lr_restart=finetune.lr_restart,
         weight_average=WeightAverage(finetune.ema_decay, resumed_from=resume) if finetune.ema_decay else None,
+        teacher=prepared.teacher,
+        distillation=(recipe.signal.distill_weight, recipe.signal.distill_temperature),
+        co_tuning=prepared.co_tuning,
     )
 
 
@@ -342,6 +228,7 @@ def _run(
             "weight_interpolation": interpolation,
             "probe_candidate": probe_check,
             "test_time_flips": flips,
+            "signal": prepared.signal_findings,
             "without_test_time_augmentation": plain_report,
         }
         data, evaluated_on = prepared.data, prepared.data.evaluation_split

@@ -13,8 +13,10 @@ from transformers import Trainer
 
 from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.models.anatomy import stages
+from hf_cnn_ft.strategies.co_tuning import CoTuning
 from hf_cnn_ft.strategies.ema import WeightAverage
 from hf_cnn_ft.strategies.freezing import adapter_parameter_groups, parameter_groups
+from hf_cnn_ft.strategies.semi_supervised import distillation_loss
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, restarting_schedule
 
 
@@ -38,9 +40,19 @@ class FineTuneTrainer(Trainer):
         unfreeze: UnfreezeCallback | None = None,
         lr_restart: bool = True,
         weight_average: WeightAverage | None = None,
+        teacher: nn.Module | None = None,
+        distillation: tuple[float, float] = (0.5, 1.0),
+        co_tuning: CoTuning | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        # Signal beyond the labels (signal section): a teacher's soft labels on the same (mixed) images, and the
+        # pretrained head's loss towards the class relationship.
+        self.teacher = teacher.to(self.args.device) if teacher is not None else None
+        self.distill_weight, self.distill_temperature = distillation
+        self.co_tuning = co_tuning.to(self.args.device) if co_tuning is not None else None
+        if self.co_tuning is not None:
+            self.co_tuning.attach(self.model)
         self.unfreeze, self.lr_restart, self.weight_average = unfreeze, lr_restart, weight_average
         for callback in (unfreeze, weight_average):
             if callback is not None:
@@ -128,6 +140,7 @@ class FineTuneTrainer(Trainer):
         if mixing:
             # Mixed in training only, right before the forward pass: evaluation always sees clean images.
             inputs["pixel_values"], inputs["labels"] = self.batch_mixer(inputs["pixel_values"], inputs["labels"])
+        labels, pixels = inputs.get("labels"), inputs["pixel_values"]
         if self.loss_weights is None and not mixing:
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         else:
@@ -142,6 +155,11 @@ class FineTuneTrainer(Trainer):
             )
         if self.l2sp_anchor and model.training:
             loss = loss + self.l2sp_penalty()
+        if self.teacher is not None and model.training:
+            kd = distillation_loss(outputs.logits, self.teacher(pixels), self.distill_temperature)
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * kd
+        if self.co_tuning is not None and model.training:
+            loss = loss + self.co_tuning.loss(labels)
         return (loss, outputs) if return_outputs else loss
 
     def get_train_dataloader(self) -> DataLoader:

@@ -6,7 +6,10 @@ import csv
 import io
 import json
 import logging
+import math
+import statistics
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hf_cnn_ft.config.search import Distribution
 from hf_cnn_ft.share.run_dir import write_text
 from hf_cnn_ft.training.tuning.space import sectioned_yaml, without_tune_keys
-from hf_cnn_ft.training.tuning.study import ERROR, SURPLUS, VALUES, WORKER
+from hf_cnn_ft.training.tuning.study import ERROR, SCORES, START, SURPLUS, VALUES, WORKER, trial_score
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +59,52 @@ def trials_table(study: optuna.Study, space: dict[str, Distribution], metric: st
     """One row per trial: its number, how it ended, its validation score, time, worker, error and settings."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["trial", "state", f"validation_{metric}", "seconds", "worker", "error", *space])
+    head = ["trial", "state", f"validation_{metric}", "standard_error", "folds", "seconds", "worker", "error"]
+    writer.writerow([*head, "start", *space])
     for trial in recorded_trials(study):
         values = trial.user_attrs.get(VALUES, {})
-        value = trial.value if trial.state == TrialState.COMPLETE else None
+        value, error, folds = trial_score(trial) if trial.state == TrialState.COMPLETE else (None, None, None)
         settings = [_cell(values[key]) if key in values else "" for key in space]
-        row = [trial.number, _state(trial), value, _seconds(trial), trial.user_attrs.get(WORKER, "")]
-        writer.writerow([*row, trial.user_attrs.get(ERROR, ""), *settings])
+        row = [trial.number, _state(trial), value, error, folds, _seconds(trial), trial.user_attrs.get(WORKER, "")]
+        start = trial.user_attrs.get(START) is not None
+        writer.writerow([*row, trial.user_attrs.get(ERROR, ""), start, *settings])
     return buffer.getvalue()
+
+
+@dataclass
+class Choice:
+    """The trial whose recipe the search returns, and why."""
+
+    trial: FrozenTrial
+    reason: str
+
+
+def choose_trial(study: optuna.Study) -> Choice:
+    """The best trial by its score, unless it beats the starting recipe by no more than the noise: with scores per
+    fold, a paired difference within one standard error of itself keeps the starting recipe (it is what the user
+    had; a maximum of noisy scores is noise)."""
+    best = study.best_trial
+    starts = [
+        t for t in recorded_trials(study) if t.user_attrs.get(START) is not None and t.state == TrialState.COMPLETE
+    ]
+    if not starts or best.number == starts[0].number:
+        return Choice(best, "the best score" + (" (the starting recipe)" if starts else ""))
+    start = starts[0]
+    ours, theirs = best.user_attrs.get(SCORES) or [], start.user_attrs.get(SCORES) or []
+    if len(ours) < 2 or len(ours) != len(theirs):
+        return Choice(best, "the best score (no per-fold scores to weigh it against the starting recipe)")
+    differences = [a - b for a, b in zip(ours, theirs)]
+    gain, error = statistics.fmean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    if sign * gain <= error:
+        return Choice(
+            start,
+            f"the starting recipe: the best trial ({best.number}) differs from it by {gain:+.4f} ± {error:.4f} over "
+            f"{len(differences)} folds, not distinguishable from noise",
+        )
+    return Choice(
+        best, f"the best score, {gain:+.4f} ± {error:.4f} over the starting recipe ({len(differences)} folds)"
+    )
 
 
 def draw_search(study: optuna.Study, directory: Path) -> list[str]:
@@ -92,7 +133,7 @@ def draw_search(study: optuna.Study, directory: Path) -> list[str]:
 
 
 def best_recipe_text(settings: dict[str, Any], best: FrozenTrial, metric: str, recipe_path: str | None) -> str:
-    """The best trial's recipe, a plain one that trains into OUTPUT_DIR/best."""
+    """The chosen trial's recipe, a plain one that trains into OUTPUT_DIR/best."""
     header = (
         f"# Found by `hf-cnn-ft tune {recipe_path or ''}`: trial {best.number}, validation {metric} "
         f"{best.value:.4f}.\n# Train it: hf-cnn-ft train THIS_FILE\n"
@@ -113,8 +154,13 @@ def search_summary(
 ) -> dict[str, Any]:
     """What the model card says under "How this recipe was found"."""
     trials = recorded_trials(study)
-    best = study.best_trial
+    choice = choose_trial(study)
+    best = choice.trial
+    _, error, folds = trial_score(best)
     return {
+        "chosen_because": choice.reason,
+        "best_validation_standard_error": error,
+        "folds": folds,
         "study": study.study_name,
         "storage": storage,
         "metric": metric,

@@ -55,10 +55,12 @@ def _label(value: Any) -> Any:
     return value if isinstance(value, PLAIN) else yaml.safe_dump(value, default_flow_style=True).strip()
 
 
-def suggest(trial: optuna.Trial, space: dict[str, Distribution]) -> dict[str, Any]:
-    """The trial's values, one per key of the space."""
+def suggest(trial: optuna.Trial, space: dict[str, Distribution], only: list[str] | None = None) -> dict[str, Any]:
+    """The trial's values, one per key of the space (of the keys in `only`, where given)."""
     values = {}
     for key, distribution in space.items():
+        if only is not None and key not in only:
+            continue
         low, high = distribution.values[0], distribution.values[-1]
         if distribution.kind == "choice":
             labels = [_label(choice) for choice in distribution.values]
@@ -69,6 +71,34 @@ def suggest(trial: optuna.Trial, space: dict[str, Distribution]) -> dict[str, An
         else:
             values[key] = trial.suggest_float(key, low, high, log=distribution.kind == "log_uniform")
     return values
+
+
+def recipe_values(recipe: Recipe, keys: list[str]) -> dict[str, Any]:
+    """The resolved recipe's value of each key, as plain data."""
+    values = {}
+    for key in keys:
+        value = getattr(getattr(recipe, owner_of(key)), key, None)
+        value = getattr(value, "value", value)  # an enum of TrainingArguments
+        values[key] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+def starting_values(recipe: Recipe, space: dict[str, Distribution]) -> dict[str, Any]:
+    """The recipe's own value of each key of the space, as the study stores it, where it lies in the space."""
+    fitting = {}
+    own = recipe_values(recipe, list(space))
+    for key, distribution in space.items():
+        value = own[key]
+        if distribution.kind == "choice":
+            labels = [_label(choice) for choice in distribution.values]
+            label = _label(value)
+            if label in labels:
+                fitting[key] = label
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, high = distribution.values
+            if low <= value <= high and (distribution.kind in ("uniform", "log_uniform") or float(value).is_integer()):
+                fitting[key] = int(value) if distribution.kind in ("int", "log_int") else float(value)
+    return fitting
 
 
 def trial_settings(settings: dict[str, Any], values: dict[str, Any], output_dir: Path) -> dict[str, Any]:

@@ -9,8 +9,10 @@ failed (its worker, on this machine, is gone) and runs another in its place.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +26,10 @@ from hf_cnn_ft.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
-WORKER, ERROR, SURPLUS, VALUES = "worker", "error", "surplus", "values"  # trial user attributes
+# Trial user attributes: who ran it, how it failed, whether it was one too many, its values, its score per fold, and
+# (on the starting recipe's trial) the keys of the space whose values are the recipe's own.
+WORKER, ERROR, SURPLUS, VALUES, SCORES, START = "worker", "error", "surplus", "values", "scores", "start"
+START_VALUES = "start_values"  # the starting recipe's own value of every key of the space
 JOURNAL_FILE = "study.journal"
 
 
@@ -168,6 +173,27 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
         _free_accelerator_memory()
     else:
         study.tell(trial, value)
+        logger.info("%s", trial_line(study, trial.number))
+
+
+def trial_score(trial: FrozenTrial) -> tuple[float, float | None, int]:
+    """A finished trial's score, its standard error over the folds (None from a single validation split) and
+    how many folds it has."""
+    scores = trial.user_attrs.get(SCORES) or [trial.value]
+    if len(scores) < 2:
+        return float(trial.value), None, len(scores)
+    return float(trial.value), statistics.stdev(scores) / math.sqrt(len(scores)), len(scores)
+
+
+def trial_line(study: optuna.Study, number: int) -> str:
+    """One line for a finished trial: its score with its uncertainty, its time, and the best so far."""
+    trial = study.get_trials(deepcopy=False)[number]
+    value, error, folds = trial_score(trial)
+    spread = f" ± {error:.4f} over {folds} folds" if error is not None else ""
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0.0
+    start = " (the starting recipe)" if trial.user_attrs.get(START) is not None else ""
+    best = study.best_trial.number
+    return f"trial {number}{start}: validation {value:.4f}{spread}, {seconds:.0f} s; best so far: trial {best}"
 
 
 def _free_accelerator_memory() -> None:

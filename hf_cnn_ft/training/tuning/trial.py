@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from hf_cnn_ft.config.search import Distribution
 from hf_cnn_ft.share.run_dir import COMPLETION_MARKER
 from hf_cnn_ft.training.train import train
 from hf_cnn_ft.training.tuning.space import sectioned_yaml, suggest, trial_settings
-from hf_cnn_ft.training.tuning.study import VALUES
+from hf_cnn_ft.training.tuning.study import SCORES, START, START_VALUES, VALUES
 
 TRIALS_DIR = "trials"
 TRIAL_RECIPE = "trial_recipe.yaml"
@@ -61,20 +62,39 @@ class TrialRunner:
     metric: str  # metric_for_best_model without eval_
     output_dir: Path
     launcher: str | None = None
+    folds: int = 1  # cross-validation folds of train + validation that score a trial (1: the validation split)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        values = suggest(trial, self.space)
+        # The starting recipe is a trial of its own: its values are the recipe's, not the sampler's.
+        values = {
+            **trial.user_attrs.get(START_VALUES, {}),
+            **suggest(trial, self.space, only=trial.user_attrs.get(START)),
+        }
         trial.set_user_attr(VALUES, values)
         directory = self.output_dir / TRIALS_DIR / f"trial-{trial.number:04d}"
-        settings = trial_settings(self.settings, values, directory)
-        try:
-            if self.launcher:
-                return self._launched(settings, directory)
-            reporter = ValidationReporter(trial, self.metric)
-            result = train(build_recipe(settings), callbacks=[reporter], probe_epoch_end=reporter.on_probe_epoch)
-            return float(result.report[self.metric])
-        finally:
-            _drop_weights(directory)
+        scores: list[float] = []
+        for fold in range(self.folds):
+            where = directory / f"fold-{fold}" if self.folds > 1 else directory
+            crossed = {"folds": self.folds, "fold": fold} if self.folds > 1 else {}
+            try:
+                scores.append(self._score(trial, {**trial_settings(self.settings, values, where), **crossed}, where))
+            finally:
+                _drop_weights(where)
+            trial.set_user_attr(SCORES, scores)
+            if self.folds > 1:  # pruned on the running mean of the folds, numbered by fold
+                trial.report(statistics.fmean(scores), fold)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"mean validation {self.metric} {statistics.fmean(scores):.4f}")
+        return statistics.fmean(scores)
+
+    def _score(self, trial: optuna.Trial, settings: dict[str, Any], directory: Path) -> float:
+        """One training of the trial's recipe, judged on its validation split (a fold's, when crossing)."""
+        if self.launcher:
+            return self._launched(settings, directory)
+        reporter = ValidationReporter(trial, self.metric) if self.folds == 1 else None
+        callbacks, on_probe = ([reporter], reporter.on_probe_epoch) if reporter else ([], lambda entry: None)
+        result = train(build_recipe(settings), callbacks=callbacks, probe_epoch_end=on_probe)
+        return float(result.report[self.metric])
 
     def _launched(self, settings: dict[str, Any], directory: Path) -> float:
         directory.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ from optuna.trial import TrialState
 
 from hf_cnn_ft.config.loading import parse_overrides, read_recipe_file
 from hf_cnn_ft.config.paths import check_output_folder
-from hf_cnn_ft.config.recipe import build_recipe, load_recipe
+from hf_cnn_ft.config.recipe import Recipe, build_recipe, load_recipe
 from hf_cnn_ft.config.search import Distribution, TuneArguments
+from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.share.run_dir import COMPLETION_MARKER, add_to_run, write_text
 from hf_cnn_ft.strategies.shared_features import sharing_features
@@ -35,6 +36,7 @@ from hf_cnn_ft.training.tuning.results import (
     BEST_RECIPE,
     TRIALS_CSV,
     best_recipe_text,
+    choose_trial,
     draw_search,
     recorded_trials,
     search_summary,
@@ -42,11 +44,20 @@ from hf_cnn_ft.training.tuning.results import (
     trials_table,
     write_search_files,
 )
-from hf_cnn_ft.training.tuning.space import check_space_values, search_space
-from hf_cnn_ft.training.tuning.study import fail_interrupted_trials, masked, open_storage, open_study, run_worker
+from hf_cnn_ft.training.tuning.space import check_space_values, recipe_values, search_space, starting_values
+from hf_cnn_ft.training.tuning.study import (
+    START,
+    START_VALUES,
+    fail_interrupted_trials,
+    masked,
+    open_storage,
+    open_study,
+    run_worker,
+)
 from hf_cnn_ft.training.tuning.trial import TrialRunner
 
 logger = logging.getLogger(__name__)
+AUTO_FOLDS, CROSS_VALIDATE_BELOW = 5, 1000  # tune.cv_folds auto: 5 folds below 1,000 validation images
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from here, not Optuna's own
 
 
@@ -77,6 +88,7 @@ class Search:
     storage: str  # for people: the journal path or the URL without its password
     recipe_path: str | None
     tune: TuneArguments
+    folds: int = 1  # cross-validation folds scoring each trial
 
 
 def start_search(
@@ -95,14 +107,43 @@ def start_search(
     greater = bool(recipe.training.greater_is_better)
     study = open_study(storage, recipe.tune.study or output_dir.name, recipe.tune, greater)
     fail_interrupted_trials(study)
+    enqueue_start(study, recipe, space)
     metric = eval_metric_name(recipe.training).removeprefix("eval_")
     where = masked(recipe.tune.storage) if recipe.tune.storage else str(output_dir / "study.journal")
-    return Search(study, settings, space, metric, output_dir, where, str(path) if path else None, recipe.tune)
+    path_text = str(path) if path else None
+    return Search(study, settings, space, metric, output_dir, where, path_text, recipe.tune, resolve_folds(recipe))
+
+
+def resolve_folds(recipe: Recipe) -> int:
+    """tune.cv_folds, with auto settled: cross-validation when the validation split is too small to choose on."""
+    if recipe.tune.cv_folds != "auto":
+        return int(recipe.tune.cv_folds)
+    data = load_image_data(replace(recipe.data, read_test_split=False), check_images=False)
+    validation = len(data.splits["validation"])
+    folds = AUTO_FOLDS if validation < CROSS_VALIDATE_BELOW else 1
+    if folds > 1:
+        logger.info(
+            "tune: %d validation images are too few to choose on: each trial is scored over %d folds of the training "
+            "and validation images (tune.cv_folds)",
+            validation,
+            folds,
+        )
+    return folds
+
+
+def enqueue_start(study: optuna.Study, recipe: Recipe, space: dict[str, Distribution]) -> None:
+    """Makes the starting recipe the study's first trial (once per study): its own values, where they fit in the
+    space, as the trial's parameters; every other key keeps the recipe's value."""
+    if any(trial.user_attrs.get(START) is not None for trial in study.get_trials(deepcopy=False)):
+        return
+    params = starting_values(recipe, space)
+    own = recipe_values(recipe, list(space))  # what the trial trains on, in the space or not
+    study.enqueue_trial(params, user_attrs={START: list(params), START_VALUES: own}, skip_if_exists=True)
 
 
 def search(run: Search) -> int:
     """Runs this worker's trials; returns how many."""
-    runner = TrialRunner(run.settings, run.space, run.metric, run.output_dir, run.tune.launcher)
+    runner = TrialRunner(run.settings, run.space, run.metric, run.output_dir, run.tune.launcher, run.folds)
     with sharing_features():  # trials that differ only above the frozen backbone extract its features once
         return run_worker(run.study, run.tune, runner)
 
@@ -132,7 +173,9 @@ def finish(run: Search) -> tuple[Path, dict[str, Any]]:
     if not any(t.state == TrialState.COMPLETE for t in recorded_trials(study)):
         write_text(output_dir / TRIALS_CSV, table)
         raise UserError(f"no trial of study {study.study_name!r} finished; {output_dir / TRIALS_CSV} has their errors")
-    best, best_dir = study.best_trial, output_dir / BEST_DIR
+    choice = choose_trial(study)
+    best, best_dir = choice.trial, output_dir / BEST_DIR
+    logger.info("tune chose trial %d: %s", best.number, choice.reason)
     text = best_recipe_text({**run.settings, "output_dir": str(best_dir)}, best, run.metric, run.recipe_path)
     write_search_files(output_dir, table, text)
     with _exclusive(output_dir / ".finish.lock"):
@@ -152,7 +195,7 @@ def tune(path: str | Path | None, overrides: Sequence[str] = (), values: dict[st
     run = start_search(path, overrides, values)
     ran = search(run)
     best_dir, summary = finish(run)
-    best, evaluated_on = run.study.best_trial, summary["evaluated_on"]
+    best, evaluated_on = choose_trial(run.study).trial, summary["evaluated_on"]
     states = trial_states(run.study)
     return TuneResult(
         run.output_dir, run.metric, states, ran, best.number, best.value, best_dir, evaluated_on, summary[evaluated_on]

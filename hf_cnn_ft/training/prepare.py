@@ -1,0 +1,185 @@
+"""The model as the fine-tuning phase starts from it: built, its images decoded once, probed (with what the
+`signal` section adds: unlabeled images, an ensemble teacher, the pretrained head), frozen or wrapped in an
+adapter as the recipe says."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedModel
+
+from hf_cnn_ft.config.recipe import Recipe
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.dataset import ImageData, split_labels
+from hf_cnn_ft.data.decode import decode_once
+from hf_cnn_ft.data.transforms import eval_transform, train_transform
+from hf_cnn_ft.models.build import build_model, pretrained_head
+from hf_cnn_ft.strategies.adapters import apply_adapter, parameter_counts
+from hf_cnn_ft.strategies.co_tuning import CoTuning, fit_co_tuning
+from hf_cnn_ft.strategies.extra_signal import ExtraSignal, prepare_teacher
+from hf_cnn_ft.strategies.freezing import (
+    adapt_batchnorm,
+    apply_freezing,
+    class_loss_weights,
+    frozen_stage_names,
+    resolve_bn_policy,
+)
+from hf_cnn_ft.strategies.probe import ProbeInputs
+from hf_cnn_ft.strategies.registry import get_strategy
+from hf_cnn_ft.strategies.shared_features import features_key
+from hf_cnn_ft.strategies.teachers import TeacherModel
+from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, build_plan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedModel:
+    """The model as the Trainer phase starts from it, and what was made on the way."""
+
+    data: ImageData  # the splits, read from the decode-once cache when it is on
+    model: PreTrainedModel
+    data_config: DataConfig
+    augmentation: Callable
+    evaluation: Callable
+    loss_weights: torch.Tensor | None
+    probe_history: list[dict[str, float]]
+    probe_seconds: float
+    unfreeze: UnfreezeCallback | None = None
+    signal_findings: dict[str, Any] | None = None  # what the unlabeled pool and the teacher gave the probe
+    teacher: TeacherModel | None = None  # distilled while the whole network trains (signal.teachers)
+    co_tuning: CoTuning | None = None
+
+
+def prepare_model(
+    recipe: Recipe,
+    data: ImageData,
+    run_probe: bool = True,
+    probe_epoch_end: Callable[[dict[str, float]], None] = lambda entry: None,
+) -> PreparedModel:
+    """Builds the backbone, runs the strategy's probe phase (unless resuming), and freezes as configured
+    (or wraps the model in a peft adapter); the strategy's own hook has the last word."""
+    finetune = recipe.finetune
+    strategy = get_strategy(finetune.strategy)
+    model, data_config = build_model(recipe.model, data.label_names, data.typical_short_side())
+    if recipe.data.decode_cache:
+        with recipe.training.main_process_first(desc="decoding the images once"):
+            streamed = ("train",) if recipe.data.streaming else ()
+            data = decode_once(data, data_config, workers=recipe.data.preprocessing_num_workers, keep=streamed)
+    frozen = frozen_stage_names(model, finetune.freeze)  # checked against the model before anything long
+    if recipe.model.channels_last:
+        model.to(memory_format=torch.channels_last)
+    evaluation = eval_transform(data_config)
+    augmentation = train_transform(data_config, recipe.augment)
+    loss_weights = class_loss_weights(finetune.class_weights, split_labels(data.splits["train"]), data.label_names)
+    bn_policy = resolve_bn_policy(finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
+    started = time.perf_counter()
+    probe_history: list[dict[str, float]] = []
+    probe = _probe_inputs(recipe, model, data, data_config, (augmentation, evaluation), loss_weights, probe_epoch_end)
+    if run_probe:  # a resumed run's checkpoint holds the adapted statistics and the probed head
+        if finetune.bn_adapt:
+            _adapt_batchnorm(model, data, evaluation, recipe)
+        if strategy.preset.probes:
+            # Deterministic and identical on every process, so DDP ranks start the Trainer phase in step.
+            probe_history = strategy.probe(model, probe)
+    if recipe.signal.teachers and strategy.preset.trains:
+        prepare_teacher(model, probe)  # fitted by the probe already, unless the run resumed
+    co_tuning = _co_tuning(recipe, model, data.splits["train"], evaluation) if recipe.signal.co_tuning_weight else None
+    probe_seconds = time.perf_counter() - started
+    model, unfreeze = _set_trainable(model, recipe, frozen, bn_policy)
+    strategy.prepare(model, recipe)
+    prepared = (data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds)
+    signal = probe.signal
+    return PreparedModel(*prepared, unfreeze, signal.findings or None, signal.teacher, co_tuning)
+
+
+def _probe_inputs(
+    recipe: Recipe,
+    model: nn.Module,
+    data: ImageData,
+    data_config: DataConfig,
+    transforms: tuple[Callable, Callable],
+    loss_weights: torch.Tensor | None,
+    epoch_end: Callable[[dict[str, float]], None],
+) -> ProbeInputs:
+    """What the probe phase reads: the splits, their (training, evaluation) transforms, and the extra signal."""
+    bn_policy = resolve_bn_policy(recipe.finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
+    return ProbeInputs(
+        data.splits["train"],
+        data.splits["validation"],
+        *transforms,
+        recipe.finetune,
+        recipe.training.seed,
+        recipe.model.channels_last,
+        loss_weights,
+        train_batchnorm=bn_policy != "frozen",
+        epoch_end=epoch_end,
+        features_key=_shared_features_key(recipe, model, data, data_config),
+        signal=ExtraSignal(recipe.signal, data.unlabeled, recipe.augment, data_config),
+    )
+
+
+def _co_tuning(recipe: Recipe, model: nn.Module, train_split: Dataset, evaluation: Callable) -> CoTuning:
+    """Co-Tuning's class relationship, from the training images as the pretrained backbone sees them."""
+    source_head, _ = pretrained_head(recipe.model)
+    weight, channels_last = recipe.signal.co_tuning_weight, recipe.model.channels_last
+    co_tuning = fit_co_tuning(model, source_head, train_split, evaluation, weight, channels_last)
+    logger.info(
+        "Co-Tuning: %d target classes related to the pretrained head's %d",
+        model.config.num_labels,
+        source_head.out_features,
+    )
+    return co_tuning
+
+
+def _shared_features_key(recipe: Recipe, model: nn.Module, data: ImageData, data_config: DataConfig) -> str | None:
+    """What the probe's frozen features depend on, for the trials of a search to share them."""
+    return features_key(
+        model,
+        *(data.splits[s]._fingerprint for s in ("train", "validation")),
+        data.unlabeled._fingerprint if data.unlabeled is not None else None,
+        data_config,
+        recipe.augment,
+        recipe.model.channels_last,
+        recipe.training.seed,
+    )
+
+
+def _adapt_batchnorm(model: nn.Module, data: ImageData, evaluation: Callable, recipe: Recipe) -> None:
+    train_split = data.splits["train"]
+    batch_size, channels_last = recipe.training.per_device_eval_batch_size, recipe.model.channels_last
+    adapted = adapt_batchnorm(model, train_split, evaluation, batch_size, channels_last)
+    logger.info("bn_adapt: re-estimated %d BatchNorm layers on %d training images", adapted, len(train_split))
+
+
+def _set_trainable(
+    model: PreTrainedModel, recipe: Recipe, frozen: list[str], bn_policy: str
+) -> tuple[nn.Module, UnfreezeCallback | None]:
+    """Freezes what the recipe freezes (or the unfreezing schedule's first step), or wraps the model in
+    a peft adapter: the base weights stay, adapter + head (+ BatchNorm) train."""
+    if recipe.peft.peft_method:
+        model = apply_adapter(model, recipe.peft, train_batchnorm=recipe.finetune.bn in ("auto", "train"))
+        trainable, total = parameter_counts(model)
+        logger.info(
+            "%s: training %s of %s parameters (%.2f%%)",
+            recipe.peft.peft_method,
+            f"{trainable:,}",
+            f"{total:,}",
+            100 * trainable / total,
+        )
+        return model, None
+    plan = build_plan(model, recipe.finetune, math.ceil(recipe.training.num_train_epochs))
+    if plan is None:
+        apply_freezing(model, frozen, bn_policy)
+        return model, None
+    unfreeze = UnfreezeCallback(plan, bn_policy, masked=recipe.training.world_size > 1)
+    unfreeze.apply(model, 0)  # before the Trainer wraps the model (DDP must see the final trainable set)
+    return model, unfreeze
