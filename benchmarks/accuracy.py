@@ -59,14 +59,34 @@ def defaults_of(recipe: Recipe, with_input: bool = False) -> dict[str, Any]:
     return values
 
 
+def probe_of(path: Path, **signal: Any) -> tuple[None, dict[str, Any]]:
+    """The plain linear probe on the recipe's data and input, with `signal` settings on top (none: labels alone)."""
+    base = {**defaults_of(load_recipe(path), with_input=True), "strategy": "linear_probe", "unlabeled_method": "none"}
+    return None, {**base, **signal}
+
+
+def teachers_of(path: Path) -> list[str]:
+    """The offline backbones other than the recipe's own, as its ensemble teacher."""
+    own = load_recipe(path).model.model
+    return [
+        str(import_known_weights(name, cache_dir=Path("data/weights")))
+        for name in KNOWN_WEIGHTS
+        if str(Path("data/weights") / name / "model") != own
+    ]
+
+
 # What each row trains: a recipe file (or none) and settings on top of it (and of the command's overrides).
 VARIANTS: dict[str, Callable[[Path], tuple[Path | None, dict[str, Any]]]] = {
     "recipe": lambda path: (path, {}),
-    "linear probe": lambda path: (
-        None,
-        {**defaults_of(load_recipe(path), with_input=True), "strategy": "linear_probe"},
-    ),
+    "linear probe": probe_of,
     "defaults": lambda path: (None, defaults_of(load_recipe(path))),
+    # Signal beyond the labels (issue 30): each alone on the probe, then with the fine-tuning phase.
+    "fixmatch probe": lambda path: probe_of(path, unlabeled_method="fixmatch"),
+    "flexmatch probe": lambda path: probe_of(path, unlabeled_method="flexmatch"),
+    "pseudo-label probe": lambda path: probe_of(path, unlabeled_method="pseudo_label"),
+    "teacher probe": lambda path: probe_of(path, teachers=teachers_of(path), unlabeled_method="auto"),
+    "co-tuning": lambda path: (None, {**defaults_of(load_recipe(path)), "co_tuning_weight": 1.0}),
+    "teacher fine-tuned": lambda path: (None, {**defaults_of(load_recipe(path)), "teachers": teachers_of(path)}),
 }
 
 
@@ -145,6 +165,12 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true", help="also the plain linear probe on the same splits")
     parser.add_argument("--defaults", action="store_true", help="also the defaults on the same splits")
     parser.add_argument("--no-recipe", action="store_true", help="only the baselines, paired against the first")
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=[],
+        help=f"more rows, comma-separated: {', '.join(list(VARIANTS)[3:])}",
+    )
     parser.add_argument("--label", default="", help="what distinguishes this run (e.g. 'random init')")
     parser.add_argument("--class", dest="class_name", help="also report this class's F1 (e.g. defective)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
@@ -155,6 +181,7 @@ def main() -> None:
 
     splits: list[int | None] = args.split_seeds or (list(range(args.splits)) if args.splits > 0 else [None])
     variants = ["recipe"] * (not args.no_recipe) + ["linear probe"] * args.probe + ["defaults"] * args.defaults
+    variants += args.variants
     table: list[str] = []
     for path in args.recipes:
         ensure_offline_inputs(load_recipe(path))

@@ -39,6 +39,7 @@ TINY_SETTINGS = {
     "per_device_eval_batch_size": 32,
     "dataloader_num_workers": 0,
     "disable_tqdm": True,
+    "precision": "fp32",  # auto times each precision: tests pin one, and test auto on its own (test_precision.py)
 }
 
 

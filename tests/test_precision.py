@@ -14,7 +14,9 @@ from conftest import TINY_SETTINGS, cli_env, overrides
 from safetensors.torch import load_file
 
 from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.evaluation.predict import predict_files
+from hf_cnn_ft.models.precision import native_precisions
 
 
 def _train_and_predict(tmp_path, shapes_dir, extra: dict) -> tuple[dict, list]:
@@ -29,7 +31,7 @@ def _train_and_predict(tmp_path, shapes_dir, extra: dict) -> tuple[dict, list]:
 @pytest.mark.parametrize(
     "options",
     [
-        {"bf16": True, "channels_last": True},
+        {"precision": "bf16", "channels_last": True},
         pytest.param({"torch_compile": True}, marks=pytest.mark.slow),
     ],
     ids=["bf16-channels_last", "torch_compile"],
@@ -75,3 +77,65 @@ def test_kept_freed_memory_is_reused_without_page_faults():
     pages = 64 * 2**20 // 4096
     assert int(default) >= 9 * pages  # each 64 MB block mapped afresh and faulted in, page by page
     assert int(kept) <= pages  # reused: no page is handed back to the OS and faulted in again
+
+
+def test_auto_settles_to_a_precision_the_saved_recipe_reproduces_and_the_next_run_reads_from_cache(
+    tmp_path, shapes_dir, monkeypatch
+):
+    monkeypatch.setenv("HF_CNN_FT_CACHE", str(tmp_path / "cache"))
+    chosen = []
+    for run in ("first", "second"):
+        out = tmp_path / run
+        settings = {**TINY_SETTINGS, "precision": "auto", "dataset": shapes_dir, "output_dir": out}
+        assert main(["train", *overrides({**settings, "num_train_epochs": 1})]) == 0
+        summary = json.loads((out / "metrics.json").read_text())["precision"]
+        saved = load_recipe(out / "recipe.yaml").training
+        assert summary["precision"] in native_precisions() and saved.precision == summary["precision"]
+        assert saved.bf16 == (summary["precision"] == "bf16")
+        assert (out / "README.md").read_text().count("fastest of a timed train step") == 1
+        chosen.append(summary)
+    assert not chosen[0]["cached"] and chosen[0]["probe_seconds"] > 0
+    assert chosen[1]["cached"] and chosen[1]["probe_seconds"] == 0 and chosen[1]["precision"] == chosen[0]["precision"]
+    assert set(chosen[0]["seconds_per_step"]) == set(native_precisions())
+
+
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        ({"precision": "fp16"}, "fp16 needs a CUDA GPU"),
+        ({"fp16": True, "precision": "auto"}, "fp16 needs a CUDA GPU"),
+        ({"bf16": True, "precision": "fp32"}, "training.precision: fp32 contradicts training.bf16"),
+        ({"precision": "fp8"}, "training.precision: 'fp8' is not one of auto, fp32, bf16, fp16"),
+    ],
+)
+def test_a_precision_this_machine_cannot_run_is_one_line(tmp_path, shapes_dir, capsys, settings, says):
+    if torch.cuda.is_available() and "fp16" in str(settings):
+        pytest.skip("a CUDA machine runs float16")
+    argv = ["train", *overrides({**TINY_SETTINGS, "dataset": shapes_dir, "output_dir": tmp_path / "o", **settings})]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and says in error[0], error
+
+
+@pytest.mark.skipif("bf16" not in native_precisions(), reason="this CPU has no fast bfloat16")
+def test_a_bfloat16_run_saves_float32_weights_that_pipeline_and_timm_load_with_its_labels(tmp_path, shapes_dir):
+    import timm
+    from PIL import Image
+    from transformers import pipeline
+
+    weights, predictions = _train_and_predict(tmp_path, shapes_dir, {"precision": "bf16"})
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    out = tmp_path / "out"
+    images = sorted(shapes_dir.rglob("*.png"))[:4]  # the images _train_and_predict predicted
+    classifier = pipeline("image-classification", model=str(out))
+    with_timm = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=with_timm))
+    names = json.loads((out / "metrics.json").read_text())["label_names"]
+    # bfloat16 rounds the logits to about 3 digits: where two classes are closer than that, either may win.
+    clear = [(image, ours) for image, ours in zip(images, predictions) if ours.scores[0] - ours.scores[1] > 0.02]
+    assert clear, "no image the model is clear about"
+    for image, ours in clear:
+        picture = Image.open(image).convert("RGB")
+        assert classifier(picture, top_k=1)[0]["label"] == ours.labels[0]
+        with torch.no_grad():
+            assert names[int(with_timm(transform(picture)[None]).argmax())] == ours.labels[0]

@@ -45,6 +45,7 @@ BAD_VALUES = [
     (["--cv_folds", "often"], "tune.cv_folds", "often", "auto"),
     (["--cv_folds", "0"], "tune.cv_folds", "0", "at least 1"),
     (["--unlabeled_method", "mixmatch"], "signal.unlabeled_method", "mixmatch", "flexmatch"),
+    (["--precision", "fp8"], "training.precision", "fp8", "bf16"),
     (["--space", "{learning_rate: {log_uniform: [0, 0.1]}}"], "tune.space.learning_rate", "0", "low > 0"),
     (["--lora_rank", "0"], "peft.lora_rank", "0", ">= 1"),
     (["--peft_method", "lora", "--strategy", "gradual"], "finetune.strategy", "gradual", "two_phase"),

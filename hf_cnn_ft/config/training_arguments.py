@@ -17,6 +17,7 @@ class TrainArguments(TrainingDefaults, TrainingArguments):
     """transformers' TrainingArguments with defaults for fine-tuning a CNN on a small dataset."""
 
     def __post_init__(self) -> None:
+        self._settle_precision()
         if self.bf16 and not torch.cuda.is_available():
             self.use_cpu = True  # bf16 autocast on the CPU: transformers asks for use_cpu explicitly
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -26,6 +27,24 @@ class TrainArguments(TrainingDefaults, TrainingArguments):
         if self.dataloader_prefetch_factor is None and self.dataloader_num_workers > 0:
             self.dataloader_prefetch_factor = loader_plan().prefetch_factor  # deeper on a GPU, torch's own on a CPU
         super().__post_init__()
+
+    def _settle_precision(self) -> None:
+        """`precision` is the one setting; transformers' bf16 / fp16 switches are read as it and follow it."""
+        asked = [name for name, on in (("bf16", self.bf16), ("fp16", self.fp16)) if on]
+        if len(asked) > 1 or (asked and self.precision not in ("auto", asked[0])):
+            raise ValueError(
+                f"training.precision: {self.precision} contradicts training.{asked[0]}: true; set precision alone"
+            )
+        if asked:
+            self.precision = asked[0]
+        cuda = torch.cuda.is_available()
+        if self.precision == "fp16" and not cuda:
+            raise ValueError("training.precision: fp16 needs a CUDA GPU (a CPU has no fast float16): use bf16 or auto")
+        if self.precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                f"training.precision: bf16 is not supported by {torch.cuda.get_device_name()}: use fp16 or auto"
+            )
+        self.bf16, self.fp16 = self.precision == "bf16", self.precision == "fp16"
 
 
 def training_fields() -> dict[str, type]:

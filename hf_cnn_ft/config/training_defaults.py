@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,14 @@ class TrainingDefaults:
     )
     early_stopping_threshold: float = field(
         default=0.0, metadata={"help": "Minimum improvement of metric_for_best_model that counts."}
+    )
+    precision: Literal[PRECISIONS] = field(
+        default="auto",
+        metadata={
+            "help": "auto (the fastest this machine runs the backbone in, by a short timed probe, cached), fp32, bf16 "
+            "or fp16 (CUDA only) autocast; weights stay float32. Also used by evaluate, predict, report and app. The "
+            "run's recipe.yaml records the precision auto chose."
+        },
     )
     keep_freed_memory: bool = field(
         default=True,

@@ -84,7 +84,9 @@ def grad_cam(model: nn.Module, pixels: torch.Tensor, targets: torch.Tensor) -> t
     with torch.enable_grad():
         inputs = pixels.detach().clone().requires_grad_(True)
         maps = cam.attribute(inputs, target=targets.tolist(), relu_attributions=True)
-    maps = LayerAttribution.interpolate(maps.detach(), tuple(pixels.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+    # A model trained in bfloat16 keeps an autocast forward: its maps come back in bfloat16.
+    maps = maps.detach().float()
+    maps = LayerAttribution.interpolate(maps, tuple(pixels.shape[-2:]), interpolate_mode="bilinear")[:, 0]
     peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
     return (maps / peak).clamp(0, 1)
 

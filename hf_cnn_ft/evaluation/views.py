@@ -8,6 +8,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from hf_cnn_ft.models.precision import autocast, run_precision
+
 Logits = TypeVar("Logits")  # a torch.Tensor or a numpy array of (images, classes)
 
 
@@ -18,5 +20,7 @@ def average_views(per_view: Sequence[Logits]) -> Logits:
 
 
 def mean_logits(model: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The model's logits for one batch, averaged over its views (each a batch of pixel values)."""
-    return average_views([model(pixel_values=pixels).logits.float() for pixels in views])
+    """The model's logits for one batch, averaged over its views (each a batch of pixel values), in the precision
+    its run chose (training.precision)."""
+    with autocast(run_precision(model)):
+        return average_views([model(pixel_values=pixels).logits.float() for pixels in views])

@@ -59,6 +59,13 @@ def _preprocessing_text(preprocessing: dict[str, Any]) -> str:
     )
 
 
+def _precision_text(precision: dict[str, Any] | None) -> str:
+    if not precision:
+        return ""
+    names = {"fp32": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}
+    return f", in {names.get(precision['precision'], precision['precision'])} ({precision['reason']})"
+
+
 def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
     text = get_strategy(recipe.finetune.strategy).card_text(recipe, summary)
     interpolation = summary.get("weight_interpolation")
@@ -285,7 +292,7 @@ Unreadable images skipped: {summary["skipped_images"]}.{_duplicates_text(summary
 
 Input: {_preprocessing_text(summary["preprocessing"])}.
 {_strategy_text(recipe, summary)} Training took {summary["train_seconds"]:.0f} s on {summary["hardware"]}
-({summary.get("processes", 1)} process(es)).
+({summary.get("processes", 1)} process(es)){_precision_text(summary.get("precision"))}.
 {_peft_text(recipe, summary)}
 {_hyperparameters_table(recipe)}
 

@@ -34,6 +34,7 @@ from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, fold_temperature, load_model, save_model
+from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.card import write_model_card
 from hf_cnn_ft.strategies.adapters import is_adapter_dir
 
@@ -162,10 +163,12 @@ def load_run(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
     onto its base model and merged."""
     if is_adapter_dir(directory):
         adapted, data_config = load_adapter_dir(directory)
-        merged = adapted.merge_and_unload().eval()
-        _restore_temperature(merged, Path(directory))
-        return merged, data_config
-    return load_model(directory)
+        model = adapted.merge_and_unload().eval()
+        _restore_temperature(model, Path(directory))
+    else:
+        model, data_config = load_model(directory)
+    recipe = saved_recipe(directory) if Path(directory).is_dir() else None
+    return set_run_precision(model, recipe.training.precision if recipe else "fp32"), data_config
 
 
 def saved_recipe(model_dir: str | Path) -> Recipe | None:

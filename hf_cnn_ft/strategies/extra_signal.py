@@ -81,7 +81,9 @@ def _images(probe: ProbeInputs, view: View) -> Dataset:
 
 def _features(model: nn.Module, data_config: DataConfig, probe: ProbeInputs, view: View) -> torch.Tensor:
     def extract(backbone: nn.Module, dataset: Dataset, transform) -> torch.Tensor:
-        return pooled_features(backbone, dataset, transform, channels_last=probe.channels_last)
+        return pooled_features(
+            backbone, dataset, transform, channels_last=probe.channels_last, precision=probe.precision
+        )
 
     return features_of_view(model, data_config, probe.signal.augment, _images(probe, view), view, extract)
 

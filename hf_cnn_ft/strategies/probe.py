@@ -24,6 +24,7 @@ from hf_cnn_ft.config.sections import FinetuneArguments
 from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
+from hf_cnn_ft.models.precision import autocast
 from hf_cnn_ft.strategies.shared_features import shared_or_computed
 
 if TYPE_CHECKING:  # built in training, read by strategies/extra_signal.py
@@ -61,34 +62,46 @@ def module_inputs(
     transform: Callable,
     batch_size: int = 32,
     channels_last: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """What `module` receives for every image of `dataset`, in order, with the model in inference mode."""
+    """What `module` receives for every image of `dataset`, in order, with the model in inference mode and in
+    `precision` (returned as float32)."""
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision):
             inputs = [
                 module_input(model, module, pixels)
                 for pixels in pixel_batches(dataset, transform, batch_size, channels_last)
             ]
     finally:
         model.train(was_training)
-    return torch.cat(inputs)
+    return torch.cat(inputs).float()
 
 
 def pooled_features(
-    model: nn.Module, dataset: Dataset, transform: Callable, batch_size: int = 32, channels_last: bool = False
+    model: nn.Module,
+    dataset: Dataset,
+    transform: Callable,
+    batch_size: int = 32,
+    channels_last: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """The inputs of the classifier layer (pooled features) for every image."""
     head = head_linear(backbone_of(model), model.config.num_labels)
-    return module_inputs(model, head, dataset, transform, batch_size, channels_last).float().flatten(1)
+    return module_inputs(model, head, dataset, transform, batch_size, channels_last, precision).flatten(1)
 
 
 def extract_features(
-    model: nn.Module, dataset: Dataset, transform: Callable, batch_size: int = 32, channels_last: bool = False
+    model: nn.Module,
+    dataset: Dataset,
+    transform: Callable,
+    batch_size: int = 32,
+    channels_last: bool = False,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooled features of every image, and the labels."""
-    features = pooled_features(model, dataset, transform, batch_size, channels_last)
+    features = pooled_features(model, dataset, transform, batch_size, channels_last, precision)
     return features, torch.tensor(split_labels(dataset), dtype=torch.long)
 
 
@@ -127,6 +140,7 @@ class ProbeInputs:
     epoch_end: Callable[[dict[str, float]], None] = lambda entry: None  # hears each epoch (tune prunes on it)
     features_key: str | None = None  # set while a search shares frozen features between its trials
     signal: ExtraSignal | None = None  # unlabeled images and teachers (strategies/extra_signal.py)
+    precision: str = "fp32"  # the frozen features are computed in it (training.precision, settled)
 
 
 def fit_on_cache(
@@ -233,7 +247,7 @@ def _view_features(model: nn.Module, probe: ProbeInputs, view: int | str) -> tup
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
         if transform is probe.train_transform:
             torch.manual_seed(probe.seed + int(view) - 1)
-        return extract_features(model, dataset, transform, channels_last=probe.channels_last)
+        return extract_features(model, dataset, transform, channels_last=probe.channels_last, precision=probe.precision)
 
     return shared_or_computed(probe.features_key, str(view), compute)
 

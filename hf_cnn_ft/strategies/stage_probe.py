@@ -248,7 +248,7 @@ def _cache_entry_inputs(
     check_cache_fits(entry_name, per_image_bytes, len(train) * probe.finetune.feature_views + len(validation))
 
     def cache(split: Dataset, transform: Callable) -> torch.Tensor:
-        return module_inputs(model, entry, split, transform, channels_last=channels_last)
+        return module_inputs(model, entry, split, transform, channels_last=channels_last, precision=probe.precision)
 
     views = [cache(train, probe.eval_transform)]
     views += [cache(train, probe.train_transform) for _ in range(probe.finetune.feature_views - 1)]

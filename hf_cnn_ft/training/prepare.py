@@ -22,6 +22,7 @@ from hf_cnn_ft.data.dataset import ImageData, split_labels
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.transforms import eval_transform, train_transform
 from hf_cnn_ft.models.build import build_model, pretrained_head
+from hf_cnn_ft.models.precision import PrecisionChoice, choose_precision
 from hf_cnn_ft.strategies.adapters import apply_adapter, parameter_counts
 from hf_cnn_ft.strategies.co_tuning import CoTuning, fit_co_tuning
 from hf_cnn_ft.strategies.extra_signal import ExtraSignal, prepare_teacher
@@ -57,6 +58,7 @@ class PreparedModel:
     signal_findings: dict[str, Any] | None = None  # what the unlabeled pool and the teacher gave the probe
     teacher: TeacherModel | None = None  # distilled while the whole network trains (signal.teachers)
     co_tuning: CoTuning | None = None
+    precision: PrecisionChoice | None = None  # what training.precision settled to, and why
 
 
 def prepare_model(
@@ -77,13 +79,17 @@ def prepare_model(
     frozen = frozen_stage_names(model, finetune.freeze)  # checked against the model before anything long
     if recipe.model.channels_last:
         model.to(memory_format=torch.channels_last)
+    precision = settle_precision(recipe, model, data_config, strategy.preset.trains)
     evaluation = eval_transform(data_config)
     augmentation = train_transform(data_config, recipe.augment)
     loss_weights = class_loss_weights(finetune.class_weights, split_labels(data.splits["train"]), data.label_names)
     bn_policy = resolve_bn_policy(finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
     started = time.perf_counter()
     probe_history: list[dict[str, float]] = []
-    probe = _probe_inputs(recipe, model, data, data_config, (augmentation, evaluation), loss_weights, probe_epoch_end)
+    transforms = (augmentation, evaluation)
+    probe = _probe_inputs(
+        recipe, model, data, data_config, transforms, loss_weights, probe_epoch_end, precision.precision
+    )
     if run_probe:  # a resumed run's checkpoint holds the adapted statistics and the probed head
         if finetune.bn_adapt:
             _adapt_batchnorm(model, data, evaluation, recipe)
@@ -98,7 +104,25 @@ def prepare_model(
     strategy.prepare(model, recipe)
     prepared = (data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds)
     signal = probe.signal
-    return PreparedModel(*prepared, unfreeze, signal.findings or None, signal.teacher, co_tuning)
+    return PreparedModel(*prepared, unfreeze, signal.findings or None, signal.teacher, co_tuning, precision)
+
+
+def settle_precision(recipe: Recipe, model: nn.Module, data_config: DataConfig, trains: bool) -> PrecisionChoice:
+    """training.precision as the run uses it: the recipe's, or for auto the fastest by a timed probe (of a training
+    step when the run fine-tunes, of a forward pass when it only probes), the same on every process."""
+    asked = recipe.training.precision
+    if asked != "auto":
+        return PrecisionChoice(asked, "as the recipe sets", {})
+    args = recipe.training
+    measure = lambda: choose_precision(model, data_config.input_size, trains, recipe.model.channels_last)  # noqa: E731
+    if args.world_size > 1:  # measured by the main process, used by all: every rank must compute alike
+        from accelerate.utils import broadcast_object_list
+
+        choice = broadcast_object_list([measure() if args.process_index == 0 else None])[0]
+    else:
+        choice = measure()
+    logger.info("precision: %s, %s%s", choice.precision, choice.reason, " (cached)" if choice.cached else "")
+    return choice
 
 
 def _probe_inputs(
@@ -109,6 +133,7 @@ def _probe_inputs(
     transforms: tuple[Callable, Callable],
     loss_weights: torch.Tensor | None,
     epoch_end: Callable[[dict[str, float]], None],
+    precision: str,
 ) -> ProbeInputs:
     """What the probe phase reads: the splits, their (training, evaluation) transforms, and the extra signal."""
     bn_policy = resolve_bn_policy(recipe.finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
@@ -122,8 +147,9 @@ def _probe_inputs(
         loss_weights,
         train_batchnorm=bn_policy != "frozen",
         epoch_end=epoch_end,
-        features_key=_shared_features_key(recipe, model, data, data_config),
+        features_key=_shared_features_key(recipe, model, data, data_config, precision),
         signal=ExtraSignal(recipe.signal, data.unlabeled, recipe.augment, data_config),
+        precision=precision,
     )
 
 
@@ -140,8 +166,12 @@ def _co_tuning(recipe: Recipe, model: nn.Module, train_split: Dataset, evaluatio
     return co_tuning
 
 
-def _shared_features_key(recipe: Recipe, model: nn.Module, data: ImageData, data_config: DataConfig) -> str | None:
-    """What the probe's frozen features depend on, for the trials of a search to share them."""
+def _shared_features_key(
+    recipe: Recipe, model: nn.Module, data: ImageData, data_config: DataConfig, precision: str
+) -> str | None:
+    """What the probe's frozen features depend on, for the trials of a search to share them (a stream: nothing)."""
+    if not all(isinstance(data.splits[s], Dataset) for s in ("train", "validation")):
+        return None
     return features_key(
         model,
         *(data.splits[s]._fingerprint for s in ("train", "validation")),
@@ -150,6 +180,7 @@ def _shared_features_key(recipe: Recipe, model: nn.Module, data: ImageData, data
         recipe.augment,
         recipe.model.channels_last,
         recipe.training.seed,
+        precision,
     )
 
 

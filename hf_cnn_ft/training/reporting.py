@@ -21,6 +21,7 @@ from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.model_report import ReportData, report_summary, write_report
 from hf_cnn_ft.evaluation.views import average_views
 from hf_cnn_ft.models.io import fold_temperature
+from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.run_dir import add_to_run
 
 logger = logging.getLogger(__name__)
@@ -87,9 +88,9 @@ def report_finished_run(recipe: Recipe, model, data_config: DataConfig, data: Im
     slices = data.slices[split] if data.slices else None
     report_data = ReportData(data.splits[split], np.asarray(split_labels(data.splits[split])), split, slices)
     try:
-        report = write_report(
-            model.eval(), data_config, report_data, recipe.report, output_dir, recipe.augment.test_time_flips
-        )
+        model = set_run_precision(model.eval(), recipe.training.precision)
+        flips = recipe.augment.test_time_flips
+        report = write_report(model, data_config, report_data, recipe.report, output_dir, flips)
         add_to_run(output_dir, "report", report_summary(report))
     except Exception as exc:  # the report is an extra: any failure leaves the finished run intact
         logger.warning(

@@ -52,6 +52,14 @@ def start_run(recipe: Recipe, folder: RunFolder, repo_id: str | None) -> RunStar
     return RunStart(folder, data, repo_id, resume)
 
 
+def with_precision(recipe: Recipe, precision: str) -> Recipe:
+    """The recipe with training.precision as the run settled it (auto's choice): what its Trainer runs in and
+    what its saved recipe.yaml reproduces."""
+    if recipe.training.precision == precision:
+        return recipe
+    return dataclasses.replace(recipe, training=dataclasses.replace(recipe.training, precision=precision))
+
+
 def trainer_arguments(recipe: Recipe, run: RunStart) -> TrainArguments:
     """The recipe's training arguments, writing into the folder the run works in."""
     if not run.folder.replaces:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
@@ -42,7 +44,7 @@ from hf_cnn_ft.training.checkpoint_contents import SelfContainedCheckpoints
 from hf_cnn_ft.training.machine import settle_process
 from hf_cnn_ft.training.prepare import PreparedModel, prepare_model
 from hf_cnn_ft.training.reporting import calibrate, final_evaluation, report_finished_run
-from hf_cnn_ft.training.run_start import RunStart, probed_start, start_run, trainer_arguments
+from hf_cnn_ft.training.run_start import RunStart, probed_start, start_run, trainer_arguments, with_precision
 from hf_cnn_ft.training.trainer import FineTuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -174,8 +176,12 @@ def _compare_with_probe(
     if start is None or not recipe.finetune.probe_candidate or (interpolation or {}).get("chosen_by"):
         return None
     metric, greater = eval_metric_name(recipe.training), bool(recipe.training.greater_is_better)
-    score = lambda: _validation_metrics(trainer)[metric]  # noqa: E731
-    return keep_the_better(trainer.model, start, score, metric.removeprefix("eval_"), greater)
+
+    def validate() -> tuple[float, np.ndarray]:
+        loop = trainer.evaluation_loop(trainer.get_eval_dataloader(), "Validation", metric_key_prefix="eval")
+        return loop.metrics[metric], np.asarray(loop.predictions).argmax(-1) == np.asarray(loop.label_ids)
+
+    return keep_the_better(trainer.model, start, validate, metric.removeprefix("eval_"), greater)
 
 
 def train(
@@ -205,6 +211,7 @@ def _run(
 ) -> TrainResult:
     several = recipe.training.world_size > 1
     prepared = prepare_model(recipe, run.data, run.resume is None, probe_epoch_end)  # a checkpoint holds the probe
+    recipe = with_precision(recipe, prepared.precision.precision)
     probed = probed_start(recipe, prepared.model, run)
     callbacks = [*callbacks, *_run_callbacks(recipe, prepared, run)]
     trainer = build_trainer(recipe, prepared, callbacks, trainer_arguments(recipe, run), run.resume)
@@ -229,6 +236,7 @@ def _run(
             "probe_candidate": probe_check,
             "test_time_flips": flips,
             "signal": prepared.signal_findings,
+            "precision": dataclasses.asdict(prepared.precision),
             "without_test_time_augmentation": plain_report,
         }
         data, evaluated_on = prepared.data, prepared.data.evaluation_split

@@ -1,0 +1,156 @@
+"""`training.precision: auto` against hand-written float32 and bfloat16 loops, per backbone (issue 31).
+
+For each backbone: a plain PyTorch training loop in float32, the same loop under `torch.autocast(bfloat16)`,
+and `train()` with `precision: auto` (the tool's own choice, by its timed probe), interleaved in one process,
+each timed in steady state; then what the probe cost on a demo-size run (the food recipe) with an empty cache,
+and on the same run again (cached). Goal: auto at least 0.95x the faster hand-written loop for every backbone;
+the probe under 5% of a demo-size run and nothing on the second. Appends the tables to benchmarks/RESULTS.md.
+
+    python benchmarks/precision.py --steps 20 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import TRAINING_ONLY, StepClock, make_photos, record  # benchmarks/ is on the path as a script
+from torch.utils.data import DataLoader
+from transformers import default_data_collator
+
+from hf_cnn_ft.cli.process import prepare_cpu_process
+from hf_cnn_ft.config.recipe import build_recipe, load_recipe
+from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
+from hf_cnn_ft.data.inputs import with_pixel_values
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.transforms import train_transform
+from hf_cnn_ft.extras.known_weights import import_known_weights
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.models.precision import autocast
+from hf_cnn_ft.training.train import train
+
+BACKBONES = ("resnet50", "convnext_tiny", "mobilenetv2_100", "tf_efficientnet_lite0")
+
+
+def hand_written(args: argparse.Namespace, backbone: str, precision: str) -> float:
+    """Images/s of a plain loop (DataLoader, AdamW, forward, backward, step) in `precision` autocast."""
+    data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
+    torch.manual_seed(0)
+    model, data_config = build_model(ModelArguments(model=backbone, pretrained=False, image_size=224), data.label_names)
+    model.to(memory_format=torch.channels_last).train()
+    dataset = with_pixel_values(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_data_collator
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    steps, started = 0, None
+    while steps < args.steps:
+        for batch in loader:
+            with autocast(precision):
+                loss = model(pixel_values=batch["pixel_values"].contiguous(memory_format=torch.channels_last)).logits
+                loss = torch.nn.functional.cross_entropy(loss.float(), batch["labels"])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if steps == args.warmup:
+                started = time.perf_counter()
+            if steps == args.steps:
+                break
+    return (args.steps - args.warmup) * args.batch_size / (time.perf_counter() - started)
+
+
+def tool(args: argparse.Namespace, backbone: str) -> tuple[float, dict]:
+    """Images/s of `train()` with precision auto, in steady state, and what it chose."""
+    clock = StepClock(args.warmup)
+    settings = {
+        **TRAINING_ONLY,
+        "dataset": str(args.data),
+        "model": backbone,
+        "pretrained": False,
+        "bn": "train",
+        "image_size": 224,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": 1e-4,
+        "max_steps": args.steps,
+        "dataloader_num_workers": 0,
+        "precision": "auto",
+        "report_at_end": False,
+    }
+    with tempfile.TemporaryDirectory() as out:
+        train(build_recipe({**settings, "output_dir": out}, "precision benchmark"), callbacks=[clock])
+        chosen = json.loads((Path(out) / "metrics.json").read_text())["precision"]
+    return clock.timed_steps * args.batch_size / clock.seconds(), chosen
+
+
+def probe_cost(cache: Path) -> list[tuple[float, float, bool]]:
+    """Seconds the probe took and the run's wall time, for the demo recipe with an empty cache, then cached."""
+    os.environ["HF_CNN_FT_CACHE"] = str(cache)
+    import_known_weights("efficientnet_lite0", cache_dir=Path("data/weights"))
+    rows = []
+    for _ in range(2):
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as out:
+            recipe = load_recipe(
+                "recipes/food-efficientnet-lite0.yaml", values={"output_dir": out, "disable_tqdm": True}
+            )
+            train(recipe)
+            chosen = json.loads((Path(out) / "metrics.json").read_text())["precision"]
+        rows.append((chosen["probe_seconds"], time.perf_counter() - started, chosen["cached"]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    prepare_cpu_process()
+    root = Path(tempfile.mkdtemp(prefix="precision-bench-"))
+    os.environ["HF_CNN_FT_CACHE"] = str(root / "cache")  # the tool's probe starts from nothing
+    args.data = make_photos(root / "photos", count=8 * args.batch_size, size=256)
+    rows = ["| backbone | hand-written float32 | hand-written bfloat16 | train, precision auto | auto chose | "
+            "auto / faster loop |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for backbone in args.backbones.split(","):
+        short = argparse.Namespace(**{**vars(args), "steps": args.warmup + 2})
+        hand_written(short, backbone, "fp32")  # one-off work (kernels for these shapes) before the clock
+        fp32, bf16, auto = [], [], []
+        for repeat in range(args.repeats):  # interleaved, the order turning each round
+            order = ["fp32", "bf16", "auto"] if repeat % 2 == 0 else ["auto", "bf16", "fp32"]
+            for what in order:
+                if what == "auto":
+                    speed, chosen = tool(args, backbone)
+                    auto.append(speed)
+                else:
+                    (fp32 if what == "fp32" else bf16).append(hand_written(args, backbone, what))
+        mean = {name: sum(v) / len(v) for name, v in (("fp32", fp32), ("bf16", bf16), ("auto", auto))}
+        faster = max(mean["fp32"], mean["bf16"])
+        rows.append(
+            f"| {backbone} | {mean['fp32']:.1f} img/s | {mean['bf16']:.1f} img/s | {mean['auto']:.1f} img/s | "
+            f"{chosen['precision']} | {mean['auto'] / faster:.2f} |"
+        )
+        print(rows[-1], flush=True)
+    probes = probe_cost(root / "demo-cache")
+    rows += ["", "| demo-size run (recipes/food-efficientnet-lite0.yaml) | timing probe | run wall time | share |",
+             "|---|---|---|---|"]  # fmt: skip
+    for label, (probe, wall, cached) in zip(("empty cache", "second run"), probes):
+        rows.append(f"| {label}{' (cached)' if cached else ''} | {probe:.2f} s | {wall:.1f} s | {probe / wall:.1%} |")
+    table = "\n".join(rows)
+    print("\n" + table)
+    if not args.no_record:
+        record(f"### precision auto vs hand-written loops, 224 px, batch {args.batch_size}, {args.steps} steps", table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The precision a backbone runs fastest in on this machine: float32, or bfloat16 / float16 autocast.
+
+Lower precision is not faster everywhere: on CPUs with AVX-512 bfloat16, ResNet-50 trains about twice as fast
+in bfloat16 while EfficientNet-Lite0 trains slower (its depthwise convolutions have no fast bfloat16 kernels).
+So `training.precision: auto` is settled per run by a short timed probe of each precision the device runs
+natively (a few steps of a copy of the model, on random images of the run's size), and the result is cached per
+backbone, input size, kind of step and device: the next run of the same shape pays nothing. Weights stay
+float32 in every case (autocast computes in the low precision, the optimizer updates float32 weights), so the
+saved model is the same kind of file whatever was chosen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PROBE_BATCH, WARMUP_STEPS, TIMED_STEPS = 8, 1, 2
+CACHE_FILE = "precision.json"
+
+
+def device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def native_precisions(device: str | None = None) -> list[str]:
+    """The precisions the device computes in natively: bfloat16 on CPUs with AVX-512 BF16 or AMX, bfloat16 (where
+    supported) and float16 on CUDA GPUs; float32 everywhere."""
+    device = device or device_type()
+    if device == "cuda":
+        return ["fp32", *(["bf16"] if torch.cuda.is_bf16_supported() else []), "fp16"]
+    fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return ["fp32", "bf16"] if fast else ["fp32"]
+
+
+_RUN_PRECISION = "_hf_cnn_ft_precision"  # set on a loaded model: the precision its run settled (not saved)
+
+
+def set_run_precision(model: nn.Module, precision: str) -> nn.Module:
+    """Records on a loaded model the precision its run chose, for every forward-only path to run in."""
+    setattr(model, _RUN_PRECISION, precision)
+    return model
+
+
+def run_precision(model: nn.Module) -> str:
+    """The precision a model's forward passes run in: its run's, or float32 for a model from elsewhere."""
+    return getattr(model, _RUN_PRECISION, "fp32")
+
+
+def autocast(precision: str, device: str | None = None) -> contextlib.AbstractContextManager:
+    """The context a forward pass runs in for `precision` (nothing for float32)."""
+    if precision not in DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device or device_type(), dtype=DTYPES[precision])
+
+
+@dataclass
+class PrecisionChoice:
+    precision: str
+    reason: str
+    seconds_per_step: dict[str, float]  # what the probe measured (empty when there was one candidate)
+    cached: bool = False
+    probe_seconds: float = 0.0  # what the probe cost this run (0 from the cache)
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("HF_CNN_FT_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
+    return Path(root) / "hf-cnn-ft" / CACHE_FILE
+
+
+def _signature(model: nn.Module) -> str:
+    parameters = sum(p.numel() for p in model.parameters())
+    architecture = getattr(model.config, "architecture", None) or model.config.model_type
+    return f"{type(model).__name__}-{architecture}-{parameters}"
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu-{torch.backends.cpu.get_cpu_capability()}-{torch.get_num_threads()}threads"
+
+
+def _seconds_per_step(model: nn.Module, precision: str, size: int, train: bool, channels_last: bool) -> float:
+    device = next(model.parameters()).device
+    pixels = torch.randn(PROBE_BATCH, 3, size, size, device=device)
+    if channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    model.train(train)
+
+    def step() -> None:
+        with torch.set_grad_enabled(train), autocast(precision, device.type):
+            logits = model(pixel_values=pixels).logits
+        if train:
+            logits.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(TIMED_STEPS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / TIMED_STEPS
+
+
+def choose_precision(model: nn.Module, size: int, train: bool, channels_last: bool) -> PrecisionChoice:
+    """The fastest native precision for `model` at `size` px (a training step, or a forward pass), from the cache
+    or a timed probe on a copy of the model."""
+    device = device_type()
+    candidates = native_precisions(device)
+    if len(candidates) == 1:
+        return PrecisionChoice("fp32", f"{_device_name(device)} computes natively in float32 only", {})
+    kind = "train" if train else "forward"
+    key = f"{_signature(model)}|{size}px|{kind}|{_device_name(device)}|torch-{torch.__version__}"
+    cache = _read_cache()
+    if key in cache:
+        return PrecisionChoice(**{**cache[key], "cached": True, "probe_seconds": 0.0})
+    started = time.perf_counter()
+    probe = copy.deepcopy(model)
+    timings = {p: _seconds_per_step(probe, p, size, train, channels_last) for p in candidates}
+    del probe
+    fastest = min(timings, key=timings.__getitem__)
+    ratio = timings["fp32"] / timings[fastest]
+    measured = ", ".join(f"{p} {1000 * s:.0f} ms" for p, s in timings.items())
+    reason = f"fastest of a timed {kind} step on {PROBE_BATCH} images at {size} px ({measured}; {ratio:.2f}x float32)"
+    choice = PrecisionChoice(fastest, reason, {p: round(s, 5) for p, s in timings.items()})
+    _write_cache({**cache, key: {k: v for k, v in asdict(choice).items() if k != "cached"}})
+    choice.probe_seconds = round(time.perf_counter() - started, 3)
+    return choice
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache: dict) -> None:
+    path = _cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(cache, indent=1))
+        os.replace(temporary, path)
+    except OSError as exc:  # a cache that cannot be written costs the next run a probe, nothing more
+        logger.info("the precision probe's result was not cached (%s)", exc)
