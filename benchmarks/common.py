@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import TrainerCallback
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback, default_data_collator
+
+from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
+from hf_cnn_ft.data.inputs import with_pixel_values
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.transforms import train_transform
+from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.models.precision import autocast
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -86,3 +94,32 @@ class StepClock(TrainerCallback):
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def hand_written_throughput(
+    dataset: Path, model: ModelArguments, batch_size: int, steps: int, warmup: int, precision: str = "fp32"
+) -> float:
+    """Images/s of training with nothing but PyTorch (DataLoader, AdamW, forward, backward, step), in `precision`
+    autocast, timed from the end of step `warmup` to the end of step `steps`."""
+    data = load_image_data(DataArguments(dataset=str(dataset), test_fraction=0.0, check_images=False))
+    torch.manual_seed(0)
+    network, data_config = build_model(model, data.label_names)
+    network.to(memory_format=torch.channels_last).train()
+    images = with_pixel_values(data.splits["train"], train_transform(data_config, AugmentArguments()))
+    loader = DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=default_data_collator)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, weight_decay=0.01)
+    done, started = 0, None
+    while done < steps:
+        for batch in loader:
+            with autocast(precision):
+                logits = network(pixel_values=batch["pixel_values"]).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done += 1
+            if done == warmup:
+                started = time.perf_counter()
+            if done == steps:
+                break
+    return (steps - warmup) * batch_size / (time.perf_counter() - started)

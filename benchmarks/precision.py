@@ -19,51 +19,26 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from common import TRAINING_ONLY, StepClock, make_photos, record  # benchmarks/ is on the path as a script
-from torch.utils.data import DataLoader
-from transformers import default_data_collator
+from common import (  # benchmarks/ is on the path as a script
+    TRAINING_ONLY,
+    StepClock,
+    hand_written_throughput,
+    make_photos,
+    record,
+)
 
 from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.config.recipe import build_recipe, load_recipe
-from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
-from hf_cnn_ft.data.inputs import with_pixel_values
-from hf_cnn_ft.data.loading import load_image_data
-from hf_cnn_ft.data.transforms import train_transform
+from hf_cnn_ft.config.sections import ModelArguments
 from hf_cnn_ft.extras.known_weights import import_known_weights
-from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.models.precision import autocast
 from hf_cnn_ft.training.train import train
 
 BACKBONES = ("resnet50", "convnext_tiny", "mobilenetv2_100", "tf_efficientnet_lite0")
 
 
 def hand_written(args: argparse.Namespace, backbone: str, precision: str) -> float:
-    """Images/s of a plain loop (DataLoader, AdamW, forward, backward, step) in `precision` autocast."""
-    data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
-    torch.manual_seed(0)
-    model, data_config = build_model(ModelArguments(model=backbone, pretrained=False, image_size=224), data.label_names)
-    model.to(memory_format=torch.channels_last).train()
-    dataset = with_pixel_values(data.splits["train"], train_transform(data_config, AugmentArguments()))
-    loader = DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_data_collator
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    steps, started = 0, None
-    while steps < args.steps:
-        for batch in loader:
-            with autocast(precision):
-                loss = model(pixel_values=batch["pixel_values"].contiguous(memory_format=torch.channels_last)).logits
-                loss = torch.nn.functional.cross_entropy(loss.float(), batch["labels"])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            if steps == args.warmup:
-                started = time.perf_counter()
-            if steps == args.steps:
-                break
-    return (args.steps - args.warmup) * args.batch_size / (time.perf_counter() - started)
+    model = ModelArguments(model=backbone, pretrained=False, image_size=224)
+    return hand_written_throughput(args.data, model, args.batch_size, args.steps, args.warmup, precision)
 
 
 def tool(args: argparse.Namespace, backbone: str) -> tuple[float, dict]:

@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import TRAINING_ONLY, StepClock, make_photos, record  # benchmarks/ is on the path as a script
+from common import (  # benchmarks/ is on the path as a script
+    TRAINING_ONLY,
+    StepClock,
+    hand_written_throughput,
+    make_photos,
+    record,
+)
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
@@ -66,32 +72,10 @@ def tool_throughput(args: argparse.Namespace, **overrides) -> tuple[float, float
     return clock.timed_steps * args.batch_size / clock.seconds(), result.train_seconds - clock.seconds()
 
 
-def hand_written_throughput(args: argparse.Namespace) -> float:
+def hand_written(args: argparse.Namespace) -> float:
     """The same training with nothing but PyTorch: DataLoader, AdamW, forward, backward, step."""
-    data = load_image_data(DataArguments(dataset=str(args.data), test_fraction=0.0, check_images=False))
-    torch.manual_seed(0)
-    model, data_config = build_model(
-        ModelArguments(model=str(args.model_dir), image_size=args.image_size), data.label_names
-    )
-    model.to(memory_format=torch.channels_last).train()
-    dataset = with_pixel_values(data.splits["train"], train_transform(data_config, AugmentArguments()))
-    loader = DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=default_data_collator
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    steps, started = 0, None
-    while steps < args.steps:
-        for batch in loader:
-            loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            if steps == args.warmup:
-                started = time.perf_counter()
-            if steps == args.steps:
-                break
-    return (args.steps - args.warmup) * args.batch_size / (time.perf_counter() - started)
+    model = ModelArguments(model=str(args.model_dir), image_size=args.image_size)
+    return hand_written_throughput(args.data, model, args.batch_size, args.steps, args.warmup)
 
 
 def pipeline_and_step(args: argparse.Namespace) -> tuple[float, float, float]:
@@ -225,20 +209,20 @@ def main() -> None:
     # returning freed memory to the OS; the tool's run then keeps freed memory in the process
     # (training.keep_freed_memory), a process-wide setting that every later run of both loops shares.
     short = argparse.Namespace(**{**vars(args), "steps": args.warmup + 2})
-    hand_written_throughput(short)
-    hand_default_allocator = hand_written_throughput(args)
+    hand_written(short)
+    hand_default_allocator = hand_written(args)
     prepare_cpu_process()  # what the command line does before training
     tool_throughput(short)
-    hand_written_throughput(short)
+    hand_written(short)
     tool, hand, setup = [], [], []
     for repeat in range(args.repeats):  # interleaved, the order alternating: A/B, B/A, A/B...
         if repeat % 2:
-            hand.append(hand_written_throughput(args))
+            hand.append(hand_written(args))
         speed, overhead = tool_throughput(args)
         tool.append(speed)
         setup.append(overhead)
         if not repeat % 2:
-            hand.append(hand_written_throughput(args))
+            hand.append(hand_written(args))
         print(
             f"round {repeat + 1}: hf-cnn-ft train {tool[-1]:.1f} img/s, hand-written loop {hand[-1]:.1f} img/s",
             flush=True,
