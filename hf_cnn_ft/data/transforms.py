@@ -6,6 +6,7 @@ pre-computed and the Trainer can never drop the image column before they see it 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -39,6 +40,14 @@ def eval_transform(config: DataConfig) -> v2.Compose:
             *_to_normalised_tensor(config),
         ]
     )
+
+
+def strong_transform(config: DataConfig, augment: AugmentArguments) -> v2.Compose:
+    """FixMatch's strong view of an unlabeled image: the training transform with RandAugment (2 operations at
+    magnitude 10) where the recipe sets no policy of its own."""
+    if augment.auto_augment is None:
+        augment = dataclasses.replace(augment, auto_augment="randaugment", randaugment_ops=2, randaugment_magnitude=10)
+    return train_transform(config, augment)
 
 
 _FLIPS: dict[str, list[list[Callable]]] = {

@@ -22,6 +22,7 @@ from torch import nn
 from hf_cnn_ft.config.sections import AugmentArguments
 from hf_cnn_ft.config.signal import SignalArguments
 from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
 from hf_cnn_ft.strategies.probe import ProbeHooks, ProbeInputs, pooled_features, train_head
 from hf_cnn_ft.strategies.semi_supervised import Pool, ProbeObjective, self_training_rows
@@ -55,9 +56,12 @@ class ExtraSignal:
     teacher_strong: torch.Tensor | None = None  # on the pool's strong views (views x images x classes)
 
     @property
+    def uses_pool(self) -> bool:
+        return self.unlabeled is not None and self.settings.unlabeled_method != "none"
+
+    @property
     def active(self) -> bool:
-        pool = self.unlabeled is not None and self.settings.unlabeled_method != "none"
-        return pool or bool(self.settings.teachers)
+        return self.uses_pool or bool(self.settings.teachers)
 
 
 def _labelled_views(probe: ProbeInputs) -> list[View]:
@@ -98,8 +102,6 @@ def _student(model: nn.Module, probe: ProbeInputs, view: View) -> torch.Tensor:
 
 
 def _labels(probe: ProbeInputs, images: str, views: int) -> torch.Tensor:
-    from hf_cnn_ft.data.dataset import split_labels
-
     return torch.tensor(split_labels(_images(probe, View(images, "eval"))), dtype=torch.long).repeat(views)
 
 
@@ -109,16 +111,12 @@ def prepare_teacher(model: nn.Module, probe: ProbeInputs) -> None:
     signal = probe.signal
     if not signal.settings.teachers or signal.teacher is not None:
         return
-    pool = _pool_views(probe) if _uses_pool(signal) else []
+    pool = _pool_views(probe) if signal.uses_pool else []
     others = load_backbones(signal.settings.teachers, list(model.config.id2label.values()), probe.channels_last)
     fitted = _fit_teacher(model, others, probe, _labelled_views(probe), pool)
     teacher, signal.teacher_labelled, signal.teacher_strong = fitted
     student = Backbone("student", copy.deepcopy(model).eval(), signal.data_config)
     signal.teacher = TeacherModel(student, others, teacher)
-
-
-def _uses_pool(signal: ExtraSignal) -> bool:
-    return signal.unlabeled is not None and signal.settings.unlabeled_method != "none"
 
 
 def _fit_teacher(
@@ -168,7 +166,7 @@ def probe_with_signal(model: nn.Module, probe: ProbeInputs) -> list[dict[str, fl
     validation = (_student(model, probe, View("validation", "eval")), _labels(probe, "validation", 1))
     prepare_teacher(model, probe)
     pool = None
-    if _uses_pool(signal):
+    if signal.uses_pool:
         pool_views = _pool_views(probe)
         strong = torch.stack([_student(model, probe, view) for view in pool_views[1:]])
         pool = Pool(_student(model, probe, pool_views[0]), strong, signal.teacher_strong)

@@ -21,7 +21,7 @@ from torch import nn
 
 from hf_cnn_ft.config.sections import AugmentArguments, ModelArguments
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.transforms import eval_transform, train_transform
+from hf_cnn_ft.data.transforms import eval_transform, strong_transform, train_transform
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
 from hf_cnn_ft.models.build import build_model
 
@@ -62,16 +62,7 @@ def view_transform(kind: str, data_config: DataConfig, augment: AugmentArguments
     """The transform of a view for one backbone's preprocessing: the same random choices for every backbone."""
     if kind == "eval":
         return eval_transform(data_config)
-    return train_transform(data_config, strong_augment(augment) if kind == "strong" else augment)
-
-
-def strong_augment(augment: AugmentArguments) -> AugmentArguments:
-    """FixMatch's strong view: the recipe's augmentation with RandAugment on top where it has no policy."""
-    from dataclasses import replace
-
-    if augment.auto_augment is not None:
-        return augment
-    return replace(augment, auto_augment="randaugment", randaugment_ops=2, randaugment_magnitude=10)
+    return (strong_transform if kind == "strong" else train_transform)(data_config, augment)
 
 
 @dataclass
