@@ -7,8 +7,14 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: demo test test-fast lint install browser lock clean
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# The tool with every verb (export, app, tune): what `make demo` needs.
+$(BIN)/.installed-all: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -c constraints.txt -e '.[all]'
+	touch $@
+
+# ...and the test and lint tools (Playwright, notebooks, pytest, ruff).
+$(BIN)/.installed: $(BIN)/.installed-all
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
@@ -22,7 +28,7 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 	@chromium --version 2>/dev/null
 
-demo: $(BIN)/.installed
+demo: $(BIN)/.installed-all
 	$(BIN)/hf-cnn-ft demo
 
 lint: $(BIN)/.installed

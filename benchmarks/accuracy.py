@@ -30,11 +30,11 @@ from typing import Any
 
 from common import machine, record  # benchmarks/ is on the path when run as a script
 
-from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.config.recipe import Recipe, load_recipe
 from hf_cnn_ft.evaluation.intervals import mean_interval, paired_difference
 from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS, import_known_weights
 from hf_cnn_ft.extras.offline_data import prepare_dataset
+from hf_cnn_ft.training.machine import prepare_cpu_process
 from hf_cnn_ft.training.train import train
 
 INPUT_KEYS = ("pretrained", "weights", "model_revision", "image_size", "crop_pct", "crop_mode")

@@ -45,7 +45,8 @@ def closed_endpoint() -> str:
 def hub_cases(scratch: Path, env: dict[str, str]) -> list[tuple[str, list[str], dict[str, str]]]:
     """Trains and pushes a tiny model to a loopback Hub, caches it, and returns the Hub failure cases."""
     from hub_server import HubServer
-    from synthetic import make_shapes_folder
+
+    from hf_cnn_ft.extras.synthetic import make_shapes_folder
 
     hub = HubServer().start()
     token = hub.state.add_user("bench")

@@ -27,10 +27,10 @@ from common import (  # benchmarks/ is on the path as a script
     record,
 )
 
-from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.config.recipe import build_recipe, load_recipe
 from hf_cnn_ft.config.sections import ModelArguments
 from hf_cnn_ft.extras.known_weights import import_known_weights
+from hf_cnn_ft.training.machine import prepare_cpu_process
 from hf_cnn_ft.training.train import train
 
 BACKBONES = ("resnet50", "convnext_tiny", "mobilenetv2_100", "tf_efficientnet_lite0")

@@ -68,8 +68,8 @@ def make_subset(source: Path, size: int, validation: int, root: Path) -> Path:
 
 def one_run(data: Path, model: Path, out: Path) -> dict:
     """In this process: one epoch through `train()`, timed by phase (what the parent starts per size)."""
-    from hf_cnn_ft.cli.process import prepare_cpu_process
     from hf_cnn_ft.config.recipe import build_recipe
+    from hf_cnn_ft.training.machine import prepare_cpu_process
     from hf_cnn_ft.training.train import train
 
     prepare_cpu_process()
@@ -141,12 +141,12 @@ def stream_run(count: int) -> list[dict]:
     from torch.utils.data import DataLoader
     from transformers import default_data_collator
 
-    from hf_cnn_ft.cli.process import prepare_cpu_process
     from hf_cnn_ft.config.sections import AugmentArguments
     from hf_cnn_ft.config.training_defaults import loader_plan
     from hf_cnn_ft.data.data_config import DataConfig
     from hf_cnn_ft.data.streaming import StreamingImages
     from hf_cnn_ft.data.transforms import train_transform
+    from hf_cnn_ft.training.machine import prepare_cpu_process
 
     prepare_cpu_process()
     names = [str(label) for label in range(10)]

@@ -31,7 +31,6 @@ from common import (  # benchmarks/ is on the path as a script
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
-from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.config.recipe import build_recipe, load_recipe
 from hf_cnn_ft.config.sections import AugmentArguments, DataArguments, ModelArguments
 from hf_cnn_ft.data.decode import decode_once
@@ -41,6 +40,7 @@ from hf_cnn_ft.data.transforms import train_transform
 from hf_cnn_ft.extras.known_weights import import_known_weights
 from hf_cnn_ft.extras.offline_data import prepare_dataset
 from hf_cnn_ft.models.build import build_model
+from hf_cnn_ft.training.machine import prepare_cpu_process
 from hf_cnn_ft.training.train import train
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.evaluation.evaluate import evaluate_model
 from hf_cnn_ft.evaluation.predict import Prediction, predict_files
 from hf_cnn_ft.share.run_dir import data_arguments_for, load_run, test_time_flips_for
+from hf_cnn_ft.training.machine import prepare_cpu_process
 from hf_cnn_ft.training.train import TrainResult, train
 
 __all__ = ["Prediction", "Recipe", "TrainResult", "evaluate", "load_model", "predict", "prepare_cpu_process", "train"]

@@ -25,7 +25,7 @@ for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"
     os.environ.pop(variable, None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from synthetic import make_shapes_folder  # noqa: E402  (after the environment is set)
+from hf_cnn_ft.extras.synthetic import make_shapes_folder  # noqa: E402  (after the environment is set)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,10 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, TINY_SETTINGS, cli_env, overrides
 from huggingface_hub import HfApi, snapshot_download
-from synthetic import make_shapes_folder
 
 from hf_cnn_ft.cli.main import main
 from hf_cnn_ft.evaluation.predict import predict_files
+from hf_cnn_ft.extras.synthetic import make_shapes_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Where the page's screenshots go, for a person to look at after the run (outputs/ is not committed).
@@ -200,7 +200,7 @@ def test_hub_id_is_served_online_and_from_the_cache_when_the_hub_is_down(app_run
     from hf_cnn_ft.data.images import open_image
 
     repo_id = hub.repo_id("served")
-    assert main(["push", str(app_run), repo_id]) == 0
+    assert main(["push", str(app_run), repo_id, "--images"]) == 0  # the page shows the pushed examples
     image = sorted((app_run / "examples").iterdir())[1]
     expected = predict_files(app_run, [image])[0]
     online = load_demo_model(repo_id)
@@ -245,7 +245,7 @@ def _space_env(hub, port: int) -> dict[str, str]:
 @pytest.mark.slow
 def test_pushed_space_serves_the_model_by_its_repo_id(app_run, hub, tmp_path, capsys, monkeypatch):
     repo_id, space_id = hub.repo_id("shapes-model"), hub.repo_id("shapes-demo")
-    assert main(["push", str(app_run), repo_id, "--space", space_id]) == 0
+    assert main(["push", str(app_run), repo_id, "--space", space_id, "--images"]) == 0
     assert f"demo Space: {HfApi().endpoint}/spaces/{space_id}" in capsys.readouterr().out
 
     files = set(HfApi().list_repo_files(space_id, repo_type="space"))
@@ -261,7 +261,23 @@ def test_pushed_space_serves_the_model_by_its_repo_id(app_run, hub, tmp_path, ca
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
     }
     assert assigned["MODEL"] == repo_id
-    assert (checkout / "requirements.txt").read_text().startswith("hf-cnn-ft[app]")
+    # No registry serves hf-cnn-ft: the Space carries the wheel of the version that pushed it, and its
+    # requirement resolves to that file with the app extra.
+    wheels = sorted(checkout.glob("hf_cnn_ft-*-py3-none-any.whl"))
+    assert len(wheels) == 1 and (checkout / "requirements.txt").read_text() == f"./{wheels[0].name}[app]\n"
+    pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--no-deps", "-q"]
+    resolved = subprocess.run(
+        [*pip, "--dry-run", "--ignore-installed", "--report", "-", "-r", "requirements.txt"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (install,) = json.loads(resolved.stdout)["install"]
+    assert install["metadata"]["name"] == "hf-cnn-ft" and install["requested_extras"] == ["app"]
+    assert any(r.startswith("gradio") and 'extra == "app"' in r for r in install["metadata"]["requires_dist"])
+    installed = tmp_path / "space-site-packages"
+    subprocess.run([*pip, "--target", str(installed), "-r", "requirements.txt"], cwd=checkout, check=True)
 
     from gradio_client import Client, handle_file
     from huggingface_hub import constants
@@ -269,7 +285,8 @@ def test_pushed_space_serves_the_model_by_its_repo_id(app_run, hub, tmp_path, ca
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)  # the client would report itself to the Hub
     port = free_port()
     image = sorted((app_run / "examples").iterdir())[-1]
-    with serving([sys.executable, "app.py"], port, cwd=checkout, env=_space_env(hub, port)) as url:
+    space_env = {**_space_env(hub, port), "PYTHONPATH": str(installed)}  # hf_cnn_ft from the Space's wheel
+    with serving([sys.executable, "app.py"], port, cwd=checkout, env=space_env) as url:
         config = json.loads(urllib.request.urlopen(url + "/config", timeout=10).read())
         assert config["title"] == f"{repo_id} · hf-cnn-ft"
         label, gradcam = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/on_image")

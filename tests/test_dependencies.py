@@ -45,7 +45,9 @@ def third_party_imports(folder: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize(("folder", "extras"), [("hf_cnn_ft", ("export", "app")), ("tests", ("export", "app", "dev"))])
+@pytest.mark.parametrize(
+    ("folder", "extras"), [("hf_cnn_ft", ("export", "app", "tune")), ("tests", ("export", "app", "tune", "dev"))]
+)
 def test_every_imported_package_is_declared(folder, extras):
     distributions = importlib.metadata.packages_distributions()
     allowed = declared(*extras)

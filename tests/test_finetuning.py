@@ -14,7 +14,7 @@ from hf_cnn_ft.config.sections import ModelArguments
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import stages
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.strategies.freezing import apply_freezing, class_loss_weights, frozen_stage_names, resolve_bn_policy
+from hf_cnn_ft.strategies.freezing import apply_freezing, class_loss_weights, frozen_stage_names
 
 LABELS = ["a", "b", "c"]
 
@@ -149,10 +149,45 @@ def test_class_weights_change_the_trainers_loss(tmp_path):
     assert not torch.isclose(plain, weighted)
 
 
-def test_auto_batchnorm_policy_freezes_pretrained_statistics_only():
-    assert resolve_bn_policy("auto", pretrained=True) == "frozen"
-    assert resolve_bn_policy("auto", pretrained=False) == "train"
-    assert resolve_bn_policy("frozen_in_frozen_stages", pretrained=True) == "frozen_in_frozen_stages"
+@pytest.mark.parametrize(
+    "settings, bn",
+    [
+        ({"pretrained": True}, "frozen"),  # pretrained statistics stay
+        ({"pretrained": False}, "train"),  # a random start must learn its own
+        ({"pretrained": True, "peft_method": "lora"}, "train"),  # an adapter trains BatchNorm beside it
+        ({"pretrained": True, "bn": "frozen_in_frozen_stages"}, "frozen_in_frozen_stages"),
+    ],
+)
+def test_batchnorm_auto_is_settled_once_when_the_recipe_loads(settings, bn):
+    from hf_cnn_ft.config.recipe import build_recipe
+
+    recipe = build_recipe({"dataset": "d", "model": "resnet18", "output_dir": "o", **settings})
+    assert recipe.finetune.bn == bn
+
+
+@pytest.mark.parametrize("spelled, settled", [(0, "none"), ("", "none"), ("Backbone", "backbone"), (2, "2")])
+def test_freeze_is_spelled_one_way_once_loaded(spelled, settled):
+    from hf_cnn_ft.config.recipe import build_recipe
+
+    recipe = build_recipe(
+        {"dataset": "d", "model": "resnet18", "output_dir": "o", "freeze": spelled, "unfreeze": "milestones",
+         "unfreeze_milestones": {"3": spelled, 5: "None"}}
+    )  # fmt: skip
+    assert recipe.finetune.freeze == settled and recipe.finetune.unfreeze_milestones == {3: settled, 5: "none"}
+
+
+def test_gradual_unfreezing_never_thaws_the_stages_freeze_names(tmp_path, shapes_dir):
+    from hf_cnn_ft.config.recipe import build_recipe
+    from hf_cnn_ft.strategies.unfreezing import build_plan
+
+    model, _ = build_model(ModelArguments(model="resnet18", pretrained=False), ["a", "b", "c"])
+    backbone = list(stages(model))[:-1]
+    recipe = build_recipe({"dataset": "d", "model": "resnet18", "output_dir": "o", "strategy": "gradual"})
+    plan = build_plan(model, recipe.finetune, 10)
+    assert plan.frozen_at(0) == backbone[:-1] and plan.frozen_at(9) == []
+    kept = build_recipe({"dataset": "d", "model": "resnet18", "output_dir": "o", "strategy": "gradual", "freeze": 2})
+    plan = build_plan(model, kept.finetune, 10)
+    assert plan.frozen_at(0) == backbone[:-1] and plan.frozen_at(9) == backbone[:2]
 
 
 def test_optimizer_groups_carry_per_stage_learning_rates_and_no_decay_on_norms(tmp_path, shapes_dir):

@@ -21,6 +21,7 @@ from transformers import AutoModelForImageClassification, pipeline
 from hf_cnn_ft.cli.main import main
 from hf_cnn_ft.evaluation.predict import predict_files
 from hf_cnn_ft.models.io import load_model
+from hf_cnn_ft.share.card_findings import DATASET_PICTURES
 
 CARD_HEADINGS = ("## Training data", "## Training procedure", "## Results", "## How to use", "## Limitations")
 
@@ -60,6 +61,9 @@ def test_train_pushes_model_card_and_weights_that_both_libraries_load(tmp_path, 
     assert {"README.md", "config.json", "model.safetensors", "recipe.yaml", "metrics.json"} <= files
     assert not any(name.startswith(("checkpoint-", ".")) and name != ".gitattributes" for name in files)
     assert len(_commits(repo_id)) == 2  # the repo's initial commit, then exactly one push
+    # The dataset's own images stay home unless the recipe (hub.push_images) or `push --images` says otherwise.
+    assert (out / "examples").is_dir() and any((out / name).is_file() for name in DATASET_PICTURES)
+    assert not any(name.startswith("examples/") or name in DATASET_PICTURES for name in files)
 
     card = ModelCard.load(repo_id)
     card.validate()  # the Hub's metadata check (POST /api/validate-yaml)
@@ -73,6 +77,7 @@ def test_train_pushes_model_card_and_weights_that_both_libraries_load(tmp_path, 
     for heading in CARD_HEADINGS:
         assert heading in card.text, heading
     assert f'pipeline("image-classification", model="{repo_id}")' in card.text
+    assert "](reliability.png)" in card.text and not any(f"]({name})" in card.text for name in DATASET_PICTURES)
     assert f'timm.create_model("hf-hub:{repo_id}", pretrained=True)' in card.text
     # Data (class counts per split), procedure (hyperparameters, hardware, time, the resolved recipe), results.
     assert "| class | train | validation | test |" in card.text and "| learning rate (head) | 0.003 |" in card.text

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic import make_shapes_folder
 
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.data_config import DataConfig
@@ -17,6 +16,7 @@ from hf_cnn_ft.data.dataset import IMAGE_COLUMN
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform
+from hf_cnn_ft.extras.synthetic import make_shapes_folder
 
 CONFIG = DataConfig(input_size=24, crop_pct=0.875, interpolation="bicubic")
 

@@ -7,7 +7,6 @@ import logging
 
 import datasets
 import pytest
-from synthetic import make_shapes_folder
 
 from hf_cnn_ft.config import training_defaults
 from hf_cnn_ft.config.recipe import build_recipe
@@ -16,6 +15,7 @@ from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import IMAGE_COLUMN, preparation_workers
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.extras.synthetic import make_shapes_folder
 from hf_cnn_ft.training.machine import describe_input_pipeline
 
 

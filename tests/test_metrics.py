@@ -28,11 +28,13 @@ def test_report_matches_a_hand_computed_example():
     assert report["num_samples"] == 6 and "top5_accuracy" not in report
 
 
-def test_top5_accuracy_appears_above_five_classes():
-    scores = np.tile(np.arange(7, dtype=np.float32), (2, 1))  # ranking: 6, 5, 4, 3, 2, 1, 0
-    report = classification_report(scores, np.array([2, 1]), [str(i) for i in range(7)])
+def test_top5_accuracy_appears_from_ten_classes_where_it_says_something():
+    scores = np.tile(np.arange(10, dtype=np.float32), (2, 1))  # ranking: 9, 8, ..., 0
+    report = classification_report(scores, np.array([5, 4]), [str(i) for i in range(10)])
     assert report["accuracy"] == 0.0
     assert report["top5_accuracy"] == pytest.approx(0.5)
+    six = classification_report(scores[:, :6], np.array([5, 4]), [str(i) for i in range(6)])
+    assert "top5_accuracy" not in six  # five of six classes: near 1 by construction
 
 
 def test_evaluate_loads_the_shipped_metric_module_offline():
@@ -80,3 +82,40 @@ def test_report_agrees_with_scikit_learn_on_random_labels_with_classes_never_pre
         assert ours["f1"] == pytest.approx(theirs["f1-score"]) and ours["support"] == theirs["support"]
     assert report["per_class"]["c7"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert report["confusion_matrix"] == confusion_matrix(references, predictions, labels=range(8)).tolist()
+
+
+def test_one_macro_f1_on_every_path_agrees_with_scikit_learn_a_slice_with_absent_classes_included():
+    import torch
+    from sklearn.metrics import f1_score
+
+    from hf_cnn_ft.config.sections import FinetuneArguments
+    from hf_cnn_ft.evaluation.classification_report import macro_f1
+    from hf_cnn_ft.evaluation.error_analysis import slice_metrics
+    from hf_cnn_ft.strategies.probe import ProbeHooks, train_head
+
+    classes = 6
+    # A slice holding two of the six classes, all right: scikit-learn says 1.0 (not 2/6).
+    perfect = slice_metrics(np.array([0, 1, 1]), np.array([0, 1, 1]), ["site-a"] * 3, classes)
+    assert perfect["per_slice"]["site-a"]["f1_macro"] == pytest.approx(1.0)
+
+    rng = np.random.default_rng(1)
+    references = rng.choice([0, 1, 3], size=80)  # classes 2, 4 and 5 absent
+    predictions = np.where(rng.random(80) < 0.7, references, rng.integers(0, classes, size=80))
+    expected = f1_score(references, predictions, average="macro", zero_division=0)
+    report = classification_report(one_hot_scores(predictions, classes), references, list("abcdef"))
+    sliced = slice_metrics(predictions, references, ["x" if i % 2 else "y" for i in range(80)], classes)
+    assert report["f1_macro"] == pytest.approx(expected)
+    for name, members in (("x", slice(1, None, 2)), ("y", slice(0, None, 2))):
+        theirs = f1_score(references[members], predictions[members], average="macro", zero_division=0)
+        assert sliced["per_slice"][name]["f1_macro"] == pytest.approx(theirs)
+
+    torch.manual_seed(0)
+    features, labels = torch.randn(40, 8), torch.from_numpy(rng.choice([0, 1, 3], size=40))
+    validation = (torch.randn(30, 8), torch.from_numpy(rng.choice([0, 1, 3], size=30)))
+    head = torch.nn.Linear(8, classes)
+    args = FinetuneArguments(head_epochs=3, head_batch_size=16)
+    history = train_head(head, features, labels, args, 0, validation, None, ProbeHooks(macro_f1=macro_f1))
+    with torch.no_grad():
+        probed = head(validation[0]).argmax(1).numpy()
+    theirs = f1_score(validation[1].numpy(), probed, average="macro", zero_division=0)
+    assert history[-1]["eval_f1_macro"] == pytest.approx(theirs)

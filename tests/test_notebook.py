@@ -5,7 +5,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from synthetic import make_shapes_folder
+
+from hf_cnn_ft.extras.synthetic import make_shapes_folder
 
 pytestmark = pytest.mark.slow
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_and_finetune.ipynb"

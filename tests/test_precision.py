@@ -50,7 +50,7 @@ def test_speed_options_save_a_plain_float32_model_that_predicts(tmp_path, shapes
 # (as a training step does with its activations and gradients).
 _FAULT_COUNT = """
 import resource, torch
-from hf_cnn_ft.cli.process import keep_freed_memory_in_process
+from hf_cnn_ft.training.machine import keep_freed_memory_in_process
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

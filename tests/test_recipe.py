@@ -130,3 +130,63 @@ def test_yaml_no_and_yes_stay_words_not_booleans(tmp_path):
     assert recipe.training.save_strategy == "no" and recipe.training.eval_strategy == "no"
     assert load_recipe(None, ["--load_best_model_at_end", "false"]).training.load_best_model_at_end is False
     assert load_recipe(None, ["--pretrained", "no"]).model.pretrained is False  # a boolean setting still reads it
+
+
+def test_transformers_example_spellings_and_either_flag_style_name_the_same_keys(tmp_path):
+    recipe = load_recipe(
+        None,
+        [
+            "--model_name_or_path",
+            "resnet18",
+            "--dataset-name",
+            "some/folder",
+            "--label_column_name",
+            "kind",
+            "--learning-rate",
+            "0.01",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert recipe.model.model == "resnet18" and recipe.data.dataset == "some/folder"
+    assert recipe.data.label_column == "kind" and recipe.training.learning_rate == 0.01
+    from_file = load_recipe(write(tmp_path, "model_name_or_path: resnet18\ndata: {dataset_name: some/folder}\n"))
+    assert from_file.model.model == "resnet18" and from_file.data.dataset == "some/folder"
+    with pytest.raises(UserError, match="'dataset_name' is another name for 'dataset'"):
+        load_recipe(write(tmp_path, "data: {dataset: a/b, dataset_name: c/d}\n"))
+
+
+@pytest.mark.parametrize(
+    "argv, dest, value",
+    [
+        (["predict", "run", "a.jpg", "--top-k", "2"], "top_k", 2),
+        (["predict", "run", "a.jpg", "--top_k", "2"], "top_k", 2),
+        (["report", "run", "--slice-column", "site"], "slice_column", "site"),
+        (["report", "run", "--top_losses", "4"], "top_losses", 4),
+        (["push", "run", "me/model", "--commit_message", "m"], "commit_message", "m"),
+        (["app", "run", "--share", "false"], "share", "false"),
+    ],
+)
+def test_every_long_option_takes_dashes_or_underscores(argv, dest, value):
+    from hf_cnn_ft.cli.main import _parse_recipe_verb, build_parser
+
+    assert getattr(build_parser().parse_args(argv), dest) == value
+    for spelled in ("--start-lr", "--start_lr"):
+        options, extra = _parse_recipe_verb("lr-find", ["recipe.yaml", spelled, "0.001", "--seed", "3"])
+        assert options.start_lr == 0.001 and extra == ["--seed", "3"]
+
+
+def test_replace_builds_a_new_recipe_through_every_check(tmp_path):
+    recipe = load_recipe(
+        write(tmp_path, "data: {dataset: some/folder}\nmodel: {model: resnet18}\ntraining: {learning_rate: 0.01}\n"),
+        ["--overwrite_output_dir", "true"],
+    )
+    changed = recipe.replace(model="convnext_tiny", seed=3, split_seed=2, resplit=True)
+    assert changed.model.model == "convnext_tiny" and changed.training.seed == 3 and changed.data.split_seed == 2
+    assert changed.training.learning_rate == 0.01 and changed.data.dataset == "some/folder"
+    assert changed.training.overwrite_output_dir is True  # an invocation setting survives the copy
+    assert recipe.model.model == "resnet18" and recipe.training.seed != 3  # the original is untouched
+    with pytest.raises(UserError, match="validation_fraction"):
+        recipe.replace(validation_fraction=1.5)
+    with pytest.raises(UserError, match="unknown key 'seeds'"):
+        recipe.replace(seeds=2)

@@ -14,7 +14,6 @@ import torch
 from conftest import TINY_SETTINGS, overrides
 from datasets import Image as ImageFeature
 from PIL import Image
-from synthetic import make_hard_shapes_folder, make_mark_folder
 
 from hf_cnn_ft.cli.main import main
 from hf_cnn_ft.config.recipe import load_recipe
@@ -28,6 +27,7 @@ from hf_cnn_ft.evaluation.calibration import (
     probabilities,
 )
 from hf_cnn_ft.evaluation.gradcam import grad_cam
+from hf_cnn_ft.extras.synthetic import make_hard_shapes_folder, make_mark_folder
 from hf_cnn_ft.share.run_dir import load_run
 
 MARK_RUN = {

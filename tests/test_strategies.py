@@ -45,8 +45,8 @@ class HeadOnlyFromScratch(Strategy):
     def callbacks(self, recipe):
         return [self.counter]
 
-    def card_text(self, recipe, summary):
-        return f"Strategy `{self.name}`: only the new head trained, for {summary['epochs_trained']:g} epochs."
+    def card_text(self, recipe, epochs_trained):
+        return f"Strategy `{self.name}`: only the new head trained, for {epochs_trained:g} epochs."
 
 
 @pytest.fixture

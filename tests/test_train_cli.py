@@ -10,10 +10,10 @@ import torch
 import yaml
 from conftest import TINY_SETTINGS, cli_env, overrides
 from PIL import Image
-from synthetic import CLASSES, make_shapes_folder
 from transformers import pipeline
 
 from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.extras.synthetic import CLASSES, make_shapes_folder
 
 pytestmark = pytest.mark.slow
 ARTEFACTS = [

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from conftest import TINY_SETTINGS, cli_env
 from optuna.trial import TrialState
-from synthetic import make_shapes_folder
 
 from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.config.search import parse_distribution
 from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.extras.synthetic import make_shapes_folder
 from hf_cnn_ft.strategies.registry import STRATEGIES
 from hf_cnn_ft.training.train import train
 from hf_cnn_ft.training.tuning.results import TRIALS_CSV

@@ -3,11 +3,9 @@ shows of it (calibrated top-k, Grad-CAM, the headline figures, the run's example
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,7 +21,8 @@ from hf_cnn_ft.evaluation.predict import top_k_predictions
 from hf_cnn_ft.evaluation.report_plots import heat_overlay
 from hf_cnn_ft.models.hub import repo_snapshot
 from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
-from hf_cnn_ft.share.run_dir import COMPLETION_MARKER, example_images, load_run, test_time_flips_for
+from hf_cnn_ft.share.run_dir import example_images, load_run, test_time_flips_for
+from hf_cnn_ft.share.run_summary import COMPLETION_MARKER, RunSummary, read_summary
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class DemoModel:
     model: PreTrainedModel
     data_config: DataConfig
     views: list[Transform]  # the run's test-time views: the page predicts exactly as `hf-cnn-ft predict`
-    summary: dict[str, Any]  # the run's metrics.json ({} for a model pushed without one)
+    summary: RunSummary | None  # the run's metrics.json (None for a model pushed without one)
     examples: list[Path]
 
 
@@ -42,13 +41,12 @@ def load_demo_model(source: str) -> DemoModel:
     """Loads a run directory, adapter run or Hub model repo (downloaded whole, or the cached copy offline)."""
     folder = Path(source) if check_model_location(source) else Path(repo_snapshot(source))
     model, data_config = load_run(folder)
-    marker = folder / COMPLETION_MARKER
     return DemoModel(
         name=source if not Path(source).is_dir() else Path(source).resolve().name,
         model=model,
         data_config=data_config,
         views=evaluation_views(eval_transform(data_config), test_time_flips_for(folder, None)),
-        summary=json.loads(marker.read_text()) if marker.is_file() else {},
+        summary=read_summary(folder) if (folder / COMPLETION_MARKER).is_file() else None,
         examples=example_images(folder),
     )
 
@@ -74,14 +72,13 @@ def explain(demo: DemoModel, image: Image.Image, label: str) -> np.ndarray | Non
 def headline(demo: DemoModel) -> str:
     """The model card's headline figures, as Markdown: what it is, its classes, how well it did on test."""
     summary, names = demo.summary, label_names_of(demo.model)
-    base = summary.get("base_model")
+    base = summary.base_model if summary else None
     architecture = getattr(demo.model.config, "architecture", None) or demo.model.config.model_type
     origin = f"Fine-tuned from **{base}**" if base else f"A **{architecture}** fine-tuned"
     lines = [f"# {demo.name}", f"{origin} with hf-cnn-ft."]
     lines.append(f"{len(names)} classes: {', '.join(names)}.")
-    split = summary.get("evaluated_on")
-    report = summary.get(split) if split else None
-    if report:
+    if summary:
+        split, report = summary.evaluated_on, summary.evaluation
         lines.append(
             f"On its held-out {split} split ({report['num_samples']} images): accuracy "
             f"**{report['accuracy']:.3f}**, macro-F1 **{report['f1_macro']:.3f}**."

@@ -10,12 +10,12 @@ import logging
 import time
 from pathlib import Path
 
-from hf_cnn_ft.cli.process import prepare_cpu_process
 from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.report import format_report
 from hf_cnn_ft.extras.known_weights import import_known_weights
 from hf_cnn_ft.extras.offline_data import OFFLINE_DATASETS, prepare_dataset
+from hf_cnn_ft.training.machine import prepare_cpu_process
 from hf_cnn_ft.training.train import train
 
 logger = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hf_cnn_ft.cli.flags import FlagParser
 from hf_cnn_ft.cli.run_verbs import RUN_HANDLERS, add_run_verbs
 from hf_cnn_ft.cli.tools import TOOL_HANDLERS, add_tool_verbs
 from hf_cnn_ft.cli.tune import add_tune_verb, run_tune
@@ -58,7 +59,7 @@ def _train(options: argparse.Namespace, extra: list[str]) -> int:
     if options.overwrite:
         overrides += ["--overwrite_output_dir", "true"]
     recipe = load_recipe(options.recipe, overrides)
-    from hf_cnn_ft.cli.process import prepare_cpu_process
+    from hf_cnn_ft.training.machine import prepare_cpu_process
     from hf_cnn_ft.training.train import train
 
     prepare_cpu_process(recipe.training.keep_freed_memory)
@@ -82,8 +83,8 @@ def _compare(options: argparse.Namespace, extra: list[str]) -> int:
 
     recipe = load_recipe(options.recipe, extra)
     check_output_folder(recipe.training.output_dir, "training.output_dir")
-    from hf_cnn_ft.cli.process import prepare_cpu_process
     from hf_cnn_ft.training.compare import compare_models, ranked
+    from hf_cnn_ft.training.machine import prepare_cpu_process
 
     prepare_cpu_process(recipe.training.keep_freed_memory)
     models = [m.strip() for m in options.models.split(",") if m.strip()]
@@ -106,8 +107,8 @@ def _lr_find(options: argparse.Namespace, extra: list[str]) -> int:
 
     recipe = load_recipe(options.recipe, extra)
     check_output_folder(recipe.training.output_dir, "training.output_dir")
-    from hf_cnn_ft.cli.process import prepare_cpu_process
     from hf_cnn_ft.training.lr_find import find_learning_rate
+    from hf_cnn_ft.training.machine import prepare_cpu_process
 
     prepare_cpu_process(recipe.training.keep_freed_memory)
     result = find_learning_rate(recipe, options.steps, options.start_lr, options.end_lr)
@@ -140,15 +141,15 @@ def _add_recipe_verb_options(parser: argparse.ArgumentParser, verb: str) -> None
         )
     elif verb == "lr-find":
         parser.add_argument("--steps", type=int, default=100)
-        parser.add_argument("--start-lr", type=float, default=1e-7)
-        parser.add_argument("--end-lr", type=float, default=1.0)
+        parser.add_argument("--start_lr", type=float, default=1e-7)
+        parser.add_argument("--end_lr", type=float, default=1.0)
 
 
 def _parse_recipe_verb(verb: str, args: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """train, lr-find and compare take open-ended recipe overrides (--any_recipe_key value): their own few
     options are parsed here, exactly (no abbreviations), and everything else goes to the recipe."""
     recipe = args[0] if args and not args[0].startswith("-") else None
-    own = argparse.ArgumentParser(prog=f"hf-cnn-ft {verb}", allow_abbrev=False, add_help=False)
+    own = FlagParser(prog=f"hf-cnn-ft {verb}", allow_abbrev=False, add_help=False)
     _add_recipe_verb_options(own, verb)
     options, extra = own.parse_known_args(args[1:] if recipe else args)
     options.verb, options.recipe = verb, recipe
@@ -156,7 +157,7 @@ def _parse_recipe_verb(verb: str, args: list[str]) -> tuple[argparse.Namespace, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-cnn-ft", description="Fine-tune pretrained CNNs on your own images.")
+    parser = FlagParser(prog="hf-cnn-ft", description="Fine-tune pretrained CNNs on your own images.")
     verbs = parser.add_subparsers(dest="verb", required=True)
     _add_recipe_verbs(verbs)
     add_run_verbs(verbs)

@@ -95,7 +95,8 @@ def _push(options: argparse.Namespace) -> int:
     model_dir = Path(options.model_dir)
     kept = f"; nothing was pushed and {model_dir} is intact"
     space = check_push_access(options.space, kept) if options.space else None  # refused: before any upload
-    result = push_model_dir(model_dir, options.repo_id, options.private, options.branch, options.commit_message)
+    images = True if options.images else None  # else the run's hub.push_images
+    result = push_model_dir(model_dir, options.repo_id, options.private, options.branch, options.commit_message, images)
     if result.changed:
         print(f"pushed {model_dir} to {result.repo_url} ({result.revision}): {result.commit_url}")
     else:
@@ -152,7 +153,7 @@ def add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     report.add_argument("--split", default="test", help="test (default), validation, train, or all")
     report.add_argument("--output_dir", help="where the report goes; default: the run directory itself")
     report.add_argument("--slice_column", help="report accuracy and F1 per value of this metadata column")
-    report.add_argument("--top-losses", dest="top_losses", type=int, help="how many wrong images to show")
+    report.add_argument("--top_losses", type=int, help="how many wrong images to show")
     _add_tta_option(report)
     evaluate = verbs.add_parser("evaluate", help="evaluate a fine-tuned model on a labelled dataset")
     evaluate.add_argument("model_dir")
@@ -164,7 +165,7 @@ def add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     predict = verbs.add_parser("predict", help="classify image files or folders")
     predict.add_argument("model_dir")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders")
-    predict.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=3)
+    predict.add_argument("--top_k", type=int, default=3)
     predict.add_argument("--output", help="write predictions to a .csv or .json file")
     _add_tta_option(predict)
 
@@ -173,7 +174,13 @@ def add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     push.add_argument("repo_id", help="namespace/name (or just name: under the token's user)")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--branch", help="push to this branch (created if missing)")
-    push.add_argument("--commit-message", "--commit_message", dest="commit_message")
+    push.add_argument("--commit_message")
+    push.add_argument(
+        "--images",
+        action="store_true",
+        help="also push the dataset's own images (examples/, the report's picture grids); only where its licence "
+        "allows passing them on",
+    )
     push.add_argument("--space", metavar="SPACE_REPO", help="also create or update a Gradio Space serving the model")
 
     export = verbs.add_parser("export", help="export to ONNX (checked with onnxruntime), optionally int8")

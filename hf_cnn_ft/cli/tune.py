@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.report import format_report
 
 DESCRIPTION = """Searches the recipe's space (its `tune.space`, or its strategy's default space) with Optuna:
@@ -36,8 +37,14 @@ def add_tune_verb(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_tune(options: argparse.Namespace, extra: list[str]) -> int:
-    from hf_cnn_ft.cli.process import prepare_cpu_process
-    from hf_cnn_ft.training.tuning.tune import tune
+    from hf_cnn_ft.training.machine import prepare_cpu_process
+
+    try:
+        from hf_cnn_ft.training.tuning.tune import tune
+    except ModuleNotFoundError as exc:
+        if exc.name != "optuna":
+            raise
+        raise UserError("tune needs Optuna: pip install 'hf-cnn-ft[tune]'") from None
 
     prepare_cpu_process()
     result = tune(options.recipe, extra)

@@ -161,9 +161,9 @@ def _check_augment(values: RecipeValues) -> None:
     )
 
 
-def _check_freeze(value: str) -> None:
+def _check_freeze(value: object) -> None:
     _require(
-        value in ("none", "backbone", "") or str(value).isdigit(),
+        settled_freeze(value) in ("none", "backbone") or settled_freeze(value).isdigit(),
         f"finetune.freeze: {value!r} is not none, backbone or a number of stages",
     )
 
@@ -177,7 +177,7 @@ def _check_milestones(finetune: FinetuneArguments) -> None:
     )
     for epoch, value in finetune.unfreeze_milestones.items():
         _require(str(epoch).isdigit(), f"finetune.unfreeze_milestones: {epoch!r} is not an epoch number")
-        _check_freeze(str(value).lower() if value is not None else "none")
+        _check_freeze(settled_freeze(value))
 
 
 def _check_class_weights(setting: object) -> None:
@@ -270,13 +270,28 @@ def _check_training(values: RecipeValues) -> None:
     _check_resume(training)
 
 
-def resolve_strategy_defaults(finetune: FinetuneArguments) -> None:
-    """Fills the keys the strategy presets and the recipe left unset, so the saved recipe shows them."""
+def settled_freeze(value: object) -> str:
+    """A checked freeze value spelled one way: `none`, `backbone` or a number of stages ("0" is none)."""
+    text = str(value).strip().lower() if value is not None else "none"
+    return "none" if text in ("", "0") else text
+
+
+def resolve_strategy_defaults(values: RecipeValues) -> None:
+    """Settles the finetune section once, for everything downstream: the keys the strategy presets and the
+    recipe left unset, `freeze` and the milestones spelled one way, and `bn: auto` decided (frozen for
+    pretrained weights, train for a random start or under a peft adapter, which trains BatchNorm with it)."""
+    finetune = values.finetune
     preset = STRATEGY_PRESETS[finetune.strategy]
     if finetune.unfreeze is None:
         finetune.unfreeze = preset.unfreeze
     if finetune.lr_decay is None:
         finetune.lr_decay = preset.lr_decay
+    finetune.freeze = settled_freeze(finetune.freeze)
+    if finetune.unfreeze_milestones:
+        finetune.unfreeze_milestones = {int(e): settled_freeze(v) for e, v in finetune.unfreeze_milestones.items()}
+    if finetune.bn == "auto":
+        pretrained = values.model.pretrained or values.model.weights is not None
+        finetune.bn = "frozen" if pretrained and not values.peft.peft_method else "train"
 
 
 def _check_signal(values: RecipeValues) -> None:
@@ -347,6 +362,6 @@ def check_recipe(values: RecipeValues) -> RecipeValues:
     """Runs every check, then resolves the strategy's defaults."""
     for check in CHECKS:
         check(values)
-    resolve_strategy_defaults(values.finetune)
+    resolve_strategy_defaults(values)
     resolve_signal(values.signal, values.data)
     return values

@@ -26,6 +26,21 @@ def _key_owners() -> dict[str, str]:
 
 KEY_OWNERS = _key_owners()
 
+# transformers' image-classification example spells these keys its own way; users bring its commands along.
+ALIASES = {
+    "model_name_or_path": "model",
+    "dataset_name": "dataset",
+    "dataset_config_name": "dataset_config",
+    "image_column_name": "image_column",
+    "label_column_name": "label_column",
+}
+
+
+def canonical_key(key: str) -> str:
+    """The recipe's own name for `key`: dashes read as underscores, transformers' example spellings mapped."""
+    key = key.replace("-", "_")
+    return ALIASES.get(key, key)
+
 
 def _training_fields() -> dict[str, Any]:
     from hf_cnn_ft.config.training_arguments import training_fields  # imports transformers: seconds

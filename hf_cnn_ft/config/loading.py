@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hf_cnn_ft.config.keys import KEY_OWNERS, every_key, field_type, init_fields, owner_of
+from hf_cnn_ft.config.keys import KEY_OWNERS, canonical_key, every_key, field_type, init_fields, owner_of
 from hf_cnn_ft.config.sections import SECTIONS
 from hf_cnn_ft.errors import UserError, first_line, located, shown
 
@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe, fro
     from hf_cnn_ft.config.recipe import Recipe
 
 # Settings of a single invocation that must not be replayed from a saved recipe.
-_NOT_SAVED = {"resume_from_checkpoint", "overwrite_output_dir", "local_rank"}
+# Settings of one invocation, never saved with a recipe.
+INVOCATION_KEYS = ("resume_from_checkpoint", "overwrite_output_dir", "local_rank")
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -214,17 +215,27 @@ def _flatten_recipe(raw: dict[str, Any], origin: str) -> dict[str, tuple[str, An
                 continue
             if not isinstance(top_value, dict):
                 raise UserError(located(origin, f"section '{top_key}' must be a mapping of keys to values"))
-            for key, value in top_value.items():
+            for spelled, value in top_value.items():
+                key = _canonical_once(spelled, flat, origin)
                 if _section_of(key, top_key) != top_key:
                     hint = _suggest(key, _section_keys(top_key)) or _moved_hint(key)
                     raise UserError(located(origin, f"unknown key '{key}' in section '{top_key}'{hint}"))
                 flat[key] = (top_key, value)
-        elif owner_of(top_key) is not None:
-            flat[top_key] = (owner_of(top_key), top_value)
+        elif owner_of(key := _canonical_once(top_key, flat, origin)) is not None:
+            flat[key] = (owner_of(key), top_value)
         else:
             hint = _suggest(top_key, list(SECTIONS) + every_key())
             raise UserError(located(origin, f"unknown key '{top_key}'{hint}"))
     return flat
+
+
+def _canonical_once(spelled: Any, flat: dict[str, tuple[str, Any]], origin: str) -> Any:
+    """A recipe file's key by its own name (`model_name_or_path` is `model`); a key given twice under two
+    spellings is an error, not a silent choice."""
+    key = canonical_key(spelled) if isinstance(spelled, str) else spelled
+    if key != spelled and key in flat:
+        raise UserError(located(origin, f"'{spelled}' is another name for '{key}', which is set already: keep one"))
+    return key
 
 
 def _section_of(key: str, section: str) -> str | None:
@@ -259,7 +270,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
             else:
                 value = "true"
         section, dot, name = key.rpartition(".")
-        name = name.replace("-", "_")
+        name = canonical_key(name)
         owner = owner_of(name)
         if owner is None:
             raise UserError(f"unknown override --{key}{_suggest(name, every_key())}")
@@ -303,7 +314,7 @@ def _training_values(recipe: Recipe) -> dict[str, Any]:
     resolved = recipe.training.to_dict()
     ours = [key for key in init_fields(SECTIONS["training"]) if key in resolved]
     ordered = ours + sorted(key for key in resolved if key not in ours)
-    return {key: _plain(resolved[key]) for key in ordered if key not in _NOT_SAVED and "token" not in key}
+    return {key: _plain(resolved[key]) for key in ordered if key not in INVOCATION_KEYS and "token" not in key}
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:

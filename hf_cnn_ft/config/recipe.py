@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_cnn_ft.config.checks import RecipeValues, check_recipe, resolve_streaming_schedule
-from hf_cnn_ft.config.loading import parse_overrides, read_recipe_file, recipe_to_dict, recipe_to_yaml, section_values
+from hf_cnn_ft.config.loading import (
+    INVOCATION_KEYS,
+    parse_overrides,
+    read_recipe_file,
+    recipe_to_dict,
+    recipe_to_yaml,
+    section_values,
+)
 from hf_cnn_ft.config.sections import (
     SECTIONS,
     AugmentArguments,
@@ -66,6 +73,13 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return recipe_to_yaml(self)
+
+    def replace(self, **values: Any) -> Recipe:
+        """A new recipe with flat ``{key: value}`` changes, built and checked like every other:
+        ``recipe.replace(model="resnet50", seed=1)``."""
+        settings = {key: value for section in self.to_dict().values() for key, value in section.items()}
+        settings |= {key: getattr(self.training, key) for key in INVOCATION_KEYS}  # not saved, but kept here
+        return build_recipe({**settings, **values})
 
 
 def _declared_training_defaults() -> dict[str, Any]:

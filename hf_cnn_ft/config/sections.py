@@ -270,6 +270,14 @@ class HubArguments:
         default="other",
         metadata={"help": "Licence id for the model card; the base weights' and the data's licences bound it."},
     )
+    push_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Also push the dataset's own images: examples/ (the demo page's examples) and the report's "
+            "picture grids. Off by default, as a dataset's licence may not allow passing its images on; "
+            "`hf-cnn-ft push --images` does it for one push."
+        },
+    )
 
 
 @dataclass

@@ -15,7 +15,7 @@ from sklearn import metrics
 
 _DESCRIPTION = """
 Accuracy, precision, recall and F1 (macro, weighted and per class), top-5 accuracy when there
-are more than five classes, and the confusion matrix (rows: true class, columns: predicted).
+are ten classes or more, and the confusion matrix (rows: true class, columns: predicted).
 Macro and weighted averages run over the classes present in the references or the predictions.
 """
 
@@ -26,8 +26,26 @@ Args:
     label_names: optional class names, used as the keys of `per_class`.
 Returns:
     accuracy, precision_macro, recall_macro, f1_macro, precision_weighted, recall_weighted,
-    f1_weighted, top5_accuracy (more than 5 classes only), num_samples, per_class, confusion_matrix.
+    f1_weighted, top5_accuracy (10 classes or more), num_samples, per_class, confusion_matrix.
 """
+
+
+TOP5_FROM_CLASSES = 10  # with fewer classes, top-5 accuracy is close to 1 by construction and says little
+
+
+def averaged_classes(references: np.ndarray, predictions: np.ndarray, num_classes: int) -> list[int]:
+    """The classes a macro or weighted average runs over: those present in the references or the predictions
+    (scikit-learn's rule), every class when there are none."""
+    seen = sorted(set(np.asarray(references).tolist()) | set(np.asarray(predictions).tolist()))
+    return seen or list(range(num_classes))
+
+
+def macro_f1(references: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """The macro-F1 of every report, probe epoch and slice: the mean F1 over `averaged_classes`."""
+    if not len(references):
+        return 0.0
+    labels = averaged_classes(references, predictions, num_classes)
+    return float(metrics.f1_score(references, predictions, labels=labels, average="macro", zero_division=0))
 
 
 def compute_classification_report(
@@ -44,18 +62,21 @@ def compute_classification_report(
     names = list(label_names) if label_names is not None else [str(i) for i in range(num_classes)]
     predictions = scores.argmax(axis=1)
     every = list(range(num_classes))
-    seen = sorted(set(references.tolist()) | set(predictions.tolist()))
     precision, recall, f1, support = metrics.precision_recall_fscore_support(
         references, predictions, labels=every, zero_division=0
     )
     report = {"accuracy": float(metrics.accuracy_score(references, predictions)) if len(references) else 0.0}
     for average in ("macro", "weighted"):
         values = metrics.precision_recall_fscore_support(
-            references, predictions, labels=seen or every, average=average, zero_division=0
+            references,
+            predictions,
+            labels=averaged_classes(references, predictions, num_classes),
+            average=average,
+            zero_division=0,
         )[:3]
         for name, value in zip(("precision", "recall", "f1"), values):
             report[f"{name}_{average}"] = float(value) if len(references) else 0.0
-    if num_classes > 5:
+    if num_classes >= TOP5_FROM_CLASSES:
         report["top5_accuracy"] = (
             float(metrics.top_k_accuracy_score(references, scores, k=5, labels=every)) if len(references) else 0.0
         )

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
+
+from hf_cnn_ft.evaluation.classification_report import macro_f1
 
 
 def per_image_losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -55,7 +56,7 @@ def slice_metrics(predictions: np.ndarray, labels: np.ndarray, slices: list[str]
     for name in sorted(set(slices)):
         members = values == name
         truth, predicted = labels[members], predictions[members]
-        f1 = f1_score(truth, predicted, labels=range(num_labels), average="macro", zero_division=0)
+        f1 = macro_f1(truth, predicted, num_labels)
         rows[name] = {
             "num_samples": int(members.sum()),
             "accuracy": float((predicted == truth).mean()),

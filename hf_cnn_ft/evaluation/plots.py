@@ -58,8 +58,9 @@ def epoch_history(log_history: list[dict[str, Any]], metric: str) -> dict[str, l
     return series
 
 
-def plot_training_curves(log_history: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """Loss (train and validation) and the validation metric per epoch, side by side."""
+def plot_training_curves(log_history: list[dict[str, Any]], metric: str, path: Path, kept: str = "best") -> None:
+    """Loss (train and validation) and the validation metric per epoch, side by side, with the epoch whose
+    weights were kept marked: the `best` one (the Trainer's best checkpoint) or the `last` (the probe's)."""
     plt = pyplot()
     series = epoch_history(log_history, metric)
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -76,8 +77,11 @@ def plot_training_curves(log_history: list[dict[str, Any]], metric: str, path: P
     if points:
         xs, ys = zip(*points)
         metric_ax.plot(xs, ys, marker="o", color="tab:green")
-        best = int(np.argmax(ys)) if not metric.endswith("loss") else int(np.argmin(ys))
-        metric_ax.scatter([xs[best]], [ys[best]], s=120, facecolors="none", edgecolors="black", label="best")
+        if kept == "last":
+            chosen, label = len(ys) - 1, "kept (last epoch)"
+        else:
+            chosen, label = int(np.argmax(ys)) if not metric.endswith("loss") else int(np.argmin(ys)), "best"
+        metric_ax.scatter([xs[chosen]], [ys[chosen]], s=120, facecolors="none", edgecolors="black", label=label)
         metric_ax.legend()
     metric_ax.set_xlabel("epoch")
     metric_ax.set_ylabel(metric)

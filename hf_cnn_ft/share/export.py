@@ -31,7 +31,8 @@ from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import is_timm_model
 from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
-from hf_cnn_ft.share.run_dir import load_run, write_json
+from hf_cnn_ft.share.atomic import write_json
+from hf_cnn_ft.share.run_dir import load_run
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ and is never passed around, logged or written: a recipe has no field for it.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from hf_cnn_ft.models.hub import TOKENS_PAGE, hub_errors, token_source
 from hf_cnn_ft.models.io import save_model
 from hf_cnn_ft.share import run_dir as artefacts
 from hf_cnn_ft.share.publish import folder_operations, repo_operations
+from hf_cnn_ft.share.run_summary import read_summary
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,10 @@ def push_model_dir(
     private: bool = False,
     branch: str | None = None,
     commit_message: str | None = None,
+    images: bool | None = None,
 ) -> PushResult:
-    """Pushes a finished run's output directory, with its model card rendered for `repo_id`.
+    """Pushes a finished run's output directory, with its model card rendered for `repo_id`; the dataset's own
+    images (examples/, the report's picture grids) only when `images` or the run's hub.push_images says so.
 
     Nothing in `model_dir` changes: the card and the path-free copies of text files are built in memory."""
     model_dir = Path(model_dir)
@@ -144,9 +146,8 @@ def push_model_dir(
             "`hf-cnn-ft train RECIPE --resume` before pushing"
         )
     repo_id = check_push_access(repo_id, _kept(model_dir))
-    summary = json.loads((model_dir / artefacts.COMPLETION_MARKER).read_text())
-    message = commit_message or f"Upload fine-tuned {summary.get('base_model') or 'CNN'} (hf-cnn-ft)"
-    return upload(repo_operations(model_dir, repo_id), repo_id, private, branch, message, model_dir)
+    message = commit_message or f"Upload fine-tuned {read_summary(model_dir).base_model or 'CNN'} (hf-cnn-ft)"
+    return upload(repo_operations(model_dir, repo_id, images), repo_id, private, branch, message, model_dir)
 
 
 class PushDuringTrainingCallback(TrainerCallback):

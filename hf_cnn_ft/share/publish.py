@@ -5,7 +5,6 @@ nothing into the run directory."""
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from pathlib import Path
 
@@ -13,11 +12,14 @@ from huggingface_hub import CommitOperationAdd
 
 from hf_cnn_ft.config.paths import looks_like_local_path
 from hf_cnn_ft.config.recipe import Recipe, load_recipe
-from hf_cnn_ft.share import run_dir as artefacts
 from hf_cnn_ft.share.card import build_model_card, pictures_in
+from hf_cnn_ft.share.card_findings import DATASET_PICTURES
+from hf_cnn_ft.share.run_dir import EXAMPLES_DIR
+from hf_cnn_ft.share.run_summary import RunSummary, read_summary
 
 # Never pushed: Trainer checkpoints (optimizer state, hundreds of MB) and hidden staging files.
 NOT_PUSHED = ["checkpoint-*", ".*"]
+DATASET_IMAGES = [EXAMPLES_DIR, *DATASET_PICTURES]
 TEXT_SUFFIXES = {".md", ".json", ".yaml", ".yml", ".tsv", ".csv", ".txt"}
 # An absolute POSIX path that no known setting accounts for (an image outside the dataset folder...):
 # a slash not inside a word, URL or relative path, then at least two components.
@@ -47,13 +49,23 @@ def without_local_paths(text: str, names: dict[str, str]) -> str:
     return _ANY_ABSOLUTE_PATH.sub(lambda match: match.group(1), text)
 
 
-def _pushed_files(model_dir: Path) -> list[Path]:
+def _pushed_files(model_dir: Path, images: bool = True) -> list[Path]:
+    """The run's files a push sends; without `images`, none that shows the dataset's own images."""
+    not_pushed = NOT_PUSHED if images else [*NOT_PUSHED, *DATASET_IMAGES]
     files = []
     for path in sorted(model_dir.rglob("*")):
         parts = path.relative_to(model_dir).parts
-        if path.is_file() and not any(fnmatch.fnmatch(part, p) for part in parts for p in NOT_PUSHED):
+        if path.is_file() and not any(fnmatch.fnmatch(part, p) for part in parts for p in not_pushed):
             files.append(path)
     return files
+
+
+def _without_dataset_pictures(summary: RunSummary) -> RunSummary:
+    """The summary as the pushed card shows it when the dataset's images stay home: no links to them."""
+    if not summary.report:
+        return summary
+    kept = [name for name in summary.report.get("pictures", []) if name not in DATASET_PICTURES]
+    return summary.with_finding("report", {**summary.report, "pictures": kept})
 
 
 def folder_operations(folder: Path) -> list[CommitOperationAdd]:
@@ -68,13 +80,17 @@ def _published_text(content: bytes, names: dict[str, str]) -> bytes:
         return content
 
 
-def repo_operations(model_dir: Path, repo_id: str) -> list[CommitOperationAdd]:
-    """The commit that publishes a finished run to `repo_id`, built without touching `model_dir`."""
-    summary = json.loads((model_dir / artefacts.COMPLETION_MARKER).read_text())
+def repo_operations(model_dir: Path, repo_id: str, images: bool | None = None) -> list[CommitOperationAdd]:
+    """The commit that publishes a finished run to `repo_id`, built without touching `model_dir`. The dataset's
+    own images go too when `images` says so (None: the run's hub.push_images)."""
+    summary = read_summary(model_dir)
     recipe = load_recipe(model_dir / "recipe.yaml") if (model_dir / "recipe.yaml").is_file() else None
     names = local_path_names(recipe, model_dir) if recipe else {str(model_dir.resolve()): model_dir.resolve().name}
+    images = images if images is not None else bool(recipe and recipe.hub.push_images)
+    if not images:
+        summary = _without_dataset_pictures(summary)
     operations = []
-    for path in _pushed_files(model_dir):
+    for path in _pushed_files(model_dir, images):
         name = path.relative_to(model_dir).as_posix()
         if name == "README.md" and recipe is not None:
             content = build_model_card(recipe, summary, repo_id, pictures_in(model_dir)).content.encode()

@@ -9,7 +9,6 @@ what marks a run as finished.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,26 +35,13 @@ from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, fold_temperature, load_model, save_model
 from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.card import write_model_card
+from hf_cnn_ft.share.run_summary import COMPLETION_MARKER, read_summary, write_summary
 from hf_cnn_ft.strategies.adapters import is_adapter_dir
 
 logger = logging.getLogger(__name__)
 
-COMPLETION_MARKER = "metrics.json"
 STAGING_DIR = ".staging"
 EXAMPLES_DIR = "examples"  # a few test images for the demo page (`hf-cnn-ft app`)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Writes JSON to a temporary name beside `path`, then renames it into place."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
-
-
-def write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def mark_incomplete(output_dir: Path) -> None:
@@ -100,12 +86,14 @@ def remove_incomplete_checkpoints(output_dir: Path) -> dict[Path, str]:
 def load_adapter_dir(directory: str | Path) -> tuple[PeftModel, DataConfig]:
     """The base model rebuilt from the run's recipe, with the adapter loaded onto it."""
     directory = Path(directory)
-    recipe_path, metrics_path = directory / "recipe.yaml", directory / "metrics.json"
+    recipe_path, metrics_path = directory / "recipe.yaml", directory / COMPLETION_MARKER
     if not recipe_path.is_file() or not metrics_path.is_file():
-        raise UserError(f"{directory} holds an adapter but no recipe.yaml/metrics.json to rebuild its base model from")
-    recipe, summary = load_recipe(recipe_path), json.loads(metrics_path.read_text())
-    base, _ = build_model(recipe.model, summary["label_names"])
-    data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in summary["preprocessing"].items()})
+        raise UserError(
+            f"{directory} holds an adapter but no recipe.yaml/{COMPLETION_MARKER} to rebuild its base model from"
+        )
+    recipe, summary = load_recipe(recipe_path), read_summary(directory)
+    base, _ = build_model(recipe.model, summary.label_names)
+    data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in summary.preprocessing.items()})
     try:
         model = PeftModel.from_pretrained(base, directory)
     except Exception as exc:  # peft raises several types for an adapter that does not fit the base
@@ -132,26 +120,25 @@ def merge_adapter_dir(directory: str | Path, output: str | Path) -> Path:
             shutil.copy2(path, output / path.name)
     if (directory / EXAMPLES_DIR).is_dir():
         shutil.copytree(directory / EXAMPLES_DIR, output / EXAMPLES_DIR)
-    summary = json.loads((directory / COMPLETION_MARKER).read_text())
-    summary["peft"]["merged"] = True
+    adapter_summary = read_summary(directory)
+    summary = replace(adapter_summary, peft={**adapter_summary.peft, "merged": True})
     write_model_card(output, load_recipe(output / "recipe.yaml"), summary)
-    write_json(output / COMPLETION_MARKER, summary)  # last: the merged directory is complete
+    write_summary(output, summary)  # last: the merged directory is complete
     return output
 
 
 def add_to_run(output_dir: Path, key: str, finding: dict[str, Any]) -> None:
     """Records a finding about a finished run (its `report`, the `search` that found its recipe), written
     beside the run's files, in metrics.json and the model card."""
-    summary = json.loads((output_dir / COMPLETION_MARKER).read_text())
-    summary[key] = finding
+    summary = read_summary(output_dir).with_finding(key, finding)
     write_model_card(output_dir, load_recipe(output_dir / "recipe.yaml"), summary)
-    write_json(output_dir / COMPLETION_MARKER, summary)
+    write_summary(output_dir, summary)
 
 
 def _restore_temperature(merged: PreTrainedModel, adapter_dir: Path) -> None:
     """An adapter directory has no model config: the temperature its head was divided by lives in the run's
     summary (the head itself, saved with the adapter, is already calibrated)."""
-    calibration = json.loads((adapter_dir / COMPLETION_MARKER).read_text()).get("calibration") or {}
+    calibration = read_summary(adapter_dir).calibration or {}
     if calibration.get("folded_into_head"):
         setattr(merged.config, FOLDED_TEMPERATURE, calibration["temperature"])
     elif calibration.get("temperature", 1.0) != 1.0:  # an earlier version's run: fold it now

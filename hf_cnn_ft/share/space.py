@@ -1,12 +1,13 @@
 """A Gradio Space beside a pushed model: the demo page of `hf-cnn-ft app`, loading the model by its repo id.
 
-The Space holds three files: app.py (which serves the same page as `hf-cnn-ft app REPO`), requirements.txt
-(this package with its `app` extra, at this version) and README.md (the Space's metadata: `sdk: gradio`,
-`models: [REPO]`, which links the Space and the model on the Hub).
+The Space holds four files: app.py (which serves the same page as `hf-cnn-ft app REPO`), the wheel of this
+version of hf-cnn-ft (no registry serves it), requirements.txt (that wheel with its `app` extra) and README.md
+(the Space's metadata: `sdk: gradio`, `models: [REPO]`, which links the Space and the model on the Hub).
 """
 
 from __future__ import annotations
 
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 from huggingface_hub import CommitOperationAdd, constants
 
 from hf_cnn_ft.share.hub import PushResult, upload
+from hf_cnn_ft.share.own_wheel import build_own_wheel
 
 APP_TEMPLATE = '''"""The demo page of {model_repo}, a fine-tuned image classifier (made by hf-cnn-ft)."""
 
@@ -51,10 +53,10 @@ def space_metadata(model_repo: str) -> dict[str, object]:
     return header
 
 
-def space_files(model_repo: str) -> dict[str, str]:
-    """File name -> content of the Space that serves `model_repo`'s demo page."""
-    version = _installed_version("hf-cnn-ft")
-    requirement = f"hf-cnn-ft[app]=={version}" if version else "hf-cnn-ft[app]"
+def space_files(model_repo: str, wheel: str) -> dict[str, str]:
+    """File name -> content of the Space's text files that serve `model_repo`'s demo page; `wheel` is the name
+    of this package's wheel beside them."""
+    requirement = f"./{wheel}[app]"
     header = yaml.safe_dump(space_metadata(model_repo), sort_keys=False, allow_unicode=True)
     readme = (
         f"---\n{header}---\n\n# {model_repo}: demo\n\n"
@@ -69,5 +71,9 @@ def space_files(model_repo: str) -> dict[str, str]:
 def push_space(space_repo: str, model_repo: str, private: bool = False, model_dir: Path | None = None) -> PushResult:
     """Creates or updates the Gradio Space `space_repo` (a full id: `check_push_access` resolved it) so that it
     serves `model_repo`."""
-    operations = [CommitOperationAdd(name, content.encode()) for name, content in space_files(model_repo).items()]
+    with tempfile.TemporaryDirectory() as folder:
+        wheel = build_own_wheel(Path(folder))
+        files = space_files(model_repo, wheel.name)
+        operations = [CommitOperationAdd(name, content.encode()) for name, content in files.items()]
+        operations.append(CommitOperationAdd(wheel.name, wheel.read_bytes()))
     return upload(operations, space_repo, private, None, f"Demo page of {model_repo} (hf-cnn-ft)", model_dir, "gradio")

@@ -24,7 +24,7 @@ from hf_cnn_ft.config.signal import SignalArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
-from hf_cnn_ft.strategies.probe import ProbeHooks, ProbeInputs, pooled_features, train_head
+from hf_cnn_ft.strategies.probe import ProbeInputs, pooled_features, train_head
 from hf_cnn_ft.strategies.semi_supervised import Pool, ProbeObjective, self_training_rows
 from hf_cnn_ft.strategies.shared_features import shared_or_computed
 from hf_cnn_ft.strategies.teachers import (
@@ -198,8 +198,7 @@ def _fit_with_signal(
     objective = ProbeObjective(
         settings, labels, head.out_features, probe.loss_weights, probe.seed, pool, teacher_labelled
     )
-    hooks = ProbeHooks(
-        epoch_end=probe.epoch_end,
+    hooks = probe.hooks(
         epoch_begin=lambda: objective.epoch_begin(head),
         objective=lambda logits, batch: objective(head, logits, batch),
         rows_per_epoch=objective.rows_per_epoch(),
@@ -231,7 +230,7 @@ def _self_train(
     probe.signal.findings["confident_share"] = share
     logger.info("pseudo_label: %.0f%% of the unlabeled images are labelled by the probed head", 100 * share)
     offset = history[-1]["epoch"] if history else 0.0
-    hooks = ProbeHooks(epoch_end=lambda entry: probe.epoch_end({**entry, "epoch": entry["epoch"] + offset}))
+    hooks = probe.hooks(epoch_end=lambda entry: probe.epoch_end({**entry, "epoch": entry["epoch"] + offset}))
     second = train_head(
         head,
         torch.cat([features, rows]),

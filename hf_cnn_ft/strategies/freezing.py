@@ -23,9 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 def frozen_stage_names(model: nn.Module, freeze: str) -> list[str]:
-    """The stages that `freeze` (none | backbone | N) names, validated against the model."""
+    """The stages that `freeze` (none | backbone | N, as the recipe settled it) names, validated against the
+    model."""
     names = list(stages(model))
-    if freeze in ("none", "0", ""):
+    if freeze == "none":
         return []
     if freeze == "backbone":
         return names[:-1]
@@ -86,13 +87,6 @@ def adapter_parameter_groups(model: nn.Module, learning_rate: float, weight_deca
 
 def _keep_in_inference_mode(module: nn.Module, _inputs: Any) -> None:
     module.training = False
-
-
-def resolve_bn_policy(bn_policy: str, pretrained: bool) -> str:
-    """`auto`: pretrained BatchNorm statistics stay (frozen); a random-init model must learn its own."""
-    if bn_policy == "auto":
-        return "frozen" if pretrained else "train"
-    return bn_policy
 
 
 def apply_freezing(model: nn.Module, frozen: list[str], bn_policy: str, keep_requires_grad: bool = False) -> set[str]:

@@ -13,8 +13,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # built in training, read by strategies/extra_signal.py
     from hf_cnn_ft.strategies.extra_signal import ExtraSignal
 
 logger = logging.getLogger(__name__)
+MacroF1 = Callable[[np.ndarray, np.ndarray, int], float]
 
 
 class _InputCaptured(Exception):
@@ -141,6 +143,12 @@ class ProbeInputs:
     features_key: str | None = None  # set while a search shares frozen features between its trials
     signal: ExtraSignal | None = None  # unlabeled images and teachers (strategies/extra_signal.py)
     precision: str = "fp32"  # the frozen features are computed in it (training.precision, settled)
+    # (references, predictions, classes) -> macro-F1: the evaluation's own definition, handed down by training
+    macro_f1: MacroF1 | None = None
+
+    def hooks(self, **changes: Any) -> ProbeHooks:
+        """The probe loop's hooks for this phase: each epoch heard and scored as the run scores."""
+        return ProbeHooks(**{"epoch_end": self.epoch_end, "macro_f1": self.macro_f1, **changes})
 
 
 def fit_on_cache(
@@ -184,7 +192,9 @@ def fit_on_cache(
                 logits = (hooks.validation_logits or forward)(validation[0])
             entry["eval_loss"] = float(loss_fn(logits, validation[1]))
             entry["eval_accuracy"] = float((logits.argmax(1) == validation[1]).float().mean())
-            entry["eval_f1_macro"] = macro_f1(logits.argmax(1), validation[1], logits.shape[1])
+            if hooks.macro_f1 is not None:
+                predicted = logits.argmax(1)
+                entry["eval_f1_macro"] = hooks.macro_f1(validation[1].numpy(), predicted.numpy(), logits.shape[1])
         history.append(entry)
         hooks.epoch_end(entry)
     return history
@@ -200,16 +210,7 @@ class ProbeHooks:
     epoch_begin: Callable[[], None] = lambda: None
     objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (logits, rows) -> loss
     rows_per_epoch: int | None = None  # labelled rows drawn per epoch (repeated when an epoch is longer)
-
-
-def macro_f1(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
-    """The unweighted mean of the per-class F1 over every class (0 for a class never predicted or seen)."""
-    scores = []
-    for label in range(classes):
-        hits = int(((predicted == label) & (labels == label)).sum())
-        guessed, actual = int((predicted == label).sum()), int((labels == label).sum())
-        scores.append(2 * hits / (guessed + actual) if guessed + actual else 0.0)
-    return sum(scores) / classes
+    macro_f1: MacroF1 | None = None  # without it, an epoch records accuracy and loss only
 
 
 def steps_of(count: int, args: FinetuneArguments) -> int:
@@ -261,7 +262,7 @@ def linear_probe(model: nn.Module, probe: ProbeInputs) -> list[dict[str, float]]
     labels = torch.cat([v[1] for v in views])
     validation = _view_features(model, probe, "validation")
     head = head_linear(backbone_of(model), model.config.num_labels)
-    hooks = ProbeHooks(epoch_end=probe.epoch_end)
+    hooks = probe.hooks()
     history = train_head(head, features, labels, args, probe.seed, validation, probe.loss_weights, hooks)
     extraction = time.perf_counter() - started - (history[-1]["seconds"] if history else 0.0)
     for entry in history:  # seconds since the probe started, feature extraction included

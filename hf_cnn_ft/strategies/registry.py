@@ -59,12 +59,12 @@ class Strategy:
         """Trainer callbacks of its own, added to the run's."""
         return []
 
-    def card_text(self, recipe: Recipe, summary: dict[str, Any]) -> str:
+    def card_text(self, recipe: Recipe, epochs_trained: float) -> str:
         """One sentence for the model card: the phases as they ran."""
         finetune = recipe.finetune
         phases = [_probe_text(finetune)] if self.preset.probes else []
         if self.preset.trains:
-            phases.append(f"{summary['epochs_trained']:g} epochs of fine-tuning with the Trainer")
+            phases.append(f"{epochs_trained:g} epochs of fine-tuning with the Trainer")
         else:
             kept = "the earlier stages kept their" if finetune.probe_stages else "the backbone kept its"
             phases.append(f"{kept} pretrained weights")

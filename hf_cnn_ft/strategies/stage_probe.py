@@ -30,7 +30,7 @@ from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import BATCHNORM, stages
-from hf_cnn_ft.strategies.probe import ProbeHooks, ProbeInputs, fit_on_cache, module_input, module_inputs, steps_of
+from hf_cnn_ft.strategies.probe import ProbeInputs, fit_on_cache, module_input, module_inputs, steps_of
 
 logger = logging.getLogger(__name__)
 
@@ -209,10 +209,9 @@ def probe_last_stages(model: nn.Module, probe: ProbeInputs) -> list[dict[str, fl
     for name, parameter in parameters.items():
         parameter.requires_grad_(name in trained)
     optimizer, schedule = _optimizer_and_schedule(model, trained, args, steps_of(len(inputs), args))
-    hooks = ProbeHooks(
+    hooks = probe.hooks(
         train_mode=lambda: _set_modes(model, trained, probe.train_batchnorm),
         validation_logits=lambda cached: _logits_in_batches(model, entry, cached, args.head_batch_size),
-        epoch_end=probe.epoch_end,
     )
     try:
         history = fit_on_cache(

@@ -54,9 +54,11 @@ def build_plan(model: nn.Module, args: FinetuneArguments, num_epochs: int) -> Un
 
     elif schedule == "one_per_epochs":
         # The top stage trains from the start (the head was fitted first: linear probe or a frozen
-        # epoch); every `every` epochs the next stage down joins it.
+        # epoch); every `every` epochs the next stage down joins it. The stages `freeze` names never do.
+        kept = len(frozen_stage_names(model, args.freeze))
+
         def frozen_at(epoch: int) -> list[str]:
-            return backbone[: max(0, len(backbone) - 1 - epoch // every)]
+            return backbone[: max(kept, len(backbone) - 1 - epoch // every)]
 
     else:
         milestones = _parse_milestones(model, args)
@@ -73,10 +75,8 @@ def build_plan(model: nn.Module, args: FinetuneArguments, num_epochs: int) -> Un
 
 
 def _parse_milestones(model: nn.Module, args: FinetuneArguments) -> list[tuple[int, list[str]]]:
-    """{epoch: freeze} as (epoch, frozen stages), in order; the recipe checks vetted the format at load."""
-    return sorted(
-        (int(epoch), frozen_stage_names(model, str(value).lower())) for epoch, value in args.unfreeze_milestones.items()
-    )
+    """{epoch: freeze} as (epoch, frozen stages), in order; the recipe settled both at load."""
+    return sorted((epoch, frozen_stage_names(model, value)) for epoch, value in args.unfreeze_milestones.items())
 
 
 def fingerprint(model: nn.Module) -> str:

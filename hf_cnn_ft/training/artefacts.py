@@ -26,7 +26,9 @@ from hf_cnn_ft.models.anatomy import is_timm_model
 from hf_cnn_ft.models.build import base_model_id
 from hf_cnn_ft.models.io import save_model
 from hf_cnn_ft.share import run_dir as artefacts
+from hf_cnn_ft.share.atomic import write_text
 from hf_cnn_ft.share.card import write_model_card
+from hf_cnn_ft.share.run_summary import RunSummary, write_summary
 from hf_cnn_ft.strategies.adapters import parameter_counts, save_adapter
 
 EXAMPLE_EDGE = 512  # the demo page shows the images, the model sees its own crop of them
@@ -75,39 +77,39 @@ def write_artefacts(
     peft_summary = _save_weights(recipe, trainer.model, data_config, base_model, staging)
     _write_pictures(recipe, trainer, data, report, evaluated_on, probe_history, staging)
     _write_examples(data, evaluated_on, recipe.report.example_images, staging / artefacts.EXAMPLES_DIR)
-    artefacts.write_text(staging / "recipe.yaml", recipe_to_yaml(with_input_of(recipe, data_config)))
+    write_text(staging / "recipe.yaml", recipe_to_yaml(with_input_of(recipe, data_config)))
     if data.skipped:
         lines = [f"{item.split}\t{item.path}\t{item.reason}" for item in data.skipped]
-        artefacts.write_text(staging / "skipped_images.tsv", "split\tpath\treason\n" + "\n".join(lines) + "\n")
-    summary = {
-        "evaluated_on": evaluated_on,
-        evaluated_on: report,
-        "best_validation": {
+        write_text(staging / "skipped_images.tsv", "split\tpath\treason\n" + "\n".join(lines) + "\n")
+    summary = RunSummary(
+        evaluated_on=evaluated_on,
+        evaluation=report,
+        best_validation={
             k.removeprefix("eval_"): v
             for k, v in (_best_eval_entry(trainer) or {}).items()
             if k.removeprefix("eval_") in (*METRIC_NAMES, "loss")
         },
-        "label_names": data.label_names,
-        "base_model": base_model,
-        "peft": peft_summary,
-        "library": "timm" if is_timm_model(plain_model) else "transformers",
-        "preprocessing": dataclasses.asdict(data_config),
-        "split_sizes": data.split_sizes(),
-        "class_counts": {name: data.class_counts(name) for name in data.splits},
-        "skipped_images": len(data.skipped),
-        "skipped": [item.__dict__ for item in data.skipped],
-        "duplicates": data.duplicates,
-        "linear_probe": probe_history[-1] if probe_history else None,
-        "linear_probe_history": probe_history,
-        "epochs_trained": trainer.state.epoch or 0,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "train_seconds": round(train_seconds, 2),
-        "hardware": hardware_description(),
-        "processes": trainer.args.world_size,
+        label_names=data.label_names,
+        base_model=base_model,
+        peft=peft_summary,
+        library="timm" if is_timm_model(plain_model) else "transformers",
+        preprocessing=dataclasses.asdict(data_config),
+        split_sizes=data.split_sizes(),
+        class_counts={name: data.class_counts(name) for name in data.splits},
+        skipped_images=len(data.skipped),
+        skipped=[item.__dict__ for item in data.skipped],
+        duplicates=data.duplicates,
+        linear_probe=probe_history[-1] if probe_history else None,
+        linear_probe_history=probe_history,
+        epochs_trained=trainer.state.epoch or 0,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        train_seconds=round(train_seconds, 2),
+        hardware=hardware_description(),
+        processes=trainer.args.world_size,
         **extra,
-    }
+    )
     write_model_card(staging, recipe, summary, repo_id=repo_id)
-    artefacts.write_json(staging / artefacts.COMPLETION_MARKER, summary)
+    write_summary(staging, summary)
     artefacts.publish(staging, output_dir)
 
 
@@ -146,9 +148,10 @@ def _write_pictures(
     metric = eval_metric_name(recipe.training).removeprefix("eval_")
     plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
     if trainer.state.log_history:
-        plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png")
+        kept = "best" if trainer.args.load_best_model_at_end else "last"
+        plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png", kept)
     if probe_history:
-        plot_training_curves(probe_history, "accuracy", staging / "linear_probe_curves.png")
+        plot_training_curves(probe_history, "accuracy", staging / "linear_probe_curves.png", kept="last")
 
 
 def _write_examples(data: ImageData, split: str, count: int, folder: Path) -> None:

@@ -13,7 +13,7 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -90,10 +90,8 @@ def compare_models(
         candidates.append(candidate)
         for split, seed in [(split, seed) for split in splits or [None] for seed in seeds]:
             run_dir = output_dir / _slug(name) / (f"seed{seed}" if split is None else f"split{split}-seed{seed}")
-            run = replace(recipe, model=replace(recipe.model, model=name))
-            if split is not None:
-                run.data = replace(recipe.data, resplit=True, split_seed=split)
-            run.training = replace(recipe.training, seed=seed, output_dir=str(run_dir))
+            resplit = {"resplit": True, "split_seed": split} if split is not None else {}
+            run = recipe.replace(model=name, seed=seed, output_dir=str(run_dir), **resplit)
             logger.info("compare: %s, seed %d -> %s", name, seed, run_dir)
             try:
                 result = train(run)

@@ -21,6 +21,7 @@ from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import ImageData, split_labels
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.transforms import eval_transform, train_transform
+from hf_cnn_ft.evaluation.classification_report import macro_f1
 from hf_cnn_ft.models.build import build_model, pretrained_head
 from hf_cnn_ft.models.precision import PrecisionChoice, choose_precision
 from hf_cnn_ft.strategies.adapters import apply_adapter, parameter_counts
@@ -31,7 +32,6 @@ from hf_cnn_ft.strategies.freezing import (
     apply_freezing,
     class_loss_weights,
     frozen_stage_names,
-    resolve_bn_policy,
 )
 from hf_cnn_ft.strategies.probe import ProbeInputs
 from hf_cnn_ft.strategies.registry import get_strategy
@@ -83,7 +83,7 @@ def prepare_model(
     evaluation = eval_transform(data_config)
     augmentation = train_transform(data_config, recipe.augment)
     loss_weights = class_loss_weights(finetune.class_weights, split_labels(data.splits["train"]), data.label_names)
-    bn_policy = resolve_bn_policy(finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
+    bn_policy = finetune.bn  # settled at load: auto is frozen or train by now
     started = time.perf_counter()
     probe_history: list[dict[str, float]] = []
     transforms = (augmentation, evaluation)
@@ -136,7 +136,6 @@ def _probe_inputs(
     precision: str,
 ) -> ProbeInputs:
     """What the probe phase reads: the splits, their (training, evaluation) transforms, and the extra signal."""
-    bn_policy = resolve_bn_policy(recipe.finetune.bn, recipe.model.pretrained or recipe.model.weights is not None)
     return ProbeInputs(
         data.splits["train"],
         data.splits["validation"],
@@ -145,11 +144,12 @@ def _probe_inputs(
         recipe.training.seed,
         recipe.model.channels_last,
         loss_weights,
-        train_batchnorm=bn_policy != "frozen",
+        train_batchnorm=recipe.finetune.bn != "frozen",
         epoch_end=epoch_end,
         features_key=_shared_features_key(recipe, model, data, data_config, precision),
         signal=ExtraSignal(recipe.signal, data.unlabeled, recipe.augment, data_config),
         precision=precision,
+        macro_f1=macro_f1,
     )
 
 
@@ -197,7 +197,7 @@ def _set_trainable(
     """Freezes what the recipe freezes (or the unfreezing schedule's first step), or wraps the model in
     a peft adapter: the base weights stay, adapter + head (+ BatchNorm) train."""
     if recipe.peft.peft_method:
-        model = apply_adapter(model, recipe.peft, train_batchnorm=recipe.finetune.bn in ("auto", "train"))
+        model = apply_adapter(model, recipe.peft, train_batchnorm=recipe.finetune.bn != "frozen")
         trainable, total = parameter_counts(model)
         logger.info(
             "%s: training %s of %s parameters (%.2f%%)",

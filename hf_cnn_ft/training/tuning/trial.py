@@ -7,7 +7,6 @@ study, and a trial the pruner stops ends at once. With a launcher (`accelerate l
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import statistics
@@ -22,7 +21,7 @@ from transformers import TrainerCallback
 
 from hf_cnn_ft.config.recipe import build_recipe
 from hf_cnn_ft.config.search import Distribution
-from hf_cnn_ft.share.run_dir import COMPLETION_MARKER
+from hf_cnn_ft.share.run_summary import read_summary
 from hf_cnn_ft.training.train import train
 from hf_cnn_ft.training.tuning.space import sectioned_yaml, suggest, trial_settings
 from hf_cnn_ft.training.tuning.study import SCORES, START, START_VALUES, VALUES
@@ -109,8 +108,7 @@ class TrialRunner:
         if finished.returncode != 0:
             last = log_path.read_text().strip().splitlines()[-1:] or [""]
             raise RuntimeError(f"`{shlex.join(command)}` exited with {finished.returncode}: {last[0]}")
-        summary = json.loads((directory / COMPLETION_MARKER).read_text())
-        return float(summary[summary["evaluated_on"]][self.metric])
+        return float(read_summary(directory).evaluation[self.metric])
 
 
 def _drop_weights(directory: Path) -> None:

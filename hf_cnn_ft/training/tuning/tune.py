@@ -9,7 +9,6 @@ recipe was found.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,9 @@ from hf_cnn_ft.config.recipe import Recipe, build_recipe, load_recipe
 from hf_cnn_ft.config.search import Distribution, TuneArguments
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.share.run_dir import COMPLETION_MARKER, add_to_run, write_text
+from hf_cnn_ft.share.atomic import write_text
+from hf_cnn_ft.share.run_dir import add_to_run
+from hf_cnn_ft.share.run_summary import COMPLETION_MARKER, RunSummary, read_summary
 from hf_cnn_ft.strategies.shared_features import sharing_features
 from hf_cnn_ft.training.artefacts import eval_metric_name
 from hf_cnn_ft.training.train import train
@@ -162,10 +163,10 @@ def _exclusive(path: Path) -> Iterator[None]:
 
 def _trained_already(best_dir: Path, trial: int) -> bool:
     marker = best_dir / COMPLETION_MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("search", {}).get("best_trial") == trial
+    return marker.is_file() and (read_summary(best_dir).search or {}).get("best_trial") == trial
 
 
-def finish(run: Search) -> tuple[Path, dict[str, Any]]:
+def finish(run: Search) -> tuple[Path, RunSummary]:
     """Writes trials.csv and best_recipe.yaml, trains the best recipe into OUTPUT_DIR/best (unless a worker
     did already) with its one test evaluation, and records the search in its card. Returns that run's summary."""
     study, output_dir = run.study, run.output_dir
@@ -187,7 +188,7 @@ def finish(run: Search) -> tuple[Path, dict[str, Any]]:
             for name in pictures:
                 shutil.copy2(output_dir / name, best_dir / name)
             add_to_run(best_dir, "search", search_summary(study, run.space, run.metric, run.storage, pictures))
-    return best_dir, json.loads((best_dir / COMPLETION_MARKER).read_text())
+    return best_dir, read_summary(best_dir)
 
 
 def tune(path: str | Path | None, overrides: Sequence[str] = (), values: dict[str, Any] | None = None) -> TuneResult:
@@ -195,8 +196,16 @@ def tune(path: str | Path | None, overrides: Sequence[str] = (), values: dict[st
     run = start_search(path, overrides, values)
     ran = search(run)
     best_dir, summary = finish(run)
-    best, evaluated_on = choose_trial(run.study).trial, summary["evaluated_on"]
+    best = choose_trial(run.study).trial
     states = trial_states(run.study)
     return TuneResult(
-        run.output_dir, run.metric, states, ran, best.number, best.value, best_dir, evaluated_on, summary[evaluated_on]
+        run.output_dir,
+        run.metric,
+        states,
+        ran,
+        best.number,
+        best.value,
+        best_dir,
+        summary.evaluated_on,
+        summary.evaluation,
     )

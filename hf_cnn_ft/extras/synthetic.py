@@ -1,4 +1,4 @@
-"""A small, learnable image dataset generated on the spot, for tests and the offline demo.
+"""Small, learnable image sets made on the spot, for the tests, the benchmarks and quick tries (no download).
 
 Each class is a coloured shape (red disc, green square, blue triangle) at a random position and
 size on a noisy grey background. Files are written as a mix of PNG and JPEG, in class folders,
