@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,8 +28,7 @@ CHILD = r"""
 import json, sys, time
 started = time.perf_counter()
 import hf_cnn_ft.training.train as train_module
-import hf_cnn_ft.training.prepare as prepare_module
-from hf_cnn_ft.strategies import registry
+import hf_cnn_ft.cli.main
 from transformers import Trainer
 
 seconds = {}
@@ -38,9 +38,12 @@ def timed(owner, name, phase):
     def wrapper(*args, **kwargs):
         begun = time.perf_counter()
         try:
-            return inner(*args, **kwargs)
+            result = inner(*args, **kwargs)
         finally:
             seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - begun
+        if hasattr(result, "probe_seconds"):  # prepare_model's result: the probe's own share of it
+            seconds["probe (features and head)"] = result.probe_seconds
+        return result
     setattr(owner, name, wrapper)
 
 for name, phase in [
@@ -51,15 +54,16 @@ for name, phase in [
 ]:
     timed(train_module, name, phase)
 timed(Trainer, "train", "Trainer loop")
-for name in list(registry.STRATEGIES):
-    strategy = registry.STRATEGIES[name]
-    timed(strategy, "probe", "probe (features and head)")
 imported = time.perf_counter() - started
-from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.cli.main import exit_quickly, main
 code = main(sys.argv[1:])
 print("PHASES " + json.dumps({"code": code, "imports": imported, "seconds": seconds}))
+exit_quickly(code)  # as the hf-cnn-ft command ends
 """
 
+# As on a user's machine: Python keeps the compiled bytecode of what it imports (some sandboxes turn that off,
+# which recompiles every module of the package on every start).
+USER_ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 TRAINING = ("probe (features and head)", "Trainer loop")
 
 
@@ -68,7 +72,7 @@ def one_run(recipe: str, output_dir: Path) -> dict[str, float]:
     result = subprocess.run(
         [sys.executable, "-c", CHILD, "train", recipe, "--output_dir", str(output_dir), "--overwrite_output_dir",
          "true", "--disable_tqdm", "true"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=USER_ENVIRONMENT,
     )  # fmt: skip
     wall = time.perf_counter() - begun
     line = next((row for row in result.stdout.splitlines() if row.startswith("PHASES ")), None)
@@ -77,8 +81,11 @@ def one_run(recipe: str, output_dir: Path) -> dict[str, float]:
     found = json.loads(line.removeprefix("PHASES "))
     phases = dict(found["seconds"])
     inside = phases.pop("model, decode cache, precision, probe")
-    phases["model, decode cache, precision"] = inside - phases.get("probe (features and head)", 0.0)
-    phases["start-up (interpreter, imports)"] = wall - sum(found["seconds"].values()) + 0.0
+    probe = phases.get("probe (features and head)", 0.0)
+    phases["model, decode cache, precision"] = inside - probe
+    rest = wall - sum(found["seconds"].values()) + probe  # the probe is inside prepare_model's time
+    phases["imports (torch, transformers, peft, timm, datasets)"] = found["imports"]
+    phases["interpreter, recipe, summary, exit"] = rest - found["imports"]
     phases["wall"] = wall
     return phases
 

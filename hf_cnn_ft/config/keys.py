@@ -4,6 +4,7 @@ plainly (`--learning_rate`) and a recipe file put it under its section."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any
 
@@ -57,9 +58,14 @@ def owner_of(key: str) -> str | None:
     return "training" if key in _training_fields() else None
 
 
+@functools.cache
+def _section_hints(section: str) -> dict[str, Any]:
+    return typing.get_type_hints(SECTIONS[section])
+
+
 def field_type(section: str, key: str) -> Any:
     """The declared type of `section.key` (the key must belong to the section)."""
-    hints = typing.get_type_hints(SECTIONS[section])
+    hints = _section_hints(section)
     return hints[key] if key in hints else _training_fields()[key]
 
 

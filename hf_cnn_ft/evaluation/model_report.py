@@ -87,10 +87,13 @@ def write_report(
     settings: ReportArguments,
     folder: Path,
     test_time_flips: str = "none",
+    logits: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Writes report.json and the pictures into `folder`; returns the report."""
+    """Writes report.json and the pictures into `folder`; returns the report. `logits`: the model's calibrated
+    logits of `data` (its test-time views averaged) when the caller has them already."""
     names = label_names_of(model)
-    logits = predict_scores(model, data.dataset, eval_transform(data_config), test_time_flips=test_time_flips)
+    if logits is None:
+        logits = predict_scores(model, data.dataset, eval_transform(data_config), test_time_flips=test_time_flips)
     temperature = folded_temperature_of(model)  # the logits are calibrated; `logits * T` are as trained
     probs = probabilities(logits)
     predictions, labels = probs.argmax(axis=1), data.labels

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +40,20 @@ def split_logits(
     return [output.predictions for output in outputs], outputs[0].label_ids
 
 
-def final_evaluation(
-    trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The report on the evaluation split, with the logits averaged over the test-time views, and the
-    report of the plain view alone when there are several (None otherwise)."""
+@dataclass
+class FinalEvaluation:
+    report: dict[str, Any]  # on the evaluation split, the logits averaged over the test-time views
+    plain_report: dict[str, Any] | None  # of the plain view alone when there are several views
+    logits: np.ndarray  # the averaged logits, as trained (the run's report reuses them)
+
+
+def final_evaluation(trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str) -> FinalEvaluation:
+    """The one evaluation of the evaluation split."""
     views, labels = split_logits(trainer, data, data.evaluation_split, evaluation, test_time_flips)
-    report = classification_report(average_views(views), labels, data.label_names)
-    if len(views) == 1:
-        return report, None
-    return report, classification_report(views[0], labels, data.label_names)
+    logits = average_views(views)
+    report = classification_report(logits, labels, data.label_names)
+    plain = classification_report(views[0], labels, data.label_names) if len(views) > 1 else None
+    return FinalEvaluation(report, plain, logits)
 
 
 def calibrate(
@@ -79,9 +84,11 @@ def calibrate(
     }
 
 
-def report_finished_run(recipe: Recipe, model, data_config: DataConfig, data: ImageData, output_dir: Path) -> None:
-    """Adds the report on the evaluation split to a finished run. A failure is a warning: the run's
-    results are already written and stay as they are."""
+def report_finished_run(
+    recipe: Recipe, model, data_config: DataConfig, data: ImageData, output_dir: Path, logits: np.ndarray
+) -> None:
+    """Adds the report on the evaluation split to a finished run, from the final evaluation's calibrated
+    `logits`. A failure is a warning: the run's results are already written and stay as they are."""
     if not recipe.report.report_at_end:
         return
     split = data.evaluation_split
@@ -90,7 +97,7 @@ def report_finished_run(recipe: Recipe, model, data_config: DataConfig, data: Im
     try:
         model = set_run_precision(model.eval(), recipe.training.precision)
         flips = recipe.augment.test_time_flips
-        report = write_report(model, data_config, report_data, recipe.report, output_dir, flips)
+        report = write_report(model, data_config, report_data, recipe.report, output_dir, flips, logits)
         add_to_run(output_dir, "report", report_summary(report))
     except Exception as exc:  # the report is an extra: any failure leaves the finished run intact
         logger.warning(

@@ -225,7 +225,8 @@ def _run(
     train_seconds = prepared.probe_seconds + time.perf_counter() - started  # the choice of alpha included
     fingerprints = _rank_fingerprints(trainer) if several else None
     flips = recipe.augment.test_time_flips
-    report, plain_report = final_evaluation(trainer, prepared.data, prepared.evaluation, flips)
+    final = final_evaluation(trainer, prepared.data, prepared.evaluation, flips)
+    report = final.report
     calibration = calibrate(recipe, trainer, prepared.data, prepared.evaluation, flips)
     if trainer.is_world_process_zero():
         extra = {
@@ -237,7 +238,7 @@ def _run(
             "test_time_flips": flips,
             "signal": prepared.signal_findings,
             "precision": dataclasses.asdict(prepared.precision),
-            "without_test_time_augmentation": plain_report,
+            "without_test_time_augmentation": final.plain_report,
         }
         data, evaluated_on = prepared.data, prepared.data.evaluation_split
         write_artefacts(
@@ -254,7 +255,8 @@ def _run(
             run.output_dir,
         )
         (run.output_dir / START_FILE).unlink(missing_ok=True)  # only a resumed run needed it
-        report_finished_run(recipe, trainer.model, prepared.data_config, data, run.output_dir)
+        calibrated = final.logits / (calibration or {}).get("temperature", 1.0)  # as the folded head gives them
+        report_finished_run(recipe, trainer.model, prepared.data_config, data, run.output_dir, calibrated)
         run.folder.finish()
     trainer.accelerator.wait_for_everyone()
     output_dir, push = run.folder.output_dir, None
