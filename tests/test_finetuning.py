@@ -14,7 +14,8 @@ from hf_cnn_ft.config.sections import ModelArguments
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import stages
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.strategies.freezing import apply_freezing, class_loss_weights, frozen_stage_names
+from hf_cnn_ft.strategies.class_balance import class_loss_weights
+from hf_cnn_ft.strategies.freezing import apply_freezing, frozen_stage_names
 
 LABELS = ["a", "b", "c"]
 
@@ -280,7 +281,7 @@ def test_l2sp_penalty_is_zero_at_the_start_and_grows_as_the_backbone_moves(tmp_p
 def test_balanced_sampler_draws_every_class_equally_often(tmp_path):
     import datasets as hf_datasets
 
-    from hf_cnn_ft.strategies.freezing import balanced_sample_weights
+    from hf_cnn_ft.strategies.class_balance import balanced_sample_weights
 
     labels = [0] * 90 + [1] * 9 + [2] * 1
     model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)

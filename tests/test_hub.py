@@ -324,7 +324,7 @@ def test_a_member_with_the_write_role_pushes_to_the_org(finished_run, hub, monke
 
 
 def test_fine_grained_token_needs_repo_write_on_the_namespace():
-    from hf_cnn_ft.share.hub import write_refusal
+    from hf_cnn_ft.share.push import write_refusal
 
     def me(scoped):
         token = {"role": "fineGrained", "fineGrained": {"scoped": scoped}}

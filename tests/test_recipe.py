@@ -6,8 +6,9 @@ import yaml
 from safetensors.torch import save_file
 
 from hf_cnn_ft.config.keys import KEY_OWNERS
-from hf_cnn_ft.config.loading import parse_overrides, recipe_to_yaml
+from hf_cnn_ft.config.reading import parse_overrides
 from hf_cnn_ft.config.recipe import load_recipe
+from hf_cnn_ft.config.writing import recipe_to_yaml
 from hf_cnn_ft.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from hf_cnn_ft.extras.synthetic import make_shapes_folder
 from hf_cnn_ft.strategies.registry import STRATEGIES
 from hf_cnn_ft.training.train import train
 from hf_cnn_ft.training.tuning.results import TRIALS_CSV
-from hf_cnn_ft.training.tuning.space import check_space_values, search_space, sectioned_yaml
+from hf_cnn_ft.training.tuning.search_space import check_space_values, search_space, sectioned_yaml
 from hf_cnn_ft.training.tuning.study import JOURNAL_FILE, masked
 from hf_cnn_ft.training.tuning.tune import finish, search, start_search, tune
 

@@ -19,8 +19,8 @@ from hf_cnn_ft.cli.flags import FlagParser
 from hf_cnn_ft.cli.run_verbs import RUN_HANDLERS, add_run_verbs
 from hf_cnn_ft.cli.tools import TOOL_HANDLERS, add_tool_verbs
 from hf_cnn_ft.cli.tune import add_tune_verb, run_tune
-from hf_cnn_ft.config.loading import recipe_help
 from hf_cnn_ft.config.paths import check_output_folder
+from hf_cnn_ft.config.reading import recipe_help
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.report import format_report
 

@@ -90,7 +90,7 @@ def _add_tta_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _push(options: argparse.Namespace) -> int:
-    from hf_cnn_ft.share.hub import check_push_access, push_model_dir
+    from hf_cnn_ft.share.push import check_push_access, push_model_dir
 
     model_dir = Path(options.model_dir)
     kept = f"; nothing was pushed and {model_dir} is intact"

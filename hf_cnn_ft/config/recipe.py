@@ -15,14 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_cnn_ft.config.checks import RecipeValues, check_recipe, resolve_streaming_schedule
-from hf_cnn_ft.config.loading import (
-    INVOCATION_KEYS,
-    parse_overrides,
-    read_recipe_file,
-    recipe_to_dict,
-    recipe_to_yaml,
-    section_values,
-)
+from hf_cnn_ft.config.reading import parse_overrides, read_recipe_file, section_values
 from hf_cnn_ft.config.sections import (
     SECTIONS,
     AugmentArguments,
@@ -36,6 +29,7 @@ from hf_cnn_ft.config.sections import (
     TuneArguments,
 )
 from hf_cnn_ft.config.training_defaults import TrainingDefaults
+from hf_cnn_ft.config.writing import INVOCATION_KEYS, recipe_to_dict, recipe_to_yaml
 from hf_cnn_ft.errors import UserError, first_line, located
 
 if TYPE_CHECKING:  # built in build_recipe, after the checks: importing it takes seconds

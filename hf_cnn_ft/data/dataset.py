@@ -127,18 +127,20 @@ def pick_column(
 
 
 def normalise_columns(
-    raw: DatasetDict, args: DataArguments, base_dir: Path | None, with_labels: bool = True
+    raw: DatasetDict, data_args: DataArguments, base_dir: Path | None, with_labels: bool = True
 ) -> DatasetDict:
     """Renames the chosen columns to image/label (image alone without `with_labels`), drops the rest, and
     makes images decodable."""
     features = next(iter(raw.values())).features
-    image_col = pick_column(features, args.image_column, IMAGE_COLUMN_CANDIDATES, "image", args.dataset or "")
+    image_col = pick_column(features, data_args.image_column, IMAGE_COLUMN_CANDIDATES, "image", data_args.dataset or "")
     kept = {image_col: IMAGE_COLUMN}
     if with_labels:
-        label_col = pick_column(features, args.label_column, LABEL_COLUMN_CANDIDATES, "label", args.dataset or "")
+        label_col = pick_column(
+            features, data_args.label_column, LABEL_COLUMN_CANDIDATES, "label", data_args.dataset or ""
+        )
         kept[label_col] = LABEL_COLUMN
-    if args.slice_column:
-        kept[pick_column(features, args.slice_column, (), "slice", args.dataset or "")] = SLICE_COLUMN
+    if data_args.slice_column:
+        kept[pick_column(features, data_args.slice_column, (), "slice", data_args.dataset or "")] = SLICE_COLUMN
     splits = {}
     for name, split in raw.items():
         split = split.select_columns(list(kept))
@@ -156,7 +158,7 @@ def normalise_columns(
             split = split.cast_column(IMAGE_COLUMN, datasets.Image())
         elif not isinstance(feature, datasets.Image):
             raise UserError(
-                f"column '{image_col}' of {args.dataset} holds {feature}, not images or image paths; "
+                f"column '{image_col}' of {data_args.dataset} holds {feature}, not images or image paths; "
                 "set data.image_column"
             )
         splits[name] = split

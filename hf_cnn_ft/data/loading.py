@@ -57,84 +57,84 @@ def _require_classes(label_names: list[str], source: str) -> None:
         raise UserError(f"{source}: found a single class{found}; a classifier needs at least two")
 
 
-def _listed_splits(args: DataArguments) -> tuple[DatasetDict, list[str]]:
-    raw, base_dir = load_raw_dataset(args)
-    raw = normalise_columns(raw, args, base_dir)
+def _listed_splits(data_args: DataArguments) -> tuple[DatasetDict, list[str]]:
+    raw, base_dir = load_raw_dataset(data_args)
+    raw = normalise_columns(raw, data_args, base_dir)
     raw, label_names = encode_labels(raw)
-    _require_classes(label_names, args.dataset or "")
+    _require_classes(label_names, data_args.dataset or "")
     counts = sum(np.bincount(split_labels(split), minlength=len(label_names)) for split in raw.values())
-    warn_about_classes(label_names, dict(zip(label_names, counts.tolist())), args.dataset or "")
-    splits = arrange_splits(raw, args)
-    if not args.read_test_split:  # set aside before anything opens a file: not checked, hashed nor decoded
+    warn_about_classes(label_names, dict(zip(label_names, counts.tolist())), data_args.dataset or "")
+    splits = arrange_splits(raw, data_args)
+    if not data_args.read_test_split:  # set aside before anything opens a file: not checked, hashed nor decoded
         splits = DatasetDict({name: split for name, split in splits.items() if name != "test"})
     return splits, label_names
 
 
 def _streamed_splits(
-    args: DataArguments, streams: IterableDatasetDict, fingerprint: str | None
+    data_args: DataArguments, streams: IterableDatasetDict, fingerprint: str | None
 ) -> tuple[DatasetDict, list[str]]:
     """The training split stays a stream; the evaluation splits are read into tables (the test split only when
     it will be read), their class names are the classes when the stream declares none."""
-    named = stream_splits(streams, args)
+    named = stream_splits(streams, data_args)
     named = {name: shard_by_shard(stream, name) for name, stream in named.items()}
     tables = DatasetDict(
         {name: to_table(s, fingerprint and f"{fingerprint}-{name}") for name, s in named.items() if name != "train"}
     )
-    tables = normalise_columns(tables, args, None)
+    tables = normalise_columns(tables, data_args, None)
     tables = DatasetDict({name: t.cast_column(IMAGE_COLUMN, datasets.Image()) for name, t in tables.items()})
     tables, label_names = encode_labels(tables)
-    _require_classes(label_names, args.dataset or "")
-    train = normalise_columns(DatasetDict({"train": named["train"]}), args, None)["train"]
+    _require_classes(label_names, data_args.dataset or "")
+    train = normalise_columns(DatasetDict({"train": named["train"]}), data_args, None)["train"]
     if not isinstance(train.features[LABEL_COLUMN], datasets.ClassLabel):
         logger.warning(
             "%s declares no class names: the classes are the labels of its evaluation splits (%s); training "
             "images with any other label are skipped",
-            args.dataset,
+            data_args.dataset,
             ", ".join(label_names),
         )
         train = encode_stream_labels(train, label_names)
     return DatasetDict({"train": train, **tables}), label_names
 
 
-def load_image_data(args: DataArguments, check_images: bool | None = None) -> ImageData:
+def load_image_data(data_args: DataArguments, check_images: bool | None = None) -> ImageData:
     """Loads, normalises, splits and checks the dataset that a recipe describes.
 
     `check_images` (default: data.check_images) decodes every image to drop the unreadable ones; a run
     that builds the decode-once cache passes False, since building it is that decoding pass. A streamed
     training split is neither checked nor hashed: the stream skips an unreadable image when it meets it.
     """
-    opened = open_stream(args)
-    splits, label_names = _streamed_splits(args, *opened) if opened else _listed_splits(args)
-    splits, pool = unlabeled_pool(args, splits)
+    opened = open_stream(data_args)
+    splits, label_names = _streamed_splits(data_args, *opened) if opened else _listed_splits(data_args)
+    splits, pool = unlabeled_pool(data_args, splits)
     if pool is not None:  # checked and hashed with the splits, then set apart again
         splits = DatasetDict({**splits, UNLABELED: pool})
     # Tables that are read whole; the training split of a streaming run is read as a stream.
-    tables = [n for n, s in splits.items() if isinstance(s, Dataset) and not (n == "train" and args.streaming)]
+    tables = [n for n, s in splits.items() if isinstance(s, Dataset) and not (n == "train" and data_args.streaming)]
     skipped: list[SkippedImage] = []
-    if args.check_images if check_images is None else check_images:
-        checked, skipped = drop_unreadable_images(_only(splits, tables), args.preprocessing_num_workers)
+    if data_args.check_images if check_images is None else check_images:
+        checked, skipped = drop_unreadable_images(_only(splits, tables), data_args.preprocessing_num_workers)
         splits = DatasetDict({**splits, **checked})
-    limits = {"train": args.max_train_samples, UNLABELED: None}  # the pool has data.max_unlabeled_samples
+    limits = {"train": data_args.max_train_samples, UNLABELED: None}  # the pool has data.max_unlabeled_samples
     splits = DatasetDict(
         {
-            name: _truncate(split, limits.get(name, args.max_eval_samples), args.split_seed)
+            name: _truncate(split, limits.get(name, data_args.max_eval_samples), data_args.split_seed)
             for name, split in splits.items()
         }
     )
     hashed = [n for n in splits if isinstance(splits[n], Dataset)]
-    remove = args.cross_split_duplicates == "remove"
-    cleaned, duplicates = find_duplicates(_only(splits, hashed), remove, args.preprocessing_num_workers)
+    remove = data_args.cross_split_duplicates == "remove"
+    cleaned, duplicates = find_duplicates(_only(splits, hashed), remove, data_args.preprocessing_num_workers)
     splits = DatasetDict({**splits, **cleaned})
     pool = splits.pop(UNLABELED, None)
     if pool is not None and len(pool) == 0:
-        logger.warning("%s: no unlabeled image is left to learn from", args.unlabeled or "the unlabeled pool")
+        logger.warning("%s: no unlabeled image is left to learn from", data_args.unlabeled or "the unlabeled pool")
         pool = None
-    require_usable(splits, args.dataset or "")
+    require_usable(splits, data_args.dataset or "")
     slices = None
-    if args.slice_column:
+    if data_args.slice_column:
         slices = {name: list(split[SLICE_COLUMN]) for name, split in splits.items() if isinstance(split, Dataset)}
         splits = DatasetDict({name: split.remove_columns(SLICE_COLUMN) for name, split in splits.items()})
-    return ImageData(splits, label_names, args.dataset or "", skipped, slices, duplicates.as_dict(), pool)
+    return ImageData(splits, label_names, data_args.dataset or "", skipped, slices, duplicates.as_dict(), pool)
 
 
 def require_usable(splits: DatasetDict, source: str) -> None:

@@ -59,9 +59,9 @@ def _load_image_folder(folder: Path) -> DatasetDict:
     return loaded
 
 
-def load_raw_dataset(args: DataArguments) -> tuple[DatasetDict, Path | None]:
+def load_raw_dataset(data_args: DataArguments) -> tuple[DatasetDict, Path | None]:
     """Loads the source as-is. Also returns the folder that relative image paths start from."""
-    source = args.dataset
+    source = data_args.dataset
     if not source:
         raise UserError("no dataset given: set data.dataset (or --dataset) to a folder, CSV/JSONL file or Hub id")
     path = Path(source).expanduser()
@@ -79,7 +79,7 @@ def load_raw_dataset(args: DataArguments) -> tuple[DatasetDict, Path | None]:
     if looks_like_local_path(source):
         raise UserError(f"data path {source} does not exist: check data.dataset (a folder, CSV/JSONL file or Hub id)")
     try:
-        loaded = datasets.load_dataset(source, args.dataset_config, revision=args.dataset_revision)
+        loaded = datasets.load_dataset(source, data_args.dataset_config, revision=data_args.dataset_revision)
     except Exception as exc:  # the Hub client raises many types; all mean the same to the user
         reason = first_line(exc)
         raise UserError(
@@ -101,13 +101,13 @@ def _holds_shards(folder: Path) -> bool:
     )
 
 
-def open_stream(args: DataArguments) -> tuple[datasets.IterableDatasetDict, str | None] | None:
+def open_stream(data_args: DataArguments) -> tuple[datasets.IterableDatasetDict, str | None] | None:
     """data.streaming on a source that is read as a stream rather than listed: a Hub dataset, or a folder of
     Parquet or WebDataset tar shards (splits named by their files: train-00000.tar, validation-00000.tar...).
     Returns the splits as streams and a fingerprint of the source (None when it may change: an unpinned Hub
     revision), or None for any other source (listed as a table, and its training split streamed from that)."""
-    source = args.dataset or ""
-    if not args.streaming or not source:
+    source = data_args.dataset or ""
+    if not data_args.streaming or not source:
         return None
     path = Path(source).expanduser()
     if path.exists():
@@ -119,9 +119,13 @@ def open_stream(args: DataArguments) -> tuple[datasets.IterableDatasetDict, str 
         return None  # load_raw_dataset says the path does not exist
     else:
         target = source
-        identity = repr((source, args.dataset_config, args.dataset_revision)) if args.dataset_revision else None
+        identity = (
+            repr((source, data_args.dataset_config, data_args.dataset_revision)) if data_args.dataset_revision else None
+        )
     try:
-        streams = datasets.load_dataset(target, args.dataset_config, revision=args.dataset_revision, streaming=True)
+        streams = datasets.load_dataset(
+            target, data_args.dataset_config, revision=data_args.dataset_revision, streaming=True
+        )
     except Exception as exc:  # the Hub client and the packaged readers raise many types; all mean the same here
         reason = first_line(exc)
         raise UserError(

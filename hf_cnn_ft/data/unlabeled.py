@@ -45,18 +45,18 @@ def _folder_pool(folder: Path) -> Dataset:
     return _images_only(Dataset.from_dict({IMAGE_COLUMN: files}))
 
 
-def load_unlabeled_source(args: DataArguments) -> Dataset:
+def load_unlabeled_source(data_args: DataArguments) -> Dataset:
     """Every image of data.unlabeled, as one table with an image column."""
-    source = args.unlabeled or ""
+    source = data_args.unlabeled or ""
     path = Path(source).expanduser()
     if path.is_dir() and not (path / "dataset_dict.json").exists() and not (path / "state.json").exists():
         return _folder_pool(path)
-    raw, base_dir = load_raw_dataset(replace(args, dataset=source, dataset_config=None, dataset_revision=None))
+    raw, base_dir = load_raw_dataset(replace(data_args, dataset=source, dataset_config=None, dataset_revision=None))
     features = next(iter(raw.values())).features
     column = pick_column(features, None, IMAGE_COLUMN_CANDIDATES, "image", source)
     images = normalise_columns(
         DatasetDict({name: split.select_columns([column]) for name, split in raw.items()}),
-        replace(args, dataset=source, image_column=column, slice_column=None),
+        replace(data_args, dataset=source, image_column=column, slice_column=None),
         base_dir,
         with_labels=False,
     )
@@ -74,24 +74,24 @@ def keep_labels_per_class(train: Dataset, per_class: int, seed: int) -> tuple[Da
     return train.select(kept), train.select(rest)
 
 
-def unlabeled_pool(args: DataArguments, splits: DatasetDict) -> tuple[DatasetDict, Dataset | None]:
+def unlabeled_pool(data_args: DataArguments, splits: DatasetDict) -> tuple[DatasetDict, Dataset | None]:
     """The splits (their training split cut to data.labels_per_class) and the unlabeled pool, if any."""
     parts: list[Dataset] = []
-    if args.labels_per_class:
-        train, rest = keep_labels_per_class(splits["train"], args.labels_per_class, args.split_seed)
+    if data_args.labels_per_class:
+        train, rest = keep_labels_per_class(splits["train"], data_args.labels_per_class, data_args.split_seed)
         logger.info(
             "data.labels_per_class %d: %d labelled training images; the other %d join the unlabeled pool",
-            args.labels_per_class,
+            data_args.labels_per_class,
             len(train),
             len(rest),
         )
         splits = DatasetDict({**splits, "train": train})
         parts.append(_images_only(rest))
-    if args.unlabeled:
-        parts.append(load_unlabeled_source(args))
+    if data_args.unlabeled:
+        parts.append(load_unlabeled_source(data_args))
     if not parts:
         return splits, None
     pool = concatenate_datasets(parts)
-    if args.max_unlabeled_samples is not None and args.max_unlabeled_samples < len(pool):
-        pool = pool.shuffle(seed=args.split_seed).select(range(args.max_unlabeled_samples))
+    if data_args.max_unlabeled_samples is not None and data_args.max_unlabeled_samples < len(pool):
+        pool = pool.shuffle(seed=data_args.split_seed).select(range(data_args.max_unlabeled_samples))
     return splits, pool

@@ -116,8 +116,12 @@ def _timm_initialisation(model: PreTrainedModel) -> None:
     )
 
 
-def _timm_regularisation(args: ModelArguments) -> dict[str, float]:
-    return {k: v for k, v in (("drop_rate", args.drop_rate), ("drop_path_rate", args.drop_path_rate)) if v is not None}
+def _timm_regularisation(model_args: ModelArguments) -> dict[str, float]:
+    return {
+        k: v
+        for k, v in (("drop_rate", model_args.drop_rate), ("drop_path_rate", model_args.drop_path_rate))
+        if v is not None
+    }
 
 
 _DROPOUT_ATTRIBUTES = ("classifier_dropout_prob", "classifier_dropout", "dropout_rate", "hidden_dropout_prob")
@@ -163,18 +167,20 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
-def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[str]) -> tuple[PreTrainedModel, bool]:
+def _build_from_pretrained(
+    model_args: ModelArguments, source: str, label_names: list[str]
+) -> tuple[PreTrainedModel, bool]:
     """Loads a local directory or Hub repo; returns the model and whether its head is new."""
-    common = {"revision": args.model_revision, "trust_remote_code": args.trust_remote_code}
+    common = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(source, **common)
     except Exception as exc:
         raise UserError(f"could not load model '{source}' ({first_line(exc)})") from None
-    regularisation = _config_regularisation(args, config, source)
-    if not args.pretrained:
+    regularisation = _config_regularisation(model_args, config, source)
+    if not model_args.pretrained:
         # The architecture alone, randomly initialised: the baseline that shows what pretraining buys.
         config.update({**_label_maps(label_names), **regularisation})
-        model = AutoModelForImageClassification.from_config(config, trust_remote_code=args.trust_remote_code)
+        model = AutoModelForImageClassification.from_config(config, trust_remote_code=model_args.trust_remote_code)
         if config.model_type == "timm_wrapper":
             _timm_initialisation(model)
         return model, True
@@ -196,63 +202,63 @@ def _build_from_pretrained(args: ModelArguments, source: str, label_names: list[
 
 
 def build_model(
-    args: ModelArguments, label_names: list[str], source_side: int | None = None
+    model_args: ModelArguments, label_names: list[str], source_side: int | None = None
 ) -> tuple[PreTrainedModel, DataConfig]:
     """The backbone that the recipe names, with a head sized to `label_names`; `source_side` (the training
     images' typical shorter edge) adapts the input of unset model.image_size / crop_pct to tiny images."""
-    source = args.model
+    source = model_args.model
     if not source:
         raise UserError("no model given: set model.model (or --model) to a timm name, Hub id or local directory")
     new_head = True
     if Path(source).expanduser().is_dir():
-        model, new_head = _build_from_pretrained(args, str(Path(source).expanduser()), label_names)
+        model, new_head = _build_from_pretrained(model_args, str(Path(source).expanduser()), label_names)
         processor_source = str(Path(source).expanduser())
     elif (architecture := timm_architecture(source)) is not None:
-        model = _build_timm(args, architecture, label_names)
+        model = _build_timm(model_args, architecture, label_names)
         processor_source = None
     elif "/" in source and not source.startswith((".", "/", "~")):
-        processor_source = model_source(source, args.model_revision)
-        model, new_head = _build_from_pretrained(args, processor_source, label_names)
+        processor_source = model_source(source, model_args.model_revision)
+        model, new_head = _build_from_pretrained(model_args, processor_source, label_names)
     elif "/" in source or source.startswith((".", "~")):
         raise UserError(f"model directory {source} does not exist")
     else:
         raise _unknown_model_error(source)
-    if args.weights is not None:
-        load_backbone_weights(model, Path(args.weights).expanduser())
-    if new_head and args.zero_init_head:
+    if model_args.weights is not None:
+        load_backbone_weights(model, Path(model_args.weights).expanduser())
+    if new_head and model_args.zero_init_head:
         _zero_head(model)
-    data_config = resolve_data_config(model, processor_source, revision=args.model_revision)
-    if source_side is not None and args.image_size is None:
+    data_config = resolve_data_config(model, processor_source, revision=model_args.model_revision)
+    if source_side is not None and model_args.image_size is None:
         data_config = for_small_images(data_config, source_side)
-    if args.image_size is not None:
-        data_config.input_size = args.image_size
-    if args.crop_pct is not None:
-        data_config.crop_pct = args.crop_pct
-    if args.crop_mode is not None:
-        data_config.crop_mode = args.crop_mode
+    if model_args.image_size is not None:
+        data_config.input_size = model_args.image_size
+    if model_args.crop_pct is not None:
+        data_config.crop_pct = model_args.crop_pct
+    if model_args.crop_mode is not None:
+        data_config.crop_mode = model_args.crop_mode
     set_data_config(model, data_config)
     return model, data_config
 
 
-def base_model_id(args: ModelArguments, model: PreTrainedModel) -> str | None:
+def base_model_id(model_args: ModelArguments, model: PreTrainedModel) -> str | None:
     """The Hub repo the pretrained weights came from, for the model card's `base_model`."""
-    source = args.model or ""
-    if not args.pretrained or args.weights is not None or Path(source).expanduser().exists():
+    source = model_args.model or ""
+    if not model_args.pretrained or model_args.weights is not None or Path(source).expanduser().exists():
         return None
     if is_timm_model(model) and timm_architecture(source) is not None:
         return (model.config.pretrained_cfg or {}).get("hf_hub_id") or None
     return source.removeprefix("hf-hub:") if source.count("/") == 1 else None
 
 
-def pretrained_head(args: ModelArguments) -> tuple[nn.Linear, list[str]]:
+def pretrained_head(model_args: ModelArguments) -> tuple[nn.Linear, list[str]]:
     """The classifier the pretrained weights came with (ImageNet's, for the offline backbones) and its class
     names, for Co-Tuning; one line when the backbone has none to give."""
-    source = args.model or ""
+    source = model_args.model or ""
     no_head = UserError(
         f"signal.co_tuning_weight: '{source}' has no pretrained classifier to learn from (Co-Tuning needs the "
         "weights' own head, as the imported offline backbones have): set signal.co_tuning_weight: 0"
     )
-    if not args.pretrained or args.weights is not None:
+    if not model_args.pretrained or model_args.weights is not None:
         raise no_head
     try:
         with _quiet_transformers():
@@ -264,7 +270,7 @@ def pretrained_head(args: ModelArguments) -> tuple[nn.Linear, list[str]]:
                     raise no_head
                 return classifier.requires_grad_(False), [str(i) for i in range(classifier.out_features)]
             local = Path(source).expanduser()
-            where = str(local) if local.is_dir() else model_source(source, args.model_revision)
+            where = str(local) if local.is_dir() else model_source(source, model_args.model_revision)
             model = AutoModelForImageClassification.from_pretrained(where)
     except UserError:
         raise

@@ -12,8 +12,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.recipe import Recipe
+from hf_cnn_ft.config.writing import recipe_to_yaml
 from hf_cnn_ft.data.dataset import LABEL_SAMPLE
 from hf_cnn_ft.share.card_findings import report_text, search_text
 from hf_cnn_ft.share.run_summary import RunSummary

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub import CommitOperationAdd, constants
 
-from hf_cnn_ft.share.hub import PushResult, upload
 from hf_cnn_ft.share.own_wheel import build_own_wheel
+from hf_cnn_ft.share.push import PushResult, upload
 
 APP_TEMPLATE = '''"""The demo page of {model_repo}, a fine-tuned image classifier (made by hf-cnn-ft)."""
 

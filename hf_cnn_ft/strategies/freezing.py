@@ -1,4 +1,4 @@
-"""Which parameters train, and how: freezing stages, frozen BatchNorm, per-stage rates, class balance.
+"""Which parameters train: freezing stages, BatchNorm kept in inference mode, and BatchNorm statistics adapted.
 
 Freezing a stage stops its parameters AND keeps its BatchNorm layers in inference mode, even though
 the Trainer calls `model.train()` every step (a forward pre-hook switches them back), so running
@@ -37,52 +37,6 @@ def frozen_stage_names(model: nn.Module, freeze: str) -> list[str]:
             f"its head ({', '.join(names[:-1])}); use at most {len(names) - 1}, or 'backbone'"
         )
     return names[:count]
-
-
-def parameter_groups(
-    model: nn.Module,
-    learning_rate: float,
-    weight_decay: float,
-    backbone_multiplier: float = 1.0,
-    lr_decay: float = 1.0,
-    include_frozen: bool = False,
-) -> list[dict[str, Any]]:
-    """Optimizer groups per stage: the head at `learning_rate`, backbone stages at
-    `learning_rate * backbone_multiplier * lr_decay**depth` (depth 1 for the stage below the head),
-    and no weight decay on 1-D parameters (BatchNorm, biases). Frozen parameters are left out unless
-    `include_frozen` (a schedule will unfreeze them: until then they have no gradient, so the
-    optimizer skips them — no update, no decay, no state).
-    """
-    named = dict(model.named_parameters())
-    ordered = list(stages(model).items())
-    groups = []
-    for index, (stage, names) in enumerate(ordered):
-        depth = len(ordered) - 1 - index
-        scale = 1.0 if depth == 0 else backbone_multiplier * lr_decay**depth
-        trainable = [named[n] for n in names if named[n].requires_grad or include_frozen]
-        for decayed in (True, False):
-            chosen = [p for p in trainable if (p.ndim > 1) == decayed]
-            if chosen:
-                groups.append(
-                    {
-                        "params": chosen,
-                        "lr": learning_rate * scale,
-                        "weight_decay": weight_decay if decayed else 0.0,
-                        "stage": stage,
-                    }
-                )
-    return groups
-
-
-def adapter_parameter_groups(model: nn.Module, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:
-    """A peft-wrapped model trains only its adapter, head and BatchNorm: one learning rate, and no
-    weight decay on 1-D parameters."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if p.ndim > 1], "lr": learning_rate, "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim <= 1], "lr": learning_rate, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
 
 
 def _keep_in_inference_mode(module: nn.Module, _inputs: Any) -> None:
@@ -142,26 +96,3 @@ def adapt_batchnorm(
             layer.momentum = momentum
         model.train(was_training)
     return len(layers)
-
-
-def class_loss_weights(
-    setting: str | dict[str, float] | None, labels: list[int], label_names: list[str]
-) -> torch.Tensor | None:
-    """Per-class loss weights: `auto` gives n / (k * n_c), so the average weight per image is 1."""
-    if setting is None or setting == "none":
-        return None
-    if setting == "auto":
-        counts = torch.bincount(torch.tensor(labels), minlength=len(label_names)).float()
-        weights = counts.sum() / (len(label_names) * counts.clamp(min=1))
-        return weights
-    unknown = [name for name in setting if name not in label_names]  # a mapping: checked at load
-    if unknown:
-        raise UserError(f"finetune.class_weights names unknown classes {unknown}; classes: {', '.join(label_names)}")
-    return torch.tensor([float(setting.get(name, 1.0)) for name in label_names])
-
-
-def balanced_sample_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    """Per-image draw weights 1 / (images in its class): every class is drawn equally often."""
-    y = torch.tensor(labels)
-    counts = torch.bincount(y, minlength=num_classes).double()
-    return (1.0 / counts.clamp(min=1))[y]

@@ -157,7 +157,7 @@ def fit_on_cache(
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-    args: FinetuneArguments,
+    finetune: FinetuneArguments,
     seed: int,
     validation: tuple[torch.Tensor, torch.Tensor] | None = None,
     loss_weights: torch.Tensor | None = None,
@@ -172,14 +172,14 @@ def fit_on_cache(
     rows = hooks.rows_per_epoch or len(inputs)
     history = []
     started = time.perf_counter()
-    for epoch in range(1, args.head_epochs + 1):
+    for epoch in range(1, finetune.head_epochs + 1):
         hooks.train_mode()
         hooks.epoch_begin()
         order = torch.cat([torch.randperm(len(inputs), generator=generator) for _ in range(-(-rows // len(inputs)))])
         order = order[:rows]
         running = 0.0
-        for start in range(0, len(order), args.head_batch_size):
-            batch = order[start : start + args.head_batch_size]
+        for start in range(0, len(order), finetune.head_batch_size):
+            batch = order[start : start + finetune.head_batch_size]
             loss = objective(forward(inputs[batch]), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,16 +213,16 @@ class ProbeHooks:
     macro_f1: MacroF1 | None = None  # without it, an epoch records accuracy and loss only
 
 
-def steps_of(count: int, args: FinetuneArguments) -> int:
+def steps_of(count: int, finetune: FinetuneArguments) -> int:
     """Optimizer steps of a probe over `count` cached rows."""
-    return max(1, math.ceil(count / args.head_batch_size) * args.head_epochs)
+    return max(1, math.ceil(count / finetune.head_batch_size) * finetune.head_epochs)
 
 
 def train_head(
     head: nn.Linear,
     features: torch.Tensor | BackboneFeatures,
     labels: torch.Tensor,
-    args: FinetuneArguments,
+    finetune: FinetuneArguments,
     seed: int,
     validation: tuple[torch.Tensor, torch.Tensor] | None = None,
     loss_weights: torch.Tensor | None = None,
@@ -232,11 +232,13 @@ def train_head(
 
     `features` is the cached tensor, or `BackboneFeatures` to recompute every batch (same result).
     """
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=finetune.head_learning_rate, weight_decay=finetune.head_weight_decay
+    )
     rows = (hooks.rows_per_epoch if hooks else None) or len(features)
-    schedule = get_cosine_schedule_with_warmup(optimizer, 0, steps_of(rows, args))
+    schedule = get_cosine_schedule_with_warmup(optimizer, 0, steps_of(rows, finetune))
     head.train()
-    return fit_on_cache(head, features, labels, optimizer, schedule, args, seed, validation, loss_weights, hooks)
+    return fit_on_cache(head, features, labels, optimizer, schedule, finetune, seed, validation, loss_weights, hooks)
 
 
 def _view_features(model: nn.Module, probe: ProbeInputs, view: int | str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -155,7 +155,7 @@ def _trained_parameter_names(model: nn.Module, trained_stages: list[str], train_
 
 
 def _optimizer_and_schedule(
-    model: nn.Module, trained: set[str], args: FinetuneArguments, steps: int
+    model: nn.Module, trained: set[str], finetune: FinetuneArguments, steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW: the head at head_learning_rate, the stages at backbone_lr_multiplier times that;
     linear warmup, then cosine decay."""
@@ -163,13 +163,13 @@ def _optimizer_and_schedule(
     head = set(stages(model)["head"])
     optimizer = torch.optim.AdamW(
         [
-            {"params": [parameters[n] for n in sorted(trained & head)], "lr": args.head_learning_rate},
+            {"params": [parameters[n] for n in sorted(trained & head)], "lr": finetune.head_learning_rate},
             {
                 "params": [parameters[n] for n in sorted(trained - head)],
-                "lr": args.head_learning_rate * args.backbone_lr_multiplier,
+                "lr": finetune.head_learning_rate * finetune.backbone_lr_multiplier,
             },
         ],
-        weight_decay=args.head_weight_decay,
+        weight_decay=finetune.head_weight_decay,
     )
     warmup = max(1, int(WARMUP_FRACTION * steps))
     return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, steps)

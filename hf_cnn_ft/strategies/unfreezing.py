@@ -39,15 +39,15 @@ class UnfreezePlan:
     changes: list[int] = field(default_factory=list)
 
 
-def build_plan(model: nn.Module, args: FinetuneArguments, num_epochs: int) -> UnfreezePlan | None:
-    """The plan that `args.unfreeze` describes, validated against the model's stages; None: no schedule."""
-    schedule = args.unfreeze or "none"
+def build_plan(model: nn.Module, finetune: FinetuneArguments, num_epochs: int) -> UnfreezePlan | None:
+    """The plan that `finetune.unfreeze` describes, validated against the model's stages; None: no schedule."""
+    schedule = finetune.unfreeze or "none"
     if schedule == "none":
         return None
     backbone = list(stages(model))[:-1]
-    every = args.unfreeze_epochs
+    every = finetune.unfreeze_epochs
     if schedule == "head_then_all":
-        initial = frozen_stage_names(model, args.freeze) or backbone
+        initial = frozen_stage_names(model, finetune.freeze) or backbone
 
         def frozen_at(epoch: int) -> list[str]:
             return initial if epoch < every else []
@@ -55,16 +55,16 @@ def build_plan(model: nn.Module, args: FinetuneArguments, num_epochs: int) -> Un
     elif schedule == "one_per_epochs":
         # The top stage trains from the start (the head was fitted first: linear probe or a frozen
         # epoch); every `every` epochs the next stage down joins it. The stages `freeze` names never do.
-        kept = len(frozen_stage_names(model, args.freeze))
+        kept = len(frozen_stage_names(model, finetune.freeze))
 
         def frozen_at(epoch: int) -> list[str]:
             return backbone[: max(kept, len(backbone) - 1 - epoch // every)]
 
     else:
-        milestones = _parse_milestones(model, args)
+        milestones = _parse_milestones(model, finetune)
 
         def frozen_at(epoch: int) -> list[str]:
-            current = frozen_stage_names(model, args.freeze)
+            current = frozen_stage_names(model, finetune.freeze)
             for start, frozen in milestones:
                 if epoch >= start:
                     current = frozen
@@ -74,9 +74,9 @@ def build_plan(model: nn.Module, args: FinetuneArguments, num_epochs: int) -> Un
     return UnfreezePlan(frozen_at, changes)
 
 
-def _parse_milestones(model: nn.Module, args: FinetuneArguments) -> list[tuple[int, list[str]]]:
+def _parse_milestones(model: nn.Module, finetune: FinetuneArguments) -> list[tuple[int, list[str]]]:
     """{epoch: freeze} as (epoch, frozen stages), in order; the recipe settled both at load."""
-    return sorted((epoch, frozen_stage_names(model, value)) for epoch, value in args.unfreeze_milestones.items())
+    return sorted((epoch, frozen_stage_names(model, value)) for epoch, value in finetune.unfreeze_milestones.items())
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -15,9 +15,9 @@ from torch import nn
 from transformers import Trainer
 
 from hf_cnn_ft.config.choices import METRIC_NAMES
-from hf_cnn_ft.config.loading import recipe_to_yaml
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.training_arguments import TrainArguments
+from hf_cnn_ft.config.writing import recipe_to_yaml
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.data.dataset import IMAGE_COLUMN, ImageData, split_labels
 from hf_cnn_ft.data.images import to_rgb
@@ -40,9 +40,9 @@ def hardware_description() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def eval_metric_name(args: TrainArguments) -> str:
+def eval_metric_name(training: TrainArguments) -> str:
     """The key of metric_for_best_model (loss if unset) in the Trainer's evaluation metrics."""
-    metric = args.metric_for_best_model or "loss"
+    metric = training.metric_for_best_model or "loss"
     return metric if metric.startswith("eval_") else f"eval_{metric}"
 
 

@@ -103,9 +103,9 @@ def describe_input_pipeline(args: TrainArguments) -> str:
     )
 
 
-def settle_process(args: TrainArguments) -> None:
+def settle_process(training: TrainArguments) -> None:
     """Before a run's first step: denormals off on the CPU, a misleading launch flagged, the loader logged."""
     warn_if_single_process_cpu_launch()
     flush_denormals_on_cpu()
-    if args.process_index == 0:
-        logger.info(describe_input_pipeline(args))
+    if training.process_index == 0:
+        logger.info(describe_input_pipeline(training))

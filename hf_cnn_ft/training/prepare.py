@@ -25,14 +25,10 @@ from hf_cnn_ft.evaluation.classification_report import macro_f1
 from hf_cnn_ft.models.build import build_model, pretrained_head
 from hf_cnn_ft.models.precision import PrecisionChoice, choose_precision
 from hf_cnn_ft.strategies.adapters import apply_adapter, parameter_counts
+from hf_cnn_ft.strategies.class_balance import class_loss_weights
 from hf_cnn_ft.strategies.co_tuning import CoTuning, fit_co_tuning
 from hf_cnn_ft.strategies.extra_signal import ExtraSignal, prepare_teacher
-from hf_cnn_ft.strategies.freezing import (
-    adapt_batchnorm,
-    apply_freezing,
-    class_loss_weights,
-    frozen_stage_names,
-)
+from hf_cnn_ft.strategies.freezing import adapt_batchnorm, apply_freezing, frozen_stage_names
 from hf_cnn_ft.strategies.probe import ProbeInputs
 from hf_cnn_ft.strategies.registry import get_strategy
 from hf_cnn_ft.strategies.shared_features import features_key

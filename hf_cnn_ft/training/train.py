@@ -31,11 +31,9 @@ from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.data.transforms import batch_mixer
 from hf_cnn_ft.evaluation.metrics import trainer_compute_metrics
 from hf_cnn_ft.share.claim import claim_output_dir
-from hf_cnn_ft.share.hub import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
+from hf_cnn_ft.share.push import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
+from hf_cnn_ft.strategies.class_balance import balanced_sample_weights
 from hf_cnn_ft.strategies.ema import WeightAverage
-from hf_cnn_ft.strategies.freezing import (
-    balanced_sample_weights,
-)
 from hf_cnn_ft.strategies.registry import get_strategy
 from hf_cnn_ft.strategies.unfreezing import fingerprint
 from hf_cnn_ft.strategies.wise import START_FILE, apply_wise, keep_the_better

@@ -15,7 +15,7 @@ from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.models.anatomy import stages
 from hf_cnn_ft.strategies.co_tuning import CoTuning
 from hf_cnn_ft.strategies.ema import WeightAverage
-from hf_cnn_ft.strategies.freezing import adapter_parameter_groups, parameter_groups
+from hf_cnn_ft.strategies.param_groups import adapter_parameter_groups, parameter_groups
 from hf_cnn_ft.strategies.semi_supervised import distillation_loss
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, restarting_schedule
 

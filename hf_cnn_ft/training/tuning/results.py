@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hf_cnn_ft.config.search import Distribution
 from hf_cnn_ft.share.atomic import write_text
-from hf_cnn_ft.training.tuning.space import sectioned_yaml, without_tune_keys
+from hf_cnn_ft.training.tuning.search_space import sectioned_yaml, without_tune_keys
 from hf_cnn_ft.training.tuning.study import ERROR, SCORES, START, SURPLUS, VALUES, WORKER, trial_score
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from hf_cnn_ft.config.recipe import build_recipe
 from hf_cnn_ft.config.search import Distribution
 from hf_cnn_ft.share.run_summary import read_summary
 from hf_cnn_ft.training.train import train
-from hf_cnn_ft.training.tuning.space import sectioned_yaml, suggest, trial_settings
+from hf_cnn_ft.training.tuning.search_space import sectioned_yaml, suggest, trial_settings
 from hf_cnn_ft.training.tuning.study import SCORES, START, START_VALUES, VALUES
 
 TRIALS_DIR = "trials"

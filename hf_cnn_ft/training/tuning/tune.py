@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hf_cnn_ft.config.loading import parse_overrides, read_recipe_file
 from hf_cnn_ft.config.paths import check_output_folder
+from hf_cnn_ft.config.reading import parse_overrides, read_recipe_file
 from hf_cnn_ft.config.recipe import Recipe, build_recipe, load_recipe
 from hf_cnn_ft.config.search import Distribution, TuneArguments
 from hf_cnn_ft.data.loading import load_image_data
@@ -45,7 +45,7 @@ from hf_cnn_ft.training.tuning.results import (
     trials_table,
     write_search_files,
 )
-from hf_cnn_ft.training.tuning.space import check_space_values, recipe_values, search_space, starting_values
+from hf_cnn_ft.training.tuning.search_space import check_space_values, recipe_values, search_space, starting_values
 from hf_cnn_ft.training.tuning.study import (
     START,
     START_VALUES,

@@ -15,9 +15,10 @@ import optuna
 import yaml
 
 from hf_cnn_ft.config.keys import owner_of
-from hf_cnn_ft.config.loading import section_values, sections_to_yaml
+from hf_cnn_ft.config.reading import section_values
 from hf_cnn_ft.config.recipe import Recipe, build_recipe
 from hf_cnn_ft.config.search import Distribution, TuneArguments, check_search_space
+from hf_cnn_ft.config.writing import sections_to_yaml
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.strategies.registry import get_strategy
 
