@@ -20,7 +20,7 @@ $(BIN)/.installed: $(BIN)/.installed-all
 
 install: $(BIN)/.installed
 
-# Debian's Chromium for the demo page's browser test (tests/test_app.py); Playwright (a dev dependency)
+# Debian's Chromium for the demo page's browser test (tests/app/test_app.py); Playwright (a dev dependency)
 # drives it, so no browser is downloaded. Needs root or sudo; without Chromium that test is skipped.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:

@@ -36,6 +36,7 @@ def _floats(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in weights.items() if v.is_floating_point()}
 
 
+@pytest.mark.slow
 def test_alpha_places_the_model_between_the_probe_and_the_fine_tuned_end(tmp_path, shapes_dir):
     probed = _train(tmp_path, shapes_dir, "probe", strategy="linear_probe")
     end = _train(tmp_path, shapes_dir, "end")
@@ -63,6 +64,7 @@ class _CrashAfterFirstEpoch(TrainerCallback):
         raise KeyboardInterrupt("simulated crash after the first checkpoint")
 
 
+@pytest.mark.slow
 def test_resumed_run_interpolates_towards_the_same_probed_start(tmp_path, shapes_dir, capsys):
     settings = {**RUN, "dataset": shapes_dir, "wise_alpha": 0.5, "save_total_limit": "null"}
     uninterrupted = _train(tmp_path, shapes_dir, "a", wise_alpha=0.5, save_total_limit="null")

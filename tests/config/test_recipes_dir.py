@@ -13,7 +13,7 @@ from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.extras.known_weights import KNOWN_WEIGHTS
 from hf_cnn_ft.extras.offline_data import OFFLINE_DATASETS
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -41,6 +41,7 @@ def _stage_of(names: dict[str, list[str]]) -> dict[str, str]:
     return {param: stage for stage, params in names.items() for param in params}
 
 
+@pytest.mark.slow
 def test_one_stage_per_epoch_trains_exactly_the_scheduled_stages(tmp_path, shapes_dir):
     out = tmp_path / "out"
     settings = {**SCHEDULE_RUN, "dataset": shapes_dir, "output_dir": out, "unfreeze": "one_per_epochs"}
@@ -66,6 +67,7 @@ def test_one_stage_per_epoch_trains_exactly_the_scheduled_stages(tmp_path, shape
 
 
 @pytest.mark.parametrize("ema_decay", [None, 0.9])
+@pytest.mark.slow
 def test_resume_across_an_unfreeze_boundary_ends_with_the_same_weights(tmp_path, shapes_dir, ema_decay):
     settings = {**SCHEDULE_RUN, "dataset": shapes_dir, "unfreeze": "head_then_all", "unfreeze_epochs": 2}
     if ema_decay:  # the final model is then the weight average, which must resume too
@@ -88,6 +90,7 @@ def test_resume_across_an_unfreeze_boundary_ends_with_the_same_weights(tmp_path,
     assert [entry["epoch"] for entry in history] == [0, 2]  # frozen from the start (resumed in epoch 1), unfrozen at 2
 
 
+@pytest.mark.slow
 def test_resume_in_the_middle_of_an_epoch_records_the_uninterrupted_history(tmp_path, shapes_dir):
     settings = {**SCHEDULE_RUN, "dataset": shapes_dir, "unfreeze": "one_per_epochs"}
     settings.update({"save_strategy": "steps", "save_steps": 5})  # 6 steps an epoch: one lands at 1.67
@@ -157,7 +160,7 @@ def test_learning_rate_restarts_at_each_unfreeze_and_keeps_stage_ratios():
 
 
 def test_milestones_are_checked_against_the_model():
-    # Unknown schedules and malformed milestones fail at load: tests/test_recipe_checks.py.
+    # Unknown schedules and malformed milestones fail at load: tests/config/test_recipe_checks.py.
     model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), ["a", "b"])
     with pytest.raises(UserError, match="would freeze the head too"):
         build_plan(model, FinetuneArguments(unfreeze="milestones", unfreeze_milestones={2: 99}), 4)

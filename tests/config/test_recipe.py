@@ -11,7 +11,7 @@ from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.config.writing import recipe_to_yaml
 from hf_cnn_ft.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -103,7 +103,7 @@ def test_saved_recipe_is_fully_resolved_round_trips_and_holds_no_invocation_sett
         path, ["--learning_rate", "5e-4", "--resume_from_checkpoint", "latest", "--overwrite_output_dir"]
     )
     text = recipe_to_yaml(recipe)
-    assert "token" not in text  # a token is refused when the recipe loads (tests/test_faults.py)
+    assert "token" not in text  # a token is refused when the recipe loads (tests/share/test_faults.py)
     assert "resume_from_checkpoint" not in text and "overwrite" not in text
     saved = yaml.safe_load(text)["training"]
     # Resolved: the values the run used, not only the keys given (a changed default cannot change a rerun).

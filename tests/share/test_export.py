@@ -50,6 +50,7 @@ def images(shapes_dir) -> list[Path]:
 @pytest.mark.parametrize(
     "family", ["test_resnet", "test_efficientnet", "test_convnext", "mobilenetv3_small_050", "transformers-resnet"]
 )
+@pytest.mark.slow
 def test_export_of_each_family_passes_the_onnxruntime_check(tmp_path, family, images):
     result = export_onnx(_model_dir(tmp_path, family), tmp_path / "onnx", images=images)
     assert result.max_abs_diff <= 1e-3 and result.checked_images == len(images)
@@ -62,6 +63,7 @@ def test_export_of_each_family_passes_the_onnxruntime_check(tmp_path, family, im
     assert {"mean", "std", "interpolation", "crop_pct", "resize_size"} <= preprocessing.keys()
 
 
+@pytest.mark.slow
 def test_a_tolerance_the_export_cannot_meet_fails_and_leaves_no_model(tmp_path, images):
     model_dir = _model_dir(tmp_path, "test_efficientnet")
     with pytest.raises(UserError, match="ONNX check failed: max |logit difference|"):
@@ -69,6 +71,7 @@ def test_a_tolerance_the_export_cannot_meet_fails_and_leaves_no_model(tmp_path, 
     assert not list((tmp_path / "onnx").glob("*.onnx")) and not list((tmp_path / "onnx").glob(".*tmp"))
 
 
+@pytest.mark.slow
 def test_export_command_with_int8_reports_the_accuracy_change(trained_run, tmp_path, capsys):
     output = tmp_path / "onnx"
     assert main(["export", str(trained_run), "--output", str(output), "--quantize", "int8"]) == 0

@@ -101,6 +101,7 @@ def test_saved_adapter_predicts_exactly_as_before_saving_and_merges(tmp_path):
     torch.testing.assert_close(_logits(merged), reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lora_run_end_to_end_evaluate_merge_predict(tmp_path, shapes_dir, capsys):
     base = _base_dir(tmp_path, "test_resnet")
     out = tmp_path / "out"
@@ -139,6 +140,7 @@ def test_lora_run_end_to_end_evaluate_merge_predict(tmp_path, shapes_dir, capsys
     assert main(["merge", str(out), str(merged)]) == 2  # never overwrites a directory
 
 
+@pytest.mark.slow
 def test_pushed_adapter_card_names_the_base_model(tmp_path, shapes_dir, hub):
     base_repo = hub.repo_id("tiny-base")
     HfApi().create_repo(base_repo)

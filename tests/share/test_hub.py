@@ -49,6 +49,7 @@ def _files_mentioning(root: Path, secret: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_train_pushes_model_card_and_weights_that_both_libraries_load(tmp_path, shapes_dir, hub, capfd):
     out, repo_id = tmp_path / "out", hub.repo_id("shapes-resnet")
     settings = {**TINY_SETTINGS, "num_train_epochs": 3, "dataset": shapes_dir, "output_dir": out}
@@ -103,6 +104,7 @@ def test_train_pushes_model_card_and_weights_that_both_libraries_load(tmp_path, 
         assert hub.token.encode() not in Path(api.hf_hub_download(repo_id, name)).read_bytes()
 
 
+@pytest.mark.slow
 def test_native_transformers_model_round_trips_through_the_hub(tmp_path, shapes_dir, hub):
     from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -171,6 +173,7 @@ def test_private_repo_is_invisible_without_the_token(finished_run, hub):
         api.model_info(repo_id, token=False)
 
 
+@pytest.mark.slow
 def test_train_from_hub_dataset_and_model_ids_with_revisions(tmp_path, shapes_dir, finished_run, hub):
     """Pull side: a dataset pushed with Dataset.push_to_hub and a pushed model, both by id and revision."""
     dataset_id, model_id = hub.repo_id("shapes-data"), hub.repo_id("shapes-model")
@@ -219,6 +222,7 @@ def test_two_process_train_with_push_makes_exactly_one_commit(tmp_path, shapes_d
 
 
 @pytest.mark.parametrize("strategy", ["every_save", "best"])
+@pytest.mark.slow
 def test_push_strategies_push_during_training(tmp_path, shapes_dir, hub, strategy):
     out, repo_id = tmp_path / "out", hub.repo_id(f"pushes-{strategy}")
     settings = {**TINY_SETTINGS, "num_train_epochs": 4, "dataset": shapes_dir, "output_dir": out}

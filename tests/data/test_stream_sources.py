@@ -170,6 +170,7 @@ def test_a_hub_dataset_streams_from_the_hub(hub, splits):
     )
 
 
+@pytest.mark.slow
 def test_an_unreachable_stream_source_is_one_line(tmp_path):
     env = {**cli_env(), "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on the discard port
     settings = {**TINY_SETTINGS, "dataset": "someone/catalogue", "output_dir": tmp_path / "out"}

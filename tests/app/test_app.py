@@ -163,6 +163,7 @@ def test_page_in_a_browser_shows_what_predict_says(app_run, browser, tmp_path):
         page.screenshot(path=str(ARTEFACTS / "app-not-an-image.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_example_images_are_test_images_of_every_class(app_run):
     names = [path.name for path in sorted((app_run / "examples").iterdir())]
     summary = json.loads((app_run / "metrics.json").read_text())
@@ -170,6 +171,7 @@ def test_example_images_are_test_images_of_every_class(app_run):
     assert [name.split("_", 1)[1].removesuffix(".png") for name in names[:3]] == summary["label_names"]
 
 
+@pytest.mark.slow
 def test_adapter_run_is_served_as_predict_sees_it(tmp_path, shapes_dir):
     """A LoRA run: the page loads the base model from the run's recipe, puts the adapter on it and merges."""
     from hf_cnn_ft.app.demo_model import classify, explain, load_demo_model
@@ -221,6 +223,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=120)
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_one_line(app_run):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

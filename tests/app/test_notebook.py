@@ -9,7 +9,7 @@ from nbclient import NotebookClient
 from hf_cnn_ft.extras.synthetic import make_shapes_folder
 
 pytestmark = pytest.mark.slow
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_and_finetune.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "explore_and_finetune.ipynb"
 
 
 def test_notebook_executes_and_shows_the_mistakes(tmp_path, monkeypatch):

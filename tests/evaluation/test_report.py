@@ -138,6 +138,7 @@ def overconfident_run(tmp_path_factory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow
 def test_temperature_scaling_calibrates_an_overconfident_model_without_changing_predictions(overconfident_run):
     summary = json.loads((overconfident_run / "metrics.json").read_text())
     temperature = summary["calibration"]["temperature"]
@@ -200,6 +201,7 @@ def _every_loader(source: str, images: list[Path], local_run: Path) -> dict[str,
     return found
 
 
+@pytest.mark.slow
 def test_one_model_gives_one_answer_in_every_loader_locally_and_after_a_push(overconfident_run, hub, tmp_path):
     """The fitted temperature is in the weights: transformers' pipeline, timm, `predict`, the demo page and
     onnxruntime on the export give the same calibrated top-3 probabilities, from the folder and from the Hub."""
@@ -267,6 +269,7 @@ def test_the_worst_slice_is_the_corrupted_one(trained_run, shapes_dir, tmp_path,
     assert "worst slice scanner-b" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_failing_report_never_costs_the_run(tmp_path, shapes_dir, monkeypatch, caplog):
     import hf_cnn_ft.evaluation.model_report as model_report
 

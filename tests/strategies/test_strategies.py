@@ -18,7 +18,7 @@ from hf_cnn_ft.config.choices import STRATEGY_PRESETS, StrategyPreset
 from hf_cnn_ft.models.anatomy import stages
 from hf_cnn_ft.strategies.registry import STRATEGIES, Strategy, register_strategy
 
-PACKAGE = Path(__file__).resolve().parents[1] / "hf_cnn_ft"
+PACKAGE = Path(__file__).resolve().parents[2] / "hf_cnn_ft"
 
 
 class EpochCounter(TrainerCallback):

@@ -68,6 +68,7 @@ print(default, applied, faults())
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (Linux)")
+@pytest.mark.slow
 def test_kept_freed_memory_is_reused_without_page_faults():
     result = subprocess.run(
         [sys.executable, "-c", _FAULT_COUNT], capture_output=True, text=True, env=cli_env(), check=True
@@ -79,6 +80,7 @@ def test_kept_freed_memory_is_reused_without_page_faults():
     assert int(kept) <= pages  # reused: no page is handed back to the OS and faulted in again
 
 
+@pytest.mark.slow
 def test_auto_settles_to_a_precision_the_saved_recipe_reproduces_and_the_next_run_reads_from_cache(
     tmp_path, shapes_dir, monkeypatch
 ):
@@ -118,6 +120,7 @@ def test_a_precision_this_machine_cannot_run_is_one_line(tmp_path, shapes_dir, c
 
 
 @pytest.mark.skipif("bf16" not in native_precisions(), reason="this CPU has no fast bfloat16")
+@pytest.mark.slow
 def test_a_bfloat16_run_saves_float32_weights_that_pipeline_and_timm_load_with_its_labels(tmp_path, shapes_dir):
     import timm
     from PIL import Image

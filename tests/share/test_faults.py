@@ -354,6 +354,7 @@ def _train_on(csv_path: str, t: Path, *extra: str) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_numeric_labels_with_a_blank_cell_are_classes_0_and_1_and_the_row_is_skipped(shapes_dir, tmp_path, caplog):
     index = {"red_disc": "0", "green_square": "1", "blue_triangle": "2"}
     path = _csv(shapes_dir, tmp_path, label=lambda i, c: "" if i == 5 else index[c])
@@ -362,6 +363,7 @@ def test_numeric_labels_with_a_blank_cell_are_classes_0_and_1_and_the_row_is_ski
     assert "skipped 1 rows with an empty label" in caplog.text
 
 
+@pytest.mark.slow
 def test_labels_differing_by_case_and_a_lonely_class_are_named_in_the_log(shapes_dir, tmp_path, caplog):
     path = _csv(shapes_dir, tmp_path, label=lambda i, c: "Red_disc" if i == 0 else c)
     summary = json.loads((_train_on(path, tmp_path) / "metrics.json").read_text())
@@ -370,6 +372,7 @@ def test_labels_differing_by_case_and_a_lonely_class_are_named_in_the_log(shapes
     assert "class 'Red_disc' has a single image" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_csv_listing_missing_images_finishes_and_reports_them(shapes_dir, tmp_path):
     path = Path(_csv(shapes_dir, tmp_path))
     with path.open("a") as handle:
@@ -380,6 +383,7 @@ def test_a_csv_listing_missing_images_finishes_and_reports_them(shapes_dir, tmp_
     assert "gone/a.png" in (out / "skipped_images.tsv").read_text()
 
 
+@pytest.mark.slow
 def test_a_token_in_the_environment_is_written_nowhere(shapes_dir, tmp_path, hub, capfd):
     """HF_TOKEN is how a user logs in: a run that pushes during training leaves it in no file it writes (the
     checkpoints' pickled training arguments included) and in nothing it prints."""

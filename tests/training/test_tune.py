@@ -92,6 +92,7 @@ def test_the_storage_password_never_reaches_a_message():
     assert masked("sqlite:///study.db") == "sqlite:///study.db"
 
 
+@pytest.mark.slow
 def test_the_best_recipe_trains_to_the_best_trials_validation_score(tmp_path, shapes_dir):
     out = tmp_path / "search"
     values = {**PROBE_SETTINGS, "dataset": shapes_dir, "output_dir": out, "space": SPACE, "trials": 4}
@@ -121,6 +122,7 @@ def test_the_best_recipe_trains_to_the_best_trials_validation_score(tmp_path, sh
     assert (out / "search_history.png").is_file() and (out / "best" / "search_history.png").is_file()
 
 
+@pytest.mark.slow
 def test_trials_share_frozen_features_and_get_what_they_would_alone(tmp_path, shapes_dir):
     from hf_cnn_ft.strategies import shared_features
 
@@ -146,6 +148,7 @@ def make_fixed_splits(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_the_search_never_opens_a_test_image(tmp_path):
     """An audit hook sees every file this process opens: none of the test split's until the search is over."""
     dataset = make_fixed_splits(tmp_path / "fixed")
@@ -165,6 +168,7 @@ def test_the_search_never_opens_a_test_image(tmp_path):
     assert opened, "the best recipe's one test evaluation reads the test split (the hook works)"
 
 
+@pytest.mark.slow
 def test_a_trial_that_crashes_is_recorded_with_its_error_and_the_search_goes_on(tmp_path, shapes_dir):
     out = tmp_path / "out"
     space = {"model": {"choice": ["test_resnet", "no_such_architecture"]}}
@@ -176,6 +180,7 @@ def test_a_trial_that_crashes_is_recorded_with_its_error_and_the_search_goes_on(
     assert any(row["state"] == "complete" for row in rows) and len(rows) == 4
 
 
+@pytest.mark.slow
 def test_pruning_stops_trials_that_cannot_learn(tmp_path, shapes_dir):
     out = tmp_path / "out"
     space = {"head_learning_rate": {"choice": [3.0e-2, 1.0e-9]}}  # the second cannot move the head
@@ -287,6 +292,7 @@ def test_a_launcher_runs_each_trial_as_its_own_train_command(tmp_path, shapes_di
     assert result.best_validation == max(float(row["validation_accuracy"]) for row in rows)
 
 
+@pytest.mark.slow
 def test_the_starting_recipe_is_the_first_trial_and_every_trial_is_one_line(tmp_path, shapes_dir, caplog):
     out = tmp_path / "search"
     values = {**PROBE_SETTINGS, "dataset": shapes_dir, "output_dir": out, "space": SPACE, "trials": 3}
@@ -301,6 +307,7 @@ def test_the_starting_recipe_is_the_first_trial_and_every_trial_is_one_line(tmp_
     assert all("best so far: trial" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_a_small_validation_split_scores_every_trial_over_folds(tmp_path, shapes_dir):
     out = tmp_path / "search"
     values = {**PROBE_SETTINGS, "dataset": shapes_dir, "output_dir": out, "space": SPACE, "trials": 2}

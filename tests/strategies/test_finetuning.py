@@ -64,7 +64,7 @@ def test_frozen_stages_and_their_batchnorm_do_not_change_in_train_mode():
 
 
 def test_freezing_more_stages_than_the_model_has_is_a_clear_error():
-    # A bad format (freeze: some) fails at load: tests/test_recipe_checks.py.
+    # A bad format (freeze: some) fails at load: tests/config/test_recipe_checks.py.
     model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), LABELS)
     with pytest.raises(UserError, match="would freeze the head too"):
         frozen_stage_names(model, "99")
@@ -396,6 +396,7 @@ def test_lr_find_trains_exactly_the_parameter_groups_the_run_trains(tmp_path, sh
     assert len(result.losses) == len(result.learning_rates) >= 5
 
 
+@pytest.mark.slow
 def test_a_collapsing_fine_tuning_phase_ends_with_the_probed_model(trained_run, shapes_dir, tmp_path, caplog):
     """Features that a probe separates perfectly, then fine-tuning at a learning rate that wrecks them."""
     settings = {**TINY_SETTINGS, "model": trained_run, "pretrained": True, "num_train_epochs": 2, "learning_rate": 30}

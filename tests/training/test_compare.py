@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import re
 
+import pytest
 import yaml
 from conftest import TINY_SETTINGS, overrides
 
 from hf_cnn_ft.cli.main import main
 
 
+@pytest.mark.slow
 def test_compare_two_models_and_a_failing_third(tmp_path, shapes_dir, capsys):
     out = tmp_path / "compare"
     settings = {**TINY_SETTINGS, "num_train_epochs": 2, "dataset": shapes_dir, "output_dir": out}
@@ -43,6 +45,7 @@ def test_compare_without_a_dataset_is_one_error_not_a_failed_row_per_model(tmp_p
     assert "no dataset given" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_compare_over_resampled_splits_gives_intervals(tmp_path, shapes_dir):
     out = tmp_path / "compare"
     settings = {**TINY_SETTINGS, "num_train_epochs": 1, "dataset": shapes_dir, "output_dir": out}
