@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from hf_cnn_ft.config.sections import FinetuneArguments
@@ -65,17 +66,18 @@ def module_inputs(
     batch_size: int = 32,
     channels_last: bool = False,
     precision: str = "fp32",
+    progress: str | None = None,
 ) -> torch.Tensor:
     """What `module` receives for every image of `dataset`, in order, with the model in inference mode and in
-    `precision` (returned as float32)."""
+    `precision` (returned as float32); `progress` names a progress bar over the batches (None: no bar)."""
     was_training = model.training
     model.eval()
+    batches = pixel_batches(dataset, transform, batch_size, channels_last)
+    if progress is not None:
+        batches = tqdm(batches, desc=progress, total=math.ceil(len(dataset) / batch_size), unit="batch")
     try:
         with torch.inference_mode(), autocast(precision):
-            inputs = [
-                module_input(model, module, pixels)
-                for pixels in pixel_batches(dataset, transform, batch_size, channels_last)
-            ]
+            inputs = [module_input(model, module, pixels) for pixels in batches]
     finally:
         model.train(was_training)
     return torch.cat(inputs).float()
@@ -88,10 +90,11 @@ def pooled_features(
     batch_size: int = 32,
     channels_last: bool = False,
     precision: str = "fp32",
+    progress: str | None = None,
 ) -> torch.Tensor:
     """The inputs of the classifier layer (pooled features) for every image."""
     head = head_linear(backbone_of(model), model.config.num_labels)
-    return module_inputs(model, head, dataset, transform, batch_size, channels_last, precision).flatten(1)
+    return module_inputs(model, head, dataset, transform, batch_size, channels_last, precision, progress).flatten(1)
 
 
 def extract_features(
@@ -101,9 +104,10 @@ def extract_features(
     batch_size: int = 32,
     channels_last: bool = False,
     precision: str = "fp32",
+    progress: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooled features of every image, and the labels."""
-    features = pooled_features(model, dataset, transform, batch_size, channels_last, precision)
+    features = pooled_features(model, dataset, transform, batch_size, channels_last, precision, progress)
     return features, torch.tensor(split_labels(dataset), dtype=torch.long)
 
 
@@ -145,6 +149,7 @@ class ProbeInputs:
     precision: str = "fp32"  # the frozen features are computed in it (training.precision, settled)
     # (references, predictions, classes) -> macro-F1: the evaluation's own definition, handed down by training
     macro_f1: MacroF1 | None = None
+    progress: bool = False  # a progress bar over the feature pass (training.disable_tqdm turns it off)
 
     def hooks(self, **changes: Any) -> ProbeHooks:
         """The probe loop's hooks for this phase: each epoch heard and scored as the run scores."""
@@ -250,7 +255,11 @@ def _view_features(model: nn.Module, probe: ProbeInputs, view: int | str) -> tup
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
         if transform is probe.train_transform:
             torch.manual_seed(probe.seed + int(view) - 1)
-        return extract_features(model, dataset, transform, channels_last=probe.channels_last, precision=probe.precision)
+        named = "validation images" if view == "validation" else "training images" + (f", view {view}" if view else "")
+        progress = f"probe: features of the {named}" if probe.progress else None
+        return extract_features(
+            model, dataset, transform, channels_last=probe.channels_last, precision=probe.precision, progress=progress
+        )
 
     return shared_or_computed(probe.features_key, str(view), compute)
 

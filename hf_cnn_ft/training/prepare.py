@@ -146,6 +146,7 @@ def _probe_inputs(
         signal=ExtraSignal(recipe.signal, data.unlabeled, recipe.augment, data_config),
         precision=precision,
         macro_f1=macro_f1,
+        progress=not recipe.training.disable_tqdm,
     )
 
 

@@ -24,6 +24,7 @@ from hf_cnn_ft.evaluation.views import average_views
 from hf_cnn_ft.models.io import fold_temperature
 from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.run_dir import add_to_run
+from hf_cnn_ft.training.trainer import progress_named
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,12 @@ def split_logits(
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """The logits of every view of `split` (the plain one first) and the labels, gathered across processes
     without the padding duplicates of the last batch."""
-    outputs = [
-        trainer.predict(with_pixel_values(data.splits[split], view), metric_key_prefix=split)
-        for view in evaluation_views(evaluation, test_time_flips)
-    ]
+    views = evaluation_views(evaluation, test_time_flips)
+    outputs = []
+    for number, view in enumerate(views):
+        named = f"{split} images" + (f", view {number + 1} of {len(views)}" if len(views) > 1 else "")
+        with progress_named(trainer, named):
+            outputs.append(trainer.predict(with_pixel_values(data.splits[split], view), metric_key_prefix=split))
     return [output.predictions for output in outputs], outputs[0].label_ids
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from accelerate.data_loader import prepare_data_loader
 from peft import PeftModel
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
+from tqdm.auto import tqdm
 from transformers import Trainer
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import has_length
 
 from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.models.anatomy import stages
@@ -18,6 +22,36 @@ from hf_cnn_ft.strategies.ema import WeightAverage
 from hf_cnn_ft.strategies.param_groups import adapter_parameter_groups, parameter_groups
 from hf_cnn_ft.strategies.semi_supervised import distillation_loss
 from hf_cnn_ft.strategies.unfreezing import UnfreezeCallback, restarting_schedule
+
+
+class NamedProgress(ProgressCallback):
+    """The Trainer's progress bars, with each evaluation pass saying what it reads ("validation images"), not
+    an unlabelled bar."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.description = "validation images"  # what the evaluation during training reads
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if self.prediction_bar is None and state.is_world_process_zero and has_length(eval_dataloader):
+            leave = self.training_bar is None
+            self.prediction_bar = tqdm(
+                total=len(eval_dataloader), desc=self.description, leave=leave, dynamic_ncols=True
+            )
+        super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
+
+@contextmanager
+def progress_named(trainer: Trainer, description: str) -> Iterator[None]:
+    """Names the progress bar of the prediction passes run inside (trainer.predict on a split)."""
+    bars = [c for c in trainer.callback_handler.callbacks if isinstance(c, NamedProgress)]
+    for bar in bars:
+        bar.description, before = description, bar.description
+    try:
+        yield
+    finally:
+        for bar in bars:
+            bar.description = before
 
 
 class FineTuneTrainer(Trainer):
@@ -46,6 +80,8 @@ class FineTuneTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if self.pop_callback(ProgressCallback) is not None:  # present unless training.disable_tqdm
+            self.add_callback(NamedProgress())
         # Signal beyond the labels (signal section): a teacher's soft labels on the same (mixed) images, and the
         # pretrained head's loss towards the class relationship.
         self.teacher = teacher.to(self.args.device) if teacher is not None else None

@@ -165,3 +165,46 @@ def test_the_distilled_student_is_a_plain_model_that_pipeline_and_timm_load(shap
     with torch.no_grad():
         probabilities = with_timm(transform(Image.open(image).convert("RGB"))[None]).softmax(-1)[0]
     assert probabilities.max().item() == pytest.approx(ours.scores[0], abs=1e-5)
+
+
+def _two_clusters(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes as clusters of cached features around x = -2 and x = +2, with a gap between them at x = 0."""
+    labels = torch.arange(count) % 2
+    centres = torch.where(labels == 0, -2.0, 2.0)
+    x = centres + 0.7 * torch.randn(count, generator=generator)
+    return torch.stack([x, torch.randn(count, generator=generator)], dim=1), labels
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "flexmatch"])
+def test_unlabeled_images_that_show_the_gap_between_classes_move_the_probe_into_it(method):
+    from hf_cnn_ft.config.sections import FinetuneArguments
+    from hf_cnn_ft.config.signal import SignalArguments
+    from hf_cnn_ft.strategies.probe import ProbeHooks, train_head
+    from hf_cnn_ft.strategies.semi_supervised import Pool, ProbeObjective
+
+    generator = torch.Generator().manual_seed(0)
+    # Three labels per class, all far to the right of the gap: the labels alone put the boundary at x = 1.5.
+    labelled = torch.tensor([[-0.5, 1.0], [-0.6, -1.0], [-0.4, 0.0], [3.6, 1.0], [3.4, -1.0], [3.5, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    unlabeled, _ = _two_clusters(400, generator)  # the pool shows where the classes really part
+    strong = torch.stack([unlabeled + 0.3 * torch.randn(unlabeled.shape, generator=generator) for _ in range(2)])
+    test_images, test_labels = _two_clusters(1000, generator)
+    finetune = FinetuneArguments(head_epochs=60, head_batch_size=6, head_learning_rate=0.05)
+
+    def accuracy(head: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float((head(test_images).argmax(1) == test_labels).float().mean())
+
+    torch.manual_seed(0)
+    alone = torch.nn.Linear(2, 2)
+    train_head(alone, labelled, labels, finetune, seed=0)
+    torch.manual_seed(0)
+    with_pool = torch.nn.Linear(2, 2)
+    objective = ProbeObjective(SignalArguments(unlabeled_method=method), labels, 2, None, 0, Pool(unlabeled, strong))
+    hooks = ProbeHooks(
+        epoch_begin=lambda: objective.epoch_begin(with_pool),
+        objective=lambda logits, batch: objective(with_pool, logits, batch),
+        rows_per_epoch=objective.rows_per_epoch(),
+    )
+    train_head(with_pool, labelled, labels, finetune, 0, None, None, hooks)
+    assert accuracy(with_pool) >= accuracy(alone) + 0.03, (accuracy(alone), accuracy(with_pool))
