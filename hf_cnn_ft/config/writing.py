@@ -17,15 +17,16 @@ if TYPE_CHECKING:  # annotations only: the Recipe is built in config.recipe
 INVOCATION_KEYS = ("resume_from_checkpoint", "overwrite_output_dir", "local_rank")
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """A setting as the recipe spells it: enums as their value (`cosine`), tuples as lists, all the way down."""
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_value(v) for k, v in value.items()}
     return value
 
 
@@ -34,7 +35,7 @@ def _training_values(recipe: Recipe) -> dict[str, Any]:
     resolved = recipe.training.to_dict()
     ours = [key for key in init_fields(SECTIONS["training"]) if key in resolved]
     ordered = ours + sorted(key for key in resolved if key not in ours)
-    return {key: _plain(resolved[key]) for key in ordered if key not in INVOCATION_KEYS and "token" not in key}
+    return {key: plain_value(resolved[key]) for key in ordered if key not in INVOCATION_KEYS and "token" not in key}
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
@@ -42,7 +43,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = {}
     for section in (name for name in SECTIONS if name != "training"):
         obj = getattr(recipe, section)
-        result[section] = {f: _plain(getattr(obj, f)) for f in init_fields(type(obj))}
+        result[section] = {f: plain_value(getattr(obj, f)) for f in init_fields(type(obj))}
     result["training"] = _training_values(recipe)
     return result
 
@@ -58,7 +59,7 @@ _RecipeDumper.add_representer(
 
 def sections_to_yaml(sections: dict[str, dict[str, Any]]) -> str:
     """Recipe data by section as a recipe file: a block per section, short lists inline."""
-    return yaml.dump(_plain(sections), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
+    return yaml.dump(plain_value(sections), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

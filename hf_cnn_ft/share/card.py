@@ -6,14 +6,13 @@ The card is rendered from the run's resolved recipe and its `metrics.json` summa
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_cnn_ft.config.recipe import Recipe
-from hf_cnn_ft.config.writing import recipe_to_yaml
+from hf_cnn_ft.config.writing import plain_value, recipe_to_yaml
 from hf_cnn_ft.data.dataset import LABEL_SAMPLE
 from hf_cnn_ft.share.card_findings import report_text, search_text
 from hf_cnn_ft.share.run_summary import RunSummary
@@ -101,11 +100,6 @@ def _test_time_text(summary: RunSummary) -> str:
     )
 
 
-def _plain(value: object) -> str:
-    """A setting as the recipe spells it: `cosine`, not `SchedulerType.COSINE`."""
-    return str(value.value if isinstance(value, Enum) else value)
-
-
 def _hyperparameters_table(recipe: Recipe) -> str:
     """The settings of the phases the strategy ran: a probe-only run lists no fine-tuning settings."""
     t, f = recipe.training, recipe.finetune
@@ -121,10 +115,10 @@ def _hyperparameters_table(recipe: Recipe) -> str:
         rows |= {
             "learning rate (head)": f"{t.learning_rate:g}",
             "backbone learning rate": f"{f.backbone_lr_multiplier:g}x head, layer decay {f.lr_decay:g}",
-            "schedule": f"{_plain(t.lr_scheduler_type)}, warmup {t.warmup_steps:g}",
+            "schedule": f"{plain_value(t.lr_scheduler_type)}, warmup {t.warmup_steps:g}",
             "epochs (max)": f"{t.num_train_epochs:g}",
             "batch size per device": str(t.per_device_train_batch_size),
-            "optimizer": f"{_plain(t.optim)}, weight decay {t.weight_decay:g}",
+            "optimizer": f"{plain_value(t.optim)}, weight decay {t.weight_decay:g}",
             "label smoothing": f"{t.label_smoothing_factor:g}",
             "frozen stages": f.freeze,
             "BatchNorm": f.bn,
