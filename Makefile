@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test test-fast lint install browser lock clean
+.PHONY: demo test test-fast lint install browser litert lock clean
 
 # The tool with every verb (export, app, tune): what `make demo` needs.
 $(BIN)/.installed-all: pyproject.toml constraints.txt
@@ -30,16 +30,29 @@ browser:
 
 demo: $(BIN)/.installed-all
 	$(BIN)/hf-cnn-ft demo
+# LiteRT's converter in an environment of its own (pyproject.toml's `litert` extra says why): a virtualenv
+# that sees .venv's packages behind its own, which are litert-torch and the older typing-extensions and
+# pydantic it needs. `make test` builds it, so the LiteRT export tests run in CI.
+LITERT_VENV := .venv-litert
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
+$(LITERT_VENV)/.installed: $(BIN)/.installed constraints-litert.txt
+	$(PYTHON) -m venv $(LITERT_VENV)
+	echo "import site; site.addsitedir('$$($(BIN)/python -c '$(PURELIB)')')" \
+		> "$$($(LITERT_VENV)/bin/python -c '$(PURELIB)')/hf_cnn_ft_main_venv.pth"
+	$(LITERT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-litert.txt litert-torch
+	touch $@
+
+litert: $(LITERT_VENV)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check hf_cnn_ft tests benchmarks
 	$(BIN)/ruff format --check hf_cnn_ft tests benchmarks
 
-test: lint
-	$(BIN)/python -m pytest -q
+test: lint litert
+	HF_CNN_FT_LITERT_PYTHON=$(LITERT_VENV)/bin/python $(BIN)/python -m pytest -q
 
-test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: lint litert
+	HF_CNN_FT_LITERT_PYTHON=$(LITERT_VENV)/bin/python $(BIN)/python -m pytest -q -m "not slow"
 
 # The newest versions that pyproject.toml allows, installed in a scratch virtualenv and written down.
 lock:
@@ -49,4 +62,4 @@ lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV) outputs data
+	rm -rf $(VENV) $(LITERT_VENV) outputs data

@@ -46,7 +46,11 @@ def third_party_imports(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("folder", "extras"), [("hf_cnn_ft", ("export", "app", "tune")), ("tests", ("export", "app", "tune", "dev"))]
+    ("folder", "extras"),
+    [
+        ("hf_cnn_ft", ("export", "openvino", "executorch", "litert", "app", "tune")),
+        ("tests", ("export", "app", "tune", "dev")),
+    ],
 )
 def test_every_imported_package_is_declared(folder, extras):
     distributions = importlib.metadata.packages_distributions()

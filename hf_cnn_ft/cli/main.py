@@ -48,6 +48,9 @@ def _configure_logging() -> None:
         logging.root.addHandler(handler)
         logging.root.setLevel(logging.WARNING)
     logging.getLogger("hf_cnn_ft").setLevel(logging.INFO)
+    # torchao (the quantizer of the executorch extra; transformers imports it when installed) registers enums
+    # that torch's pytree calls deprecated, two warnings on every command that are no user's concern.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -111,15 +111,28 @@ def _push(options: argparse.Namespace) -> int:
 
 def _export(options: argparse.Namespace) -> int:
     check_model_location(options.model_dir)
-    check_output_folder(options.output or Path(options.model_dir) / "onnx", "--output")
-    from hf_cnn_ft.share.export import export_onnx
+    from hf_cnn_ft.share.exports.exporting import check_export_folder, check_export_options, export_model
+    from hf_cnn_ft.share.exports.registry import export_format
 
+    export = export_format(options.format)
+    check_export_options(options.quantize, options.max_drop)
+    output = check_output_folder(options.output or Path(options.model_dir) / export.name, "--output")
+    check_export_folder(output)
     images = [Path(p) for p in options.images] if options.images else None
-    result = export_onnx(options.model_dir, options.output, options.opset, options.quantize, options.tolerance, images)
+    result = export_model(
+        options.model_dir,
+        output,
+        export.name,
+        options.quantize,
+        options.tolerance,
+        images,
+        options.max_drop,
+        options.opset,
+    )
     print(
-        f"onnx model:        {result.onnx_path}\n"
-        f"check:             max |logit difference| {result.max_abs_diff:.2e} on {result.checked_images} images "
-        f"(onnxruntime vs PyTorch, tolerance {options.tolerance:g})\n"
+        f"{export.name} model:".ljust(19) + f"{result.model_path}\n"
+        f"check:             max |logit difference| {result.max_abs_diff:.2e} on {result.checked_images} images, "
+        f"top class agrees on {result.agreement:.0%} ({export.name} vs PyTorch, tolerance {options.tolerance:g})\n"
         f"preprocessing:     {result.directory / 'preprocessing.json'}"
     )
     if result.quantized_path:
@@ -127,8 +140,8 @@ def _export(options: argparse.Namespace) -> int:
         if result.accuracy:
             acc = result.accuracy
             print(
-                f"validation accuracy: PyTorch {acc['torch']:.4f}, ONNX {acc['onnx']:.4f}, "
-                f"int8 {acc['int8']:.4f} ({acc['int8'] - acc['onnx']:+.4f})"
+                f"validation accuracy ({result.validation_images} images): PyTorch {acc['torch']:.4f}, "
+                f"{export.name} {acc['export']:.4f}, int8 {acc['int8']:.4f} ({-result.int8_drop:+.2f} points)"
             )
     return 0
 
@@ -183,13 +196,20 @@ def add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     )
     push.add_argument("--space", metavar="SPACE_REPO", help="also create or update a Gradio Space serving the model")
 
-    export = verbs.add_parser("export", help="export to ONNX (checked with onnxruntime), optionally int8")
+    export = verbs.add_parser(
+        "export", help="export to ONNX, OpenVINO, ExecuTorch or LiteRT, checked with its runtime; optionally int8"
+    )
     export.add_argument("model_dir", help="a model directory, adapter run or Hub repo id")
-    export.add_argument("--format", default="onnx", choices=["onnx"])
-    export.add_argument("--opset", type=int, default=18)
-    export.add_argument("--quantize", choices=["int8"], help="also write a static int8 (QDQ) model")
+    export.add_argument("--format", default="onnx", help="onnx (default), openvino, executorch or litert")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    export.add_argument(
+        "--quantize", choices=["int8"], help="also write a static int8 model, calibrated on training images"
+    )
+    export.add_argument(
+        "--max_drop", type=float, help="with --quantize: fail when int8 loses more validation accuracy (points)"
+    )
     export.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit difference| accepted")
-    export.add_argument("--output", help="export directory (default: MODEL_DIR/onnx)")
+    export.add_argument("--output", help="export directory (default: MODEL_DIR/FORMAT)")
     export.add_argument("--images", nargs="+", help="check on these images (default: the run's validation split)")
 
     merge = verbs.add_parser("merge", help="merge a peft adapter run into a plain model directory")

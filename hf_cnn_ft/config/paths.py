@@ -15,6 +15,9 @@ from hf_cnn_ft.errors import UserError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 PREDICTION_SUFFIXES = (".csv", ".json")
 MODEL_FILES = ("config.json", "adapter_config.json")
+# An export folder (`hf-cnn-ft export`): what was checked, and the input its runtime needs.
+EXPORT_REPORT = "export_report.json"
+PREPROCESSING = "preprocessing.json"
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -58,6 +61,11 @@ def check_model_location(source: str) -> bool:
                 f"model directory {source} does not exist: give the output_dir of a finished run, or a Hub repo id"
             )
         return False
+    folder = local.parent if local.is_file() else local
+    if (folder / EXPORT_REPORT).is_file():  # an export folder, or a model file in one: its runtime reads it
+        return True
+    if local.is_file():
+        raise UserError(f"{source} is a file: give a run's output_dir, an export folder or a model file in one")
     if not any((local / name).is_file() for name in MODEL_FILES):
         raise UserError(
             f"{source} holds no model (no {' or '.join(MODEL_FILES)}): give the output_dir of a finished run"

@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.writing import plain_value, recipe_to_yaml
 from hf_cnn_ft.data.dataset import LABEL_SAMPLE
-from hf_cnn_ft.share.card_findings import report_text, search_text
+from hf_cnn_ft.share.card_findings import exports_text, report_text, search_text
 from hf_cnn_ft.share.run_summary import RunSummary
 from hf_cnn_ft.strategies.registry import get_strategy
 
@@ -258,14 +258,19 @@ def _card_data(recipe: Recipe, summary: RunSummary, repo_id: str | None) -> Mode
 
 
 def build_model_card(
-    recipe: Recipe, summary: RunSummary, repo_id: str | None = None, pictures: list[str] = ()
+    recipe: Recipe,
+    summary: RunSummary,
+    repo_id: str | None = None,
+    pictures: list[str] = (),
+    exports: list[tuple[str, dict[str, Any]]] = (),
 ) -> ModelCard:
+    """The card; `exports` are the (folder, export report) pairs of the exports pushed with the model."""
     images = "\n".join(f"![{PICTURES[name]}]({name})\n" for name in pictures)
     text = f"""---
 {_card_data(recipe, summary, repo_id).to_yaml()}
 ---
 
-{_body(recipe, summary, repo_id, images)}"""
+{_body(recipe, summary, repo_id, images, exports_text(list(exports)))}"""
     return ModelCard(text)
 
 
@@ -288,7 +293,7 @@ def _overall_table(report: dict[str, Any]) -> str:
     return "\n".join(f"| {key} | {report[key]:.4f} |" for key in keys if key in report)
 
 
-def _body(recipe: Recipe, summary: RunSummary, repo_id: str | None, images: str) -> str:
+def _body(recipe: Recipe, summary: RunSummary, repo_id: str | None, images: str, exports: str) -> str:
     """The card's text below its metadata: what the model is, its data, training, results, usage."""
     evaluated_on, report, labels = summary.evaluated_on, summary.evaluation, summary.label_names
     base_model = summary.base_model or _model_name(recipe.model.model)
@@ -336,6 +341,7 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 {images}
 {report_text(summary.report)}
 {search_text(summary.search)}
+{exports}
 ## How to use
 
 {_adapter_usage(repo_id, recipe) if summary.is_adapter else _usage(repo_id, summary)}

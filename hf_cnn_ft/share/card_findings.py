@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+from hf_cnn_ft.config.paths import EXPORT_REPORT
 
 # Pictures made of the dataset's own images: pushed only when the recipe or the user says so (hub.push_images).
 DATASET_PICTURES = ("top_losses.png", "correct_examples.png")
@@ -82,3 +86,53 @@ trial {search["best_trial"]} (validation {search["metric"]} {search["best_valida
 {space}
 
 {pictures}"""
+
+
+def exports_in(directory: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(folder name, export report) of every export saved inside a run's folder (`hf-cnn-ft export`)."""
+    reports = sorted(directory.glob(f"*/{EXPORT_REPORT}"))
+    return [(path.parent.name, json.loads(path.read_text())) for path in reports]
+
+
+def _size(files: dict[str, int], stem: str) -> str:
+    """The size of one model: its files of that stem together (OpenVINO's .xml and .bin)."""
+    total = sum(size for name, size in files.items() if name.rsplit(".", 1)[0] == stem)
+    return f"{total / 1e6:.1f} MB"
+
+
+def _export_rows(folder: str, report: dict[str, Any]) -> list[str]:
+    accuracy, files = report.get("validation_accuracy") or {}, report["files"]
+    model_file = next(name for name in files if name.rsplit(".", 1)[0] == "model" and name.endswith(report["suffix"]))
+    checked = (
+        f"{report['max_abs_logit_difference']:.1e}; top class agrees on {report['top_class_agreement']:.0%} "
+        f"of {report['checked_images']} images"
+    )
+    torch_accuracy = f" (PyTorch {accuracy['torch']:.4f})" if "torch" in accuracy else ""
+    rows = [
+        f"| `{folder}/{model_file}` | {report['format']} | float32 | {_size(files, 'model')} | {checked} | "
+        f"{accuracy['export']:.4f}{torch_accuracy} |"
+        if "export" in accuracy
+        else f"| `{folder}/{model_file}` | {report['format']} | float32 | {_size(files, 'model')} | {checked} | – |"
+    ]
+    if report.get("int8"):
+        measured = f"{accuracy['int8']:.4f} ({-report['int8_drop_points']:+.2f} points)" if "int8" in accuracy else "–"
+        rows.append(
+            f"| `{folder}/{report['int8']}` | {report['format']} | int8 | {_size(files, 'model.int8')} | "
+            f"calibrated on training images | {measured} |"
+        )
+    return rows
+
+
+def exports_text(exports: list[tuple[str, dict[str, Any]]]) -> str:
+    """The card's list of exports: each model file with its size, its check against PyTorch and its accuracy."""
+    if not exports:
+        return ""
+    rows = [row for folder, report in exports for row in _export_rows(folder, report)]
+    validation = max((report.get("validation_images") or 0 for _, report in exports), default=0)
+    return (
+        "## Exports\n\nChecked against the PyTorch model when written (`hf-cnn-ft export`): the largest logit "
+        f"difference on held images, and accuracy on the validation split ({validation} images). Run one with "
+        "its runtime: `hf-cnn-ft predict FOLDER/FILE images/`.\n\n"
+        "| file | format | precision | size | check against PyTorch | validation accuracy |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )

@@ -13,7 +13,7 @@ from huggingface_hub import CommitOperationAdd
 from hf_cnn_ft.config.paths import looks_like_local_path
 from hf_cnn_ft.config.recipe import Recipe, load_recipe
 from hf_cnn_ft.share.card import build_model_card, pictures_in
-from hf_cnn_ft.share.card_findings import DATASET_PICTURES
+from hf_cnn_ft.share.card_findings import DATASET_PICTURES, exports_in
 from hf_cnn_ft.share.run_dir import EXAMPLES_DIR
 from hf_cnn_ft.share.run_summary import RunSummary, read_summary
 
@@ -93,7 +93,8 @@ def repo_operations(model_dir: Path, repo_id: str, images: bool | None = None) -
     for path in _pushed_files(model_dir, images):
         name = path.relative_to(model_dir).as_posix()
         if name == "README.md" and recipe is not None:
-            content = build_model_card(recipe, summary, repo_id, pictures_in(model_dir)).content.encode()
+            card = build_model_card(recipe, summary, repo_id, pictures_in(model_dir), exports_in(model_dir))
+            content = card.content.encode()
         elif path.suffix.lower() in TEXT_SUFFIXES:
             content = path.read_bytes()
         else:

@@ -35,6 +35,7 @@ from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, fold_temperature, load_model, save_model
 from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.card import write_model_card
+from hf_cnn_ft.share.exports.exported import is_export, load_export
 from hf_cnn_ft.share.run_summary import COMPLETION_MARKER, read_summary, write_summary
 from hf_cnn_ft.strategies.adapters import is_adapter_dir
 
@@ -147,7 +148,9 @@ def _restore_temperature(merged: PreTrainedModel, adapter_dir: Path) -> None:
 
 def load_run(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
     """A fine-tuned model directory, adapter run or Hub repo, in inference mode; an adapter is loaded
-    onto its base model and merged."""
+    onto its base model and merged. An export folder (or a model file in one) is run by its own runtime."""
+    if is_export(directory):
+        return load_export(directory)  # type: ignore[return-value]  (the interface evaluation uses)
     if is_adapter_dir(directory):
         adapted, data_config = load_adapter_dir(directory)
         model = adapted.merge_and_unload().eval()
@@ -160,7 +163,8 @@ def load_run(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
 
 def saved_recipe(model_dir: str | Path) -> Recipe | None:
     """The recipe of the run that wrote `model_dir`, if it is a local directory that holds one."""
-    saved = Path(model_dir) / "recipe.yaml"
+    folder = Path(model_dir).parent if Path(model_dir).is_file() else Path(model_dir)  # a model file of an export
+    saved = folder / "recipe.yaml"
     return load_recipe(saved) if saved.is_file() else None
 
 
@@ -178,7 +182,7 @@ def data_arguments_for(model_dir: Path, dataset: str | None) -> DataArguments:
     Reusing the run's split settings means `evaluate` sees exactly the test images that
     training held out.
     """
-    saved = model_dir / "recipe.yaml"
+    saved = (model_dir.parent if model_dir.is_file() else model_dir) / "recipe.yaml"
     recipe = saved_recipe(model_dir)
     args = recipe.data if recipe else DataArguments()
     if dataset is not None:

@@ -179,7 +179,25 @@ FAULTS = [
         "export onto an existing file",
         lambda d, t, r: ["export", str(r), "--output", str(_file(t))],
         ("--output", "a-file is a file"),
-        "hf_cnn_ft.share.export:export_onnx",
+        "hf_cnn_ft.share.exports.exporting:export_model",
+    ),
+    Fault(
+        "export in an unknown format",
+        lambda d, t, r: ["export", str(r), "--format", "tensorrt", "--output", str(t / "x")],
+        ("unknown export format 'tensorrt'", "openvino"),
+        "hf_cnn_ft.share.exports.exporting:export_model",
+    ),
+    Fault(
+        "export into a folder of other files",
+        lambda d, t, r: ["export", str(r), "--output", str(_file(t).parent)],
+        ("holds other files", "new or empty folder"),
+        "hf_cnn_ft.share.exports.exporting:export_model",
+    ),
+    Fault(
+        "int8 bound without int8",
+        lambda d, t, r: ["export", str(r), "--max_drop", "0.5", "--output", str(t / "x")],
+        ("--max_drop", "add --quantize int8"),
+        "hf_cnn_ft.share.exports.exporting:export_model",
     ),
     Fault(
         "report below a file",

@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import TINY_SETTINGS, accelerate_launch, cli_env, overrides
 from datasets import load_dataset
-from huggingface_hub import HfApi, ModelCard, snapshot_download
+from huggingface_hub import HfApi, ModelCard, hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import AutoModelForImageClassification, pipeline
 
@@ -421,3 +421,22 @@ def test_local_paths_are_replaced_as_whole_paths_only():
     assert "output_dir: run1\nbest: run1/checkpoint-3" in published
     assert " run10 " in published  # another folder: only its own name is kept, not mangled into run1
     assert "old_runs/x x " in published and "https://hf.co/a/b" in published
+
+
+@pytest.mark.slow
+def test_push_uploads_the_exports_and_the_card_lists_each_with_its_check(finished_run, hub, tmp_path):
+    assert main(["export", str(finished_run), "--quantize", "int8"]) == 0
+    assert main(["export", str(finished_run), "--format", "openvino"]) == 0
+    repo_id = hub.repo_id("with-exports")
+    assert main(["push", str(finished_run), repo_id]) == 0
+    files = set(HfApi().list_repo_files(repo_id))
+    assert {"onnx/model.onnx", "onnx/model.int8.onnx", "openvino/model.xml", "openvino/model.bin"} <= files
+    assert {"onnx/preprocessing.json", "openvino/export_report.json"} <= files
+    card = Path(hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "cache")).read_text()
+    exports = card[card.index("## Exports") :]
+    report = json.loads((finished_run / "onnx" / "export_report.json").read_text())
+    int8_accuracy = report["validation_accuracy"]["int8"]
+    assert "| `onnx/model.onnx` | onnx | float32 |" in exports and "| `openvino/model.xml` | openvino |" in exports
+    assert f"| `onnx/model.int8.onnx` | onnx | int8 | {report['files']['model.int8.onnx'] / 1e6:.1f} MB" in exports
+    assert f"{int8_accuracy:.4f} ({-report['int8_drop_points']:+.2f} points)" in exports
+    assert "top class agrees on 100%" in exports

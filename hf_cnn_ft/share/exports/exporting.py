@@ -1,0 +1,290 @@
+"""Export for deployment: the run's classifier converted by the chosen runtime's own tools, then checked
+against PyTorch on real images before anything is kept.
+
+The export folder (default MODEL_DIR/FORMAT) holds the model file (`model.onnx`, `model.xml` + `.bin`,
+`model.pte` or `model.tflite`; input `pixel_values`, NCHW float32, output `logits`), `preprocessing.json`,
+the run's `recipe.yaml` and `export_report.json`. With `quantize="int8"` it also holds `model.int8.*`
+(static quantization calibrated on training images) and what it costs in accuracy on the validation split.
+The folder is filled beside its place and moved there only once every check passed: a failed export leaves
+nothing behind, and an older export stays whole until the new one replaces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import nn
+
+from hf_cnn_ft.config.paths import EXPORT_REPORT, PREPROCESSING
+from hf_cnn_ft.data.data_config import DataConfig
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, split_labels
+from hf_cnn_ft.data.inputs import pixel_batches
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.data.transforms import eval_transform
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.models.anatomy import is_timm_model
+from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
+from hf_cnn_ft.share.atomic import replace_folder, staging_folder_for, write_json
+from hf_cnn_ft.share.exports.exported import is_export
+from hf_cnn_ft.share.exports.failures import converted
+from hf_cnn_ft.share.exports.formats import Conversion, ExportFormat, Runner
+from hf_cnn_ft.share.exports.registry import export_format
+from hf_cnn_ft.share.run_dir import load_run
+
+logger = logging.getLogger(__name__)
+
+CHECK_IMAGES = 16
+CALIBRATION_IMAGES = 64
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    format: str
+    model_path: Path
+    max_abs_diff: float
+    agreement: float  # share of check images whose top class is PyTorch's
+    checked_images: int
+    quantized_path: Path | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)  # validation accuracy: torch, export, int8
+    validation_images: int = 0
+
+    @property
+    def int8_drop(self) -> float | None:
+        """Points of validation accuracy the int8 model loses against the float export."""
+        if "int8" not in self.accuracy:
+            return None
+        return round(100 * (self.accuracy["export"] - self.accuracy["int8"]), 2)
+
+
+class LogitsOnly(nn.Module):
+    """The classifier as a plain tensor -> tensor function, the shape every runtime's graph has."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        # A timm backbone exports as itself; the transformers wrapper adds only dict plumbing.
+        self.timm_model = model.timm_model if is_timm_model(model) else None
+        self.model = None if self.timm_model is not None else model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.timm_model is not None:
+            return self.timm_model(pixel_values)
+        return self.model(pixel_values=pixel_values).logits
+
+
+def check_export_folder(folder: Path) -> None:
+    """Before any work: the export replaces only an older export, never a folder holding anything else."""
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / EXPORT_REPORT).is_file():
+        raise UserError(
+            f"--output {folder} holds other files and no {EXPORT_REPORT}: an export replaces its folder whole, "
+            "so give a new or empty folder"
+        )
+
+
+def check_export_options(quantize: str | None, max_drop: float | None) -> None:
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize must be int8, got '{quantize}'")
+    if max_drop is not None and quantize is None:
+        raise UserError("--max_drop bounds what int8 costs against the float export: add --quantize int8")
+
+
+def _pixels(dataset: Dataset, data_config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    transform = eval_transform(data_config)
+    pixels = np.concatenate([batch.numpy() for batch in pixel_batches(dataset, transform, batch_size=32)])
+    return pixels.astype(np.float32), np.asarray(split_labels(dataset))
+
+
+def _torch_logits(module: nn.Module, pixels: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate(
+            [module(torch.from_numpy(pixels[i : i + 64])).float().numpy() for i in range(0, len(pixels), 64)]
+        )
+
+
+def _check_data(model_dir: Path, images: list[Path] | None) -> tuple[Dataset, Dataset]:
+    """(calibration images, check images): the run's training and validation splits, or the given images."""
+    from hf_cnn_ft.share.run_dir import data_arguments_for
+
+    if images:
+        from datasets import Image as ImageFeature
+
+        dataset = Dataset.from_dict({IMAGE_COLUMN: [str(p) for p in images], LABEL_COLUMN: [-1] * len(images)})
+        dataset = dataset.cast_column(IMAGE_COLUMN, ImageFeature())
+        return dataset, dataset
+    try:
+        data_args = data_arguments_for(model_dir, None)
+    except UserError:
+        raise UserError(f"{model_dir} names no dataset to check the export on: pass --images FILE...") from None
+    data = load_image_data(replace(data_args, check_images=False))
+    train = data.splits["train"]
+    return (train if isinstance(train, Dataset) else data.splits["validation"]), data.splits["validation"]
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(-1) == labels).mean()) if len(labels) else float("nan")
+
+
+def _checked(
+    export: ExportFormat, path: Path, torch_logits: np.ndarray, pixels: np.ndarray, tolerance: float
+) -> tuple[float, float]:
+    """The runtime's logits on the check images against PyTorch's: (max |difference|, top-class agreement);
+    past `tolerance`, one line saying so."""
+    runner = export.load(path, None)
+    # Batches of a size the export never saw: a dynamic batch axis must really be dynamic.
+    logits = np.concatenate([runner(pixels[i : i + 3]) for i in range(0, len(pixels), 3)])
+    difference = float(np.abs(logits - torch_logits).max())
+    agreement = float((logits.argmax(-1) == torch_logits.argmax(-1)).mean())
+    if not difference <= tolerance:
+        raise UserError(
+            f"{export.name} check failed: max |logit difference| {difference:.3g} on {len(pixels)} images exceeds "
+            f"the tolerance {tolerance:g} (top class agrees on {agreement:.0%}); nothing was written"
+        )
+    return difference, agreement
+
+
+def export_model(
+    model_dir: str | Path,
+    output_dir: str | Path | None = None,
+    format: str = "onnx",
+    quantize: str | None = None,
+    tolerance: float = 1e-3,
+    images: list[Path] | None = None,
+    max_drop: float | None = None,
+    opset: int = 18,
+) -> ExportResult:
+    """Exports, checks the runtime's logits against PyTorch's on real images (failing past `tolerance`), and
+    with `quantize="int8"` adds the int8 model and what it costs (failing past `max_drop` points)."""
+    export = export_format(format)
+    export.require()
+    check_export_options(quantize, max_drop)
+    model_dir = Path(model_dir)
+    if is_export(model_dir):
+        raise UserError(f"{model_dir} is an export already: export from the run folder it came from")
+    output = Path(output_dir) if output_dir else model_dir / export.name
+    check_export_folder(output)
+    model, data_config = load_run(model_dir)
+    module = LogitsOnly(model).eval()
+    calibration_set, check_set = _check_data(model_dir, images)
+    pixels, _ = _pixels(check_set.select(range(min(CHECK_IMAGES, len(check_set)))), data_config)
+    staging = staging_folder_for(output)
+    try:
+        result = _fill(staging, export, module, pixels, tolerance, opset, data_config)
+        if quantize == "int8":
+            labelled = check_set if images is None else None
+            _add_int8(result, export, module, data_config, calibration_set, labelled, max_drop, opset)
+        _write_sidecars(staging, result, model, model_dir, data_config, tolerance, max_drop)
+        replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _moved(result, output)
+
+
+def _fill(
+    staging: Path,
+    export: ExportFormat,
+    module: nn.Module,
+    pixels: np.ndarray,
+    tolerance: float,
+    opset: int,
+    data_config: DataConfig,
+) -> ExportResult:
+    path = staging / export.model_file()
+    example = torch.randn(2, 3, data_config.input_size, data_config.input_size)
+    converted(export, Conversion(module, example, path, opset), export.convert)
+    difference, agreement = _checked(export, path, _torch_logits(module, pixels), pixels, tolerance)
+    return ExportResult(staging, export.name, path, difference, agreement, len(pixels))
+
+
+def _add_int8(
+    result: ExportResult,
+    export: ExportFormat,
+    module: nn.Module,
+    data_config: DataConfig,
+    calibration_set: Dataset,
+    labelled: Dataset | None,
+    max_drop: float | None,
+    opset: int,
+) -> None:
+    """The statically quantized model beside the float one; on labelled validation images, what quantization
+    costs in accuracy, refused past `max_drop` points."""
+    calibration = calibration_set.shuffle(seed=0).select(range(min(CALIBRATION_IMAGES, len(calibration_set))))
+    calibration_pixels, _ = _pixels(calibration, data_config)
+    path = result.directory / export.model_file(int8=True)
+    example = torch.randn(2, 3, data_config.input_size, data_config.input_size)
+    converted(export, Conversion(module, example, path, opset), lambda c: export.quantize(c, calibration_pixels))
+    result.quantized_path = path
+    if labelled is None:
+        return
+    pixels, labels = _pixels(labelled, data_config)
+    runs: dict[str, Runner] = {"export": export.load(result.model_path, None), "int8": export.load(path, None)}
+    result.accuracy = {"torch": _accuracy(_torch_logits(module, pixels), labels)}
+    result.accuracy |= {name: _accuracy(run(pixels), labels) for name, run in runs.items()}
+    result.validation_images = len(labels)
+    if max_drop is not None and result.int8_drop > max_drop:
+        raise UserError(
+            f"int8 costs {result.int8_drop:.2f} points of validation accuracy on {len(labels)} images "
+            f"({result.accuracy['export']:.4f} -> {result.accuracy['int8']:.4f}), more than --max_drop {max_drop:g}: "
+            "nothing was written; export the float model, or raise --max_drop"
+        )
+
+
+def _write_sidecars(
+    staging: Path,
+    result: ExportResult,
+    model: nn.Module,
+    model_dir: Path,
+    data_config: DataConfig,
+    tolerance: float,
+    max_drop: float | None,
+) -> None:
+    write_json(
+        staging / PREPROCESSING,
+        {
+            **dataclasses.asdict(data_config),
+            "resize_size": data_config.resize_size,
+            "input": "pixel_values, NCHW float32 RGB",
+            "labels": label_names_of(model),
+            # Probabilities: softmax(logits). The temperature fitted when the run ended is already folded
+            # into the graph's classification layer; it is recorded, not to be applied again.
+            "calibration_temperature_folded": folded_temperature_of(model),
+        },
+    )
+    if (model_dir / "recipe.yaml").is_file():  # `evaluate EXPORT` reads the run's own test split
+        shutil.copyfile(model_dir / "recipe.yaml", staging / "recipe.yaml")
+    write_json(staging / EXPORT_REPORT, _report(result, export_format(result.format), tolerance, max_drop))
+
+
+def _report(result: ExportResult, export: ExportFormat, tolerance: float, max_drop: float | None) -> dict[str, Any]:
+    files = sorted(p for p in result.directory.iterdir() if p.name.startswith("model"))
+    return {
+        "format": result.format,
+        "batch": export.batch,
+        "suffix": export.suffix,
+        "files": {p.name: p.stat().st_size for p in files},
+        "max_abs_logit_difference": result.max_abs_diff,
+        "top_class_agreement": result.agreement,
+        "tolerance": tolerance,
+        "checked_images": result.checked_images,
+        "int8": result.quantized_path.name if result.quantized_path else None,
+        "validation_accuracy": result.accuracy,
+        "validation_images": result.validation_images,
+        "int8_drop_points": result.int8_drop,
+        "max_drop": max_drop,
+    }
+
+
+def _moved(result: ExportResult, output: Path) -> ExportResult:
+    """The result with its paths in the published folder."""
+    moved = {"directory": output, "model_path": output / result.model_path.name}
+    if result.quantized_path:
+        moved["quantized_path"] = output / result.quantized_path.name
+    return dataclasses.replace(result, **moved)
