@@ -115,10 +115,10 @@ def _export(options: argparse.Namespace) -> int:
     from hf_cnn_ft.share.exports.registry import export_format
 
     export = export_format(options.format)
-    check_export_options(options.quantize, options.max_drop)
+    images = [Path(p) for p in options.images] if options.images else None
+    check_export_options(export, options.quantize, options.max_drop, options.qat_epochs, images)
     output = check_output_folder(options.output or Path(options.model_dir) / export.name, "--output")
     check_export_folder(output)
-    images = [Path(p) for p in options.images] if options.images else None
     result = export_model(
         options.model_dir,
         output,
@@ -128,6 +128,7 @@ def _export(options: argparse.Namespace) -> int:
         images,
         options.max_drop,
         options.opset,
+        options.qat_epochs,
     )
     print(
         f"{export.name} model:".ljust(19) + f"{result.model_path}\n"
@@ -207,6 +208,13 @@ def add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     )
     export.add_argument(
         "--max_drop", type=float, help="with --quantize: fail when int8 loses more validation accuracy (points)"
+    )
+    export.add_argument(
+        "--qat_epochs",
+        type=int,
+        default=0,
+        help="with --quantize: fine-tune the int8 model this many epochs on the training split (openvino, executorch, "
+        "litert)",
     )
     export.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit difference| accepted")
     export.add_argument("--output", help="export directory (default: MODEL_DIR/FORMAT)")

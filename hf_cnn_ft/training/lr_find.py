@@ -25,7 +25,7 @@ from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.plots import pyplot
-from hf_cnn_ft.training.machine import flush_denormals_on_cpu
+from hf_cnn_ft.models.precision import flush_denormals_on_cpu
 from hf_cnn_ft.training.prepare import prepare_model
 from hf_cnn_ft.training.train import build_trainer
 

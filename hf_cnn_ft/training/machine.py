@@ -18,14 +18,9 @@ import torch
 
 from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.config.training_defaults import loader_plan
+from hf_cnn_ft.models.precision import flush_denormals_on_cpu
 
 logger = logging.getLogger(__name__)
-
-
-def flush_denormals_on_cpu() -> None:
-    """Denormal floats cost 20-30x on some CPUs; training never needs them."""
-    if not torch.cuda.is_available():
-        torch.set_flush_denormal(True)
 
 
 # glibc's mallopt parameters (malloc.h).

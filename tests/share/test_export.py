@@ -231,3 +231,28 @@ def test_an_export_loads_from_its_folder_without_the_run(tmp_path, images):
     assert data_config.input_size == 32 and model.config.id2label == dict(enumerate(LABELS))
     logits = model(pixel_values=torch.zeros(2, 3, 32, 32)).logits
     assert logits.shape == (2, 3) and logits.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_quantization_aware_training_moves_the_int8_weights_and_is_recorded(trained_run, tmp_path, capsys, caplog):
+    after, aware = tmp_path / "after", tmp_path / "aware"
+    common = ["export", str(trained_run), "--format", "openvino", "--quantize", "int8"]
+    assert main([*common, "--output", str(after)]) == 0
+    with caplog.at_level("INFO", logger="hf_cnn_ft"):
+        assert main([*common, "--qat_epochs", "2", "--output", str(aware)]) == 0
+    assert "quantization-aware training, epoch 2 of 2" in caplog.text
+    report = json.loads((aware / "export_report.json").read_text())
+    assert report["qat_epochs"] == 2 and json.loads((after / "export_report.json").read_text())["qat_epochs"] == 0
+    assert 0.0 <= report["validation_accuracy"]["int8"] <= 1.0
+    assert (aware / "model.int8.bin").read_bytes() != (after / "model.int8.bin").read_bytes()
+    assert (aware / "model.bin").read_bytes() == (after / "model.bin").read_bytes()  # the float model untouched
+
+
+def test_quantization_aware_training_where_the_format_cannot_is_one_line(trained_run, tmp_path, capsys):
+    code = main(
+        ["export", str(trained_run), "--quantize", "int8", "--qat_epochs", "1", "--output", str(tmp_path / "x")]
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "onnx quantizes after training only; quantization-aware: openvino" in error
+    assert not (tmp_path / "x").exists()

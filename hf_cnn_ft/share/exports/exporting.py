@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
 from hf_cnn_ft.share.atomic import replace_folder, staging_folder_for, write_json
 from hf_cnn_ft.share.exports.exported import is_export
 from hf_cnn_ft.share.exports.failures import converted
-from hf_cnn_ft.share.exports.formats import Conversion, ExportFormat, Runner
+from hf_cnn_ft.share.exports.formats import FORMATS, Conversion, ExportFormat, Runner
+from hf_cnn_ft.share.exports.qat import FineTune, quantization_aware_fine_tune
 from hf_cnn_ft.share.exports.registry import export_format
 from hf_cnn_ft.share.run_dir import load_run
 
@@ -43,6 +45,13 @@ logger = logging.getLogger(__name__)
 
 CHECK_IMAGES = 16
 CALIBRATION_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    max_drop: float | None
+    opset: int
+    qat_epochs: int
 
 
 @dataclass
@@ -56,6 +65,7 @@ class ExportResult:
     quantized_path: Path | None = None
     accuracy: dict[str, float] = field(default_factory=dict)  # validation accuracy: torch, export, int8
     validation_images: int = 0
+    qat_epochs: int = 0
 
     @property
     def int8_drop(self) -> float | None:
@@ -73,6 +83,7 @@ class LogitsOnly(nn.Module):
         # A timm backbone exports as itself; the transformers wrapper adds only dict plumbing.
         self.timm_model = model.timm_model if is_timm_model(model) else None
         self.model = None if self.timm_model is not None else model
+        self.label_names = label_names_of(model)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.timm_model is not None:
@@ -89,11 +100,22 @@ def check_export_folder(folder: Path) -> None:
         )
 
 
-def check_export_options(quantize: str | None, max_drop: float | None) -> None:
+def check_export_options(
+    export: ExportFormat, quantize: str | None, max_drop: float | None, qat_epochs: int, images: list[Path] | None
+) -> None:
+    """Before any work: the options fit together and the format can do what they ask."""
     if quantize not in (None, "int8"):
         raise UserError(f"--quantize must be int8, got '{quantize}'")
-    if max_drop is not None and quantize is None:
-        raise UserError("--max_drop bounds what int8 costs against the float export: add --quantize int8")
+    for option, given in (("--max_drop", max_drop is not None), ("--qat_epochs", qat_epochs > 0)):
+        if given and quantize is None:
+            raise UserError(f"{option} is about the int8 model: add --quantize int8")
+    if qat_epochs < 0:
+        raise UserError(f"--qat_epochs must be 0 or more, got {qat_epochs}")
+    if qat_epochs and not export.qat:
+        with_qat = ", ".join(f.name for f in FORMATS.values() if f.qat)
+        raise UserError(f"--qat_epochs: {export.name} quantizes after training only; quantization-aware: {with_qat}")
+    if qat_epochs and images:
+        raise UserError("--qat_epochs trains on the run's training split: leave out --images")
 
 
 def _pixels(dataset: Dataset, data_config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -159,12 +181,14 @@ def export_model(
     images: list[Path] | None = None,
     max_drop: float | None = None,
     opset: int = 18,
+    qat_epochs: int = 0,
 ) -> ExportResult:
     """Exports, checks the runtime's logits against PyTorch's on real images (failing past `tolerance`), and
-    with `quantize="int8"` adds the int8 model and what it costs (failing past `max_drop` points)."""
+    with `quantize="int8"` adds the int8 model and what it costs (failing past `max_drop` points), fine-tuned
+    `qat_epochs` times over the training split with its quantizers in place when asked."""
     export = export_format(format)
     export.require()
-    check_export_options(quantize, max_drop)
+    check_export_options(export, quantize, max_drop, qat_epochs, images)
     model_dir = Path(model_dir)
     if is_export(model_dir):
         raise UserError(f"{model_dir} is an export already: export from the run folder it came from")
@@ -179,7 +203,8 @@ def export_model(
         result = _fill(staging, export, module, pixels, tolerance, opset, data_config)
         if quantize == "int8":
             labelled = check_set if images is None else None
-            _add_int8(result, export, module, data_config, calibration_set, labelled, max_drop, opset)
+            int8 = Int8Settings(max_drop, opset, qat_epochs)
+            _add_int8(result, export, module, data_config, calibration_set, labelled, int8)
         _write_sidecars(staging, result, model, model_dir, data_config, tolerance, max_drop)
         replace_folder(staging, output)
     except BaseException:
@@ -211,8 +236,7 @@ def _add_int8(
     data_config: DataConfig,
     calibration_set: Dataset,
     labelled: Dataset | None,
-    max_drop: float | None,
-    opset: int,
+    settings: Int8Settings,
 ) -> None:
     """The statically quantized model beside the float one; on labelled validation images, what quantization
     costs in accuracy, refused past `max_drop` points."""
@@ -220,8 +244,10 @@ def _add_int8(
     calibration_pixels, _ = _pixels(calibration, data_config)
     path = result.directory / export.model_file(int8=True)
     example = torch.randn(2, 3, data_config.input_size, data_config.input_size)
-    converted(export, Conversion(module, example, path, opset), lambda c: export.quantize(c, calibration_pixels))
-    result.quantized_path = path
+    fine_tune = _fine_tune(calibration_set, module, data_config, settings.qat_epochs) if settings.qat_epochs else None
+    quantize = partial(export.quantize, calibration=calibration_pixels, fine_tune=fine_tune)
+    converted(export, Conversion(module, example, path, settings.opset), quantize)
+    result.quantized_path, result.qat_epochs = path, settings.qat_epochs
     if labelled is None:
         return
     pixels, labels = _pixels(labelled, data_config)
@@ -229,12 +255,22 @@ def _add_int8(
     result.accuracy = {"torch": _accuracy(_torch_logits(module, pixels), labels)}
     result.accuracy |= {name: _accuracy(run(pixels), labels) for name, run in runs.items()}
     result.validation_images = len(labels)
+    max_drop = settings.max_drop
     if max_drop is not None and result.int8_drop > max_drop:
         raise UserError(
             f"int8 costs {result.int8_drop:.2f} points of validation accuracy on {len(labels)} images "
             f"({result.accuracy['export']:.4f} -> {result.accuracy['int8']:.4f}), more than --max_drop {max_drop:g}: "
             "nothing was written; export the float model, or raise --max_drop"
         )
+
+
+def _fine_tune(train: Dataset, module: LogitsOnly, data_config: DataConfig, epochs: int) -> FineTune:
+    """Quantization-aware fine-tuning on the whole training split, labels as the model's class indices."""
+    names = train.features[LABEL_COLUMN].names
+    model_index = {name: i for i, name in enumerate(module.label_names)}
+    pixels, labels = _pixels(train, data_config)
+    logger.info("quantization-aware training: %d epoch(s) over %d training images", epochs, len(labels))
+    return quantization_aware_fine_tune(pixels, np.array([model_index[names[i]] for i in labels]), epochs)
 
 
 def _write_sidecars(
@@ -278,6 +314,7 @@ def _report(result: ExportResult, export: ExportFormat, tolerance: float, max_dr
         "validation_accuracy": result.accuracy,
         "validation_images": result.validation_images,
         "int8_drop_points": result.int8_drop,
+        "qat_epochs": result.qat_epochs,
         "max_drop": max_drop,
     }
 

@@ -35,10 +35,12 @@ class ExportFormat:
     install: str  # the pip command that brings its packages
     modules: tuple[str, ...]  # what must import for it to work
     convert: Callable[[Conversion], None]
-    # (the conversion of the float model, calibration pixels) -> writes the int8 model at conversion.path
-    quantize: Callable[[Conversion, np.ndarray], None]
+    # (the conversion of the float model, calibration pixels, a quantization-aware fine-tune or None)
+    # -> writes the int8 model at conversion.path
+    quantize: Callable[[Conversion, np.ndarray, Callable[[nn.Module], None] | None], None]
     load: Callable[[Path, int | None], Runner]  # (model file, threads or None for the runtime's default)
     batch: str = "dynamic"  # or "1": the runner feeds one image at a time
+    qat: bool = True  # its quantizer can fine-tune with the quantizers in the graph (export --qat_epochs)
 
     def model_file(self, int8: bool = False) -> str:
         return f"model{'.int8' if int8 else ''}{self.suffix}"

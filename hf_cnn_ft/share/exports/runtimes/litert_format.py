@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hf_cnn_ft.share.exports.formats import Conversion, ExportFormat, Runner, register_format, run_in_batches
+from hf_cnn_ft.share.exports.qat import FineTune, pt2e_int8
 
 
 def convert(conversion: Conversion) -> None:
@@ -18,20 +18,16 @@ def convert(conversion: Conversion) -> None:
     litert_torch.convert(conversion.module.eval(), (conversion.example[:1],)).export(str(conversion.path))
 
 
-def quantize(conversion: Conversion, calibration: np.ndarray) -> None:
+def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: FineTune | None = None) -> None:
     import litert_torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    example = (conversion.example[:1],)
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(conversion.module.eval(), example).module(), quantizer)
-    with torch.no_grad():
-        for start in range(len(calibration)):
-            prepared(torch.from_numpy(calibration[start : start + 1]))
-    converted = convert_pt2e(prepared, fold_quantize=False)
-    litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(
+    example = conversion.example[:1]
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=fine_tune is not None)
+    quantizer = PT2EQuantizer().set_global(config)
+    quantized = pt2e_int8(conversion.module, conversion.example, quantizer, calibration, fine_tune, fold=False)
+    litert_torch.convert(quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(
         str(conversion.path)
     )
 
@@ -77,5 +73,6 @@ FORMAT = register_format(
         quantize=quantize,
         load=load,
         batch="1",
+        qat=False,  # see executorch_format.py: the same PT2E fake-quantized graph
     )
 )

@@ -36,8 +36,8 @@ def convert(conversion: Conversion) -> None:
         )
 
 
-def quantize(conversion: Conversion, calibration: np.ndarray) -> None:
-    """Static QDQ int8 (per-channel weights), calibrated on `calibration`, from the float model beside it."""
+def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: None = None) -> None:
+    """Static QDQ int8 (per-channel weights), calibrated on `calibration` (after training only: qat False)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -83,5 +83,6 @@ FORMAT = register_format(
         convert=convert,
         quantize=quantize,
         load=load,
+        qat=False,
     )
 )

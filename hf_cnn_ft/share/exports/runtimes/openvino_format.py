@@ -4,11 +4,14 @@ logits than the model checked here."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hf_cnn_ft.share.exports.formats import Conversion, ExportFormat, Runner, register_format, run_in_batches
+from hf_cnn_ft.share.exports.qat import FineTune
 
 
 def _read(conversion: Conversion):
@@ -24,12 +27,20 @@ def convert(conversion: Conversion) -> None:
     openvino.save_model(_read(conversion), str(conversion.path), compress_to_fp16=False)
 
 
-def quantize(conversion: Conversion, calibration: np.ndarray) -> None:
+def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: FineTune | None = None) -> None:
+    """NNCF's post-training int8 on the OpenVINO model; with `fine_tune`, NNCF's int8 on the PyTorch model,
+    fine-tuned with its quantizers in place, then converted."""
     import nncf
     import openvino
 
-    dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
-    quantized = nncf.quantize(_read(conversion), dataset, subset_size=len(calibration))
+    if fine_tune is None:
+        dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+        quantized = nncf.quantize(_read(conversion), dataset, subset_size=len(calibration))
+    else:
+        dataset = nncf.Dataset([torch.from_numpy(calibration[i : i + 1]) for i in range(len(calibration))])
+        module = nncf.quantize(copy.deepcopy(conversion.module).eval(), dataset, subset_size=len(calibration))
+        fine_tune(module)
+        quantized = _read(Conversion(module.eval(), conversion.example, conversion.path))
     openvino.save_model(quantized, str(conversion.path))
 
 
