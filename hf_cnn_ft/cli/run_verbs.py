@@ -157,6 +157,31 @@ def _merge(options: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_verb(verbs: argparse._SubParsersAction) -> None:
+    export = verbs.add_parser(
+        "export", help="export to ONNX, OpenVINO, ExecuTorch or LiteRT, checked with its runtime; optionally int8"
+    )
+    export.add_argument("model_dir", help="a model directory, adapter run or Hub repo id")
+    export.add_argument("--format", default="onnx", help="onnx (default), openvino, executorch or litert")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    export.add_argument(
+        "--quantize", choices=["int8"], help="also write a static int8 model, calibrated on training images"
+    )
+    export.add_argument(
+        "--max_drop", type=float, help="with --quantize: fail when int8 loses more validation accuracy (points)"
+    )
+    export.add_argument(
+        "--qat_epochs",
+        type=int,
+        default=0,
+        help="with --quantize: fine-tune the int8 model this many epochs on the training split (openvino, executorch, "
+        "litert)",
+    )
+    export.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit difference| accepted")
+    export.add_argument("--output", help="export directory (default: MODEL_DIR/FORMAT)")
+    export.add_argument("--images", nargs="+", help="check on these images (default: the run's validation split)")
+
+
 def add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     """Verbs on a fine-tuned model: report, evaluate, predict, push, export, merge."""
     report = verbs.add_parser(
@@ -197,28 +222,7 @@ def add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     )
     push.add_argument("--space", metavar="SPACE_REPO", help="also create or update a Gradio Space serving the model")
 
-    export = verbs.add_parser(
-        "export", help="export to ONNX, OpenVINO, ExecuTorch or LiteRT, checked with its runtime; optionally int8"
-    )
-    export.add_argument("model_dir", help="a model directory, adapter run or Hub repo id")
-    export.add_argument("--format", default="onnx", help="onnx (default), openvino, executorch or litert")
-    export.add_argument("--opset", type=int, default=18, help="ONNX opset")
-    export.add_argument(
-        "--quantize", choices=["int8"], help="also write a static int8 model, calibrated on training images"
-    )
-    export.add_argument(
-        "--max_drop", type=float, help="with --quantize: fail when int8 loses more validation accuracy (points)"
-    )
-    export.add_argument(
-        "--qat_epochs",
-        type=int,
-        default=0,
-        help="with --quantize: fine-tune the int8 model this many epochs on the training split (openvino, executorch, "
-        "litert)",
-    )
-    export.add_argument("--tolerance", type=float, default=1e-3, help="largest |logit difference| accepted")
-    export.add_argument("--output", help="export directory (default: MODEL_DIR/FORMAT)")
-    export.add_argument("--images", nargs="+", help="check on these images (default: the run's validation split)")
+    _add_export_verb(verbs)
 
     merge = verbs.add_parser("merge", help="merge a peft adapter run into a plain model directory")
     merge.add_argument("adapter_dir")
