@@ -37,7 +37,8 @@ def convert(conversion: Conversion) -> None:
 
 
 def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: None = None) -> None:
-    """Static QDQ int8 (per-channel weights), calibrated on `calibration` (after training only: qat False)."""
+    """Static QDQ int8 (per-channel weights) of the float model beside it, calibrated on `calibration` (after
+    training only: qat False)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -48,9 +49,9 @@ def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: None = 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
+    float_model = conversion.path.with_name(FORMAT.model_file())  # written and checked before int8 is asked for
     with tempfile.TemporaryDirectory() as scratch:
-        float_model, prepared = Path(scratch) / "float.onnx", Path(scratch) / "prepared.onnx"
-        convert(Conversion(conversion.module, conversion.example, float_model, conversion.opset))
+        prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(float_model), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
