@@ -48,26 +48,17 @@ def quantization_aware_fine_tune(pixels: np.ndarray, labels: np.ndarray, epochs:
 
 
 def pt2e_int8(
-    module: nn.Module,
-    example: torch.Tensor,
-    quantizer,
-    calibration: np.ndarray,
-    fine_tune: FineTune | None,
-    fold: bool = True,
+    module: nn.Module, example: torch.Tensor, quantizer, calibration: np.ndarray, fold: bool = True
 ) -> nn.Module:
-    """PyTorch's PT2E int8 with a runtime's quantizer: the exported graph (any batch size up to 64) observed on
-    `calibration`, fine-tuned with fake quantization when `fine_tune` is given, then converted to quantized
-    operations."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+    """PyTorch's PT2E int8 after training, with a runtime's quantizer: the exported graph (any batch size up to 64)
+    observed on `calibration`, then converted to quantized operations. (Its quantization-aware variant,
+    prepare_qat_pt2e, fails to convert with executorch 1.5.1's quantizer: the PT2E formats set qat False.)"""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     batch = torch.export.Dim("batch", min=1, max=64)
     graph = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: batch},)).module()
-    prepared = (prepare_pt2e if fine_tune is None else prepare_qat_pt2e)(graph, quantizer)
+    prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for start in range(0, len(calibration), 8):
             prepared(torch.from_numpy(calibration[start : start + 8]))
-    if fine_tune is not None:
-        fine_tune(prepared)
-        move_exported_model_to_eval(prepared)
     return convert_pt2e(prepared, fold_quantize=fold)

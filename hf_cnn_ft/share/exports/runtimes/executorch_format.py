@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hf_cnn_ft.share.exports.formats import Conversion, ExportFormat, Runner, register_format, run_in_batches
-from hf_cnn_ft.share.exports.qat import FineTune, pt2e_int8
+from hf_cnn_ft.share.exports.qat import pt2e_int8
 
 MAX_BATCH = 8  # the runtime refused inputs of 16 images and more with the batch axis declared up to 64
 
@@ -28,16 +28,15 @@ def convert(conversion: Conversion) -> None:
     _lower(conversion.module, conversion.example, conversion.path)
 
 
-def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: FineTune | None = None) -> None:
+def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: None = None) -> None:
+    """XNNPACK's symmetric int8 (per-channel weights) after training (qat False)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=fine_tune is not None)
-    quantized = pt2e_int8(
-        conversion.module, conversion.example, XNNPACKQuantizer().set_global(config), calibration, fine_tune
-    )
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantized = pt2e_int8(conversion.module, conversion.example, quantizer, calibration)
     _lower(quantized, conversion.example, conversion.path)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hf_cnn_ft.share.exports.formats import Conversion, ExportFormat, Runner, register_format, run_in_batches
-from hf_cnn_ft.share.exports.qat import FineTune, pt2e_int8
+from hf_cnn_ft.share.exports.qat import pt2e_int8
 
 
 def convert(conversion: Conversion) -> None:
@@ -18,15 +18,16 @@ def convert(conversion: Conversion) -> None:
     litert_torch.convert(conversion.module.eval(), (conversion.example[:1],)).export(str(conversion.path))
 
 
-def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: FineTune | None = None) -> None:
+def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: None = None) -> None:
+    """litert-torch's symmetric int8 (per-channel weights) after training (qat False)."""
     import litert_torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
 
     example = conversion.example[:1]
-    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=fine_tune is not None)
+    config = get_symmetric_quantization_config(is_per_channel=True)
     quantizer = PT2EQuantizer().set_global(config)
-    quantized = pt2e_int8(conversion.module, conversion.example, quantizer, calibration, fine_tune, fold=False)
+    quantized = pt2e_int8(conversion.module, conversion.example, quantizer, calibration, fold=False)
     litert_torch.convert(quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(
         str(conversion.path)
     )
