@@ -110,7 +110,11 @@ def settle_precision(recipe: Recipe, model: nn.Module, data_config: DataConfig, 
     if asked != "auto":
         return PrecisionChoice(asked, "as the recipe sets", {})
     args = recipe.training
-    measure = lambda: choose_precision(model, data_config.input_size, trains, recipe.model.channels_last)  # noqa: E731
+    batch = args.per_device_train_batch_size if trains else args.per_device_eval_batch_size
+
+    def measure() -> PrecisionChoice:
+        return choose_precision(model, data_config.input_size, trains, recipe.model.channels_last, batch)
+
     if args.world_size > 1:  # measured by the main process, used by all: every rank must compute alike
         from accelerate.utils import broadcast_object_list
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from hf_cnn_ft.cli.main import main
 from hf_cnn_ft.config.recipe import load_recipe
 from hf_cnn_ft.evaluation.predict import predict_files
-from hf_cnn_ft.models.precision import native_precisions
+from hf_cnn_ft.models.precision import auto_candidates, native_precisions
 
 
 def _train_and_predict(tmp_path, shapes_dir, extra: dict) -> tuple[dict, list]:
@@ -92,13 +92,13 @@ def test_auto_settles_to_a_precision_the_saved_recipe_reproduces_and_the_next_ru
         assert main(["train", *overrides({**settings, "num_train_epochs": 1})]) == 0
         summary = json.loads((out / "metrics.json").read_text())["precision"]
         saved = load_recipe(out / "recipe.yaml").training
-        assert summary["precision"] in native_precisions() and saved.precision == summary["precision"]
+        assert summary["precision"] in auto_candidates() and saved.precision == summary["precision"]
         assert saved.bf16 == (summary["precision"] == "bf16")
         assert (out / "README.md").read_text().count("fastest of a timed train step") == 1
         chosen.append(summary)
     assert not chosen[0]["cached"] and chosen[0]["probe_seconds"] > 0
     assert chosen[1]["cached"] and chosen[1]["probe_seconds"] == 0 and chosen[1]["precision"] == chosen[0]["precision"]
-    assert set(chosen[0]["seconds_per_step"]) == set(native_precisions())
+    assert set(chosen[0]["seconds_per_step"]) == set(auto_candidates())
 
 
 @pytest.mark.parametrize(
@@ -142,3 +142,28 @@ def test_a_bfloat16_run_saves_float32_weights_that_pipeline_and_timm_load_with_i
         assert classifier(picture, top_k=1)[0]["label"] == ours.labels[0]
         with torch.no_grad():
             assert names[int(with_timm(transform(picture)[None]).argmax())] == ours.labels[0]
+
+
+@pytest.mark.parametrize(
+    "native, timed",
+    [
+        (["fp32", "bf16", "fp16"], ["fp32", "bf16"]),  # a GPU with bfloat16: float16's loss scaler is left out
+        (["fp32", "fp16"], ["fp32", "fp16"]),  # a GPU without bfloat16
+        (["fp32", "bf16"], ["fp32", "bf16"]),  # a CPU with AVX-512 BF16 / AMX
+    ],
+)
+def test_auto_times_float32_and_one_lower_precision(monkeypatch, native, timed):
+    import hf_cnn_ft.models.precision as precision
+
+    monkeypatch.setattr(precision, "native_precisions", lambda device=None: native)
+    assert precision.auto_candidates("cuda") == timed
+
+
+def test_a_lower_precision_is_chosen_only_when_clearly_faster_and_a_gpu_probes_at_the_runs_batch():
+    from hf_cnn_ft.models.precision import REQUIRED_SPEEDUP, _preferred, probe_batch
+
+    assert _preferred({"fp32": 1.0, "bf16": 1.0 / (REQUIRED_SPEEDUP + 0.01)}) == "bf16"
+    assert _preferred({"fp32": 1.0, "bf16": 1.0 / (REQUIRED_SPEEDUP - 0.05)}) == "fp32"
+    assert _preferred({"fp32": 1.0, "fp16": 0.5}) == "fp16"
+    assert probe_batch("train", 48, "cuda") == 48 and probe_batch("train", 48, "cpu") < 48
+    assert probe_batch("train", 4096, "cuda") < 4096  # bounded: the probe must not run out of memory first
