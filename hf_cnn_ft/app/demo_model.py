@@ -17,7 +17,7 @@ from hf_cnn_ft.data.inputs import Transform
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError, first_line
 from hf_cnn_ft.evaluation.gradcam import grad_cam_views
-from hf_cnn_ft.evaluation.predict import top_k_predictions
+from hf_cnn_ft.evaluation.predict import Answer, top_k_predictions
 from hf_cnn_ft.evaluation.report_plots import heat_overlay
 from hf_cnn_ft.models.hub import repo_snapshot
 from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
@@ -51,10 +51,10 @@ def load_demo_model(source: str) -> DemoModel:
     )
 
 
-def classify(demo: DemoModel, image: Image.Image, top_k: int) -> dict[str, float]:
-    """Label -> probability of the `top_k` most likely classes, most likely first."""
-    labels, scores = top_k_predictions(demo.model, demo.views, [image], top_k)[0]
-    return dict(zip(labels, scores))
+def classify(demo: DemoModel, image: Image.Image, top_k: int) -> Answer:
+    """The `top_k` most likely classes with their probabilities, most likely first, and the answer (the top class,
+    or unknown below the run's threshold)."""
+    return top_k_predictions(demo.model, demo.views, [image], top_k)[0]
 
 
 def explain(demo: DemoModel, image: Image.Image, label: str) -> np.ndarray | None:

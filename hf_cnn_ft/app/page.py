@@ -15,6 +15,8 @@ import numpy as np
 from hf_cnn_ft.app.demo_model import DemoModel, classify, explain, headline, load_demo_model
 from hf_cnn_ft.data.images import open_image
 from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.predict import Answer
+from hf_cnn_ft.evaluation.rejection import UNKNOWN
 from hf_cnn_ft.models.io import folded_temperature_of
 
 # The system's own fonts: the default theme would fetch web fonts, which an offline machine cannot.
@@ -31,12 +33,23 @@ def _shown_large(picture: np.ndarray | None) -> np.ndarray | None:
     return picture.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
+def answer_text(answer: Answer) -> str:
+    """The page's one-line answer: the class, or that the image looks like none of them."""
+    if answer.answer == UNKNOWN:
+        return (
+            f"**Unknown**: this image looks like none of the classes the model was trained on (familiarity "
+            f"{answer.familiarity:.3g}, below the threshold fitted on its validation images); closest: "
+            f"{answer.labels[0]}"
+        )
+    return f"**{answer.answer}**"
+
+
 def build_page(demo: DemoModel, top_k: int = 3) -> gr.Blocks:
     """The page for one loaded model; `launch` it, or `serve` a source in one call."""
 
-    def on_image(upload: dict[str, Any] | None) -> tuple[dict[str, float] | None, np.ndarray | None]:
+    def on_image(upload: dict[str, Any] | None) -> tuple[str, dict[str, float] | None, np.ndarray | None]:
         if not upload:
-            return None, None
+            return "", None, None
         path = upload["path"]
         try:
             image = open_image(path)
@@ -47,8 +60,9 @@ def build_page(demo: DemoModel, top_k: int = 3) -> gr.Blocks:
                 f"{name} is not an image that can be read ({reason}): choose a JPEG, PNG, WebP or TIFF file",
                 print_exception=False,
             ) from None
-        scores = classify(demo, image, top_k)
-        return scores, _shown_large(explain(demo, image, next(iter(scores))))
+        answer = classify(demo, image, top_k)
+        shown = _shown_large(explain(demo, image, answer.labels[0]))
+        return answer_text(answer), dict(zip(answer.labels, answer.scores)), shown
 
     calibrated = " (calibrated probabilities)" if folded_temperature_of(demo.model) != 1.0 else ""
     with gr.Blocks(title=f"{demo.name} · hf-cnn-ft", analytics_enabled=False) as page:
@@ -59,6 +73,7 @@ def build_page(demo: DemoModel, top_k: int = 3) -> gr.Blocks:
                 if demo.examples:
                     gr.Examples([[str(path)] for path in demo.examples], inputs=upload, label="Test images of this run")
             with gr.Column():
+                said = gr.Markdown(elem_id="answer")
                 labels = gr.Label(num_top_classes=top_k, label=f"Most likely classes{calibrated}", elem_id="labels")
                 cam = gr.Image(
                     label="What the model sees, and where it looked for the top class (Grad-CAM)",
@@ -69,7 +84,7 @@ def build_page(demo: DemoModel, top_k: int = 3) -> gr.Blocks:
         # The handler reads the uploaded file itself (preprocess=False): exactly what `hf-cnn-ft predict` reads,
         # and for a file that is not an image, its own message on the page, where gr.Image's decoding would
         # fail first with a bare "Error".
-        upload.change(on_image, upload, [labels, cam], preprocess=False)
+        upload.change(on_image, upload, [said, labels, cam], preprocess=False)
     return page
 
 

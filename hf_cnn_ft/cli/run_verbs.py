@@ -21,6 +21,8 @@ from hf_cnn_ft.evaluation.report import format_report, format_run_report
 
 def _evaluate(options: argparse.Namespace) -> int:
     check_model_location(options.model_dir)  # a wrong model path is about the model, not the data
+    if options.unknown:
+        collect_images(options.unknown)
     if options.output:
         check_output_file(options.output, "--output")
     from hf_cnn_ft.evaluation.evaluate import evaluate_model
@@ -28,7 +30,8 @@ def _evaluate(options: argparse.Namespace) -> int:
 
     model_dir = Path(options.model_dir)
     data_args = data_arguments_for(model_dir, options.data)
-    report = evaluate_model(model_dir, data_args, options.split, test_time_flips_for(model_dir, options.tta))
+    flips = test_time_flips_for(model_dir, options.tta)
+    report = evaluate_model(model_dir, data_args, options.split, flips, options.unknown)
     print(format_report(report, f"{options.split} results ({report['num_samples']} images):"))
     if options.output:
         Path(options.output).parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +202,13 @@ def add_run_verbs(verbs: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", help="dataset source; default: the one in MODEL_DIR/recipe.yaml")
     evaluate.add_argument("--split", default="test", help="test (default), validation, train, or all")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate.add_argument(
+        "--unknown",
+        nargs="+",
+        metavar="IMAGES",
+        help="image files or folders of classes the model was not trained on: measures how well its 'unknown' "
+        "answer tells them from the split's images (AUROC, false acceptance at its threshold)",
+    )
     _add_tta_option(evaluate)
 
     predict = verbs.add_parser("predict", help="classify image files or folders")

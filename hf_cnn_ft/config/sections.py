@@ -20,6 +20,7 @@ from hf_cnn_ft.config.choices import (
     CROP_MODES,
     PEFT_METHODS,
     PUSH_STRATEGIES,
+    REJECTION_SCORES,
     SAMPLERS,
     TEST_TIME_FLIPS,
     UNFREEZE_SCHEDULES,
@@ -296,6 +297,21 @@ class ReportArguments:
     temperature_scaling: bool = field(
         default=True,
         metadata={"help": "Fit one temperature on the validation split so that probabilities mean what they say."},
+    )
+    rejection_rate: float | None = field(
+        default=0.05,
+        metadata={
+            "help": "The 'none of these' answer: a threshold fitted on the validation split so that this share of "
+            "its correctly classified images falls below it; `predict`, the app and exports answer unknown below "
+            "it. null: always answer a class."
+        },
+    )
+    rejection_score: Literal[REJECTION_SCORES] = field(
+        default="auto",
+        metadata={
+            "help": "What the threshold applies to: msp (the top probability), energy (logsumexp of the logits), "
+            "or auto (the one that better tells right from wrong on the validation split)."
+        },
     )
 
 

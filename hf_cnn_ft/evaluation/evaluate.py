@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from hf_cnn_ft.config.paths import collect_images
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import ImageData, split_labels
 from hf_cnn_ft.data.inputs import view_batches
@@ -18,6 +20,8 @@ from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
+from hf_cnn_ft.evaluation.predict import file_logits
+from hf_cnn_ft.evaluation.rejection import open_set_report, rejection_of
 from hf_cnn_ft.evaluation.views import mean_logits
 from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
 from hf_cnn_ft.share.run_dir import load_run
@@ -77,15 +81,28 @@ def labelled_split(
 
 
 def evaluate_model(
-    model_dir: str | Path, data_args: DataArguments, split: str = "test", test_time_flips: str = "none"
+    model_dir: str | Path,
+    data_args: DataArguments,
+    split: str = "test",
+    test_time_flips: str = "none",
+    unknown: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
-    """Every metric of the model on one split (or all images) of a labelled dataset."""
+    """Every metric of the model on one split (or all images) of a labelled dataset; with `unknown` (image files or
+    folders of classes the model was not trained on), how well its "unknown" answer tells them apart."""
     model, data_config = load_run(model_dir)
+    others = collect_images(unknown) if unknown else None  # a wrong path fails before the labelled data loads
     data, dataset, _, references = labelled_split(model, data_args, split)
     scores = predict_scores(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
+    if others:
+        views = evaluation_views(eval_transform(data_config), test_time_flips)
+        _, other_logits, unreadable = file_logits(model, views, others)
+        report_unknown = open_set_report(scores, references, other_logits.numpy(), rejection_of(model))
+        report_unknown["skipped_images"] = len(unreadable)
     label_names = label_names_of(model)
     report = classification_report(scores, references, label_names)
     report["temperature"] = folded_temperature_of(model)  # already in the logits
     report["expected_calibration_error"] = expected_calibration_error(probabilities(scores), references)
     report["skipped_images"] = len(data.skipped)
+    if others:
+        report["unknown"] = report_unknown
     return report

@@ -17,8 +17,20 @@ from hf_cnn_ft.data.images import open_image
 from hf_cnn_ft.data.inputs import Transform, view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.rejection import UNKNOWN, rejection_of
 from hf_cnn_ft.evaluation.views import mean_logits
 from hf_cnn_ft.share.run_dir import load_run
+
+
+@dataclass
+class Answer:
+    """One image's top-k classes and probabilities, and the answer: the top class, or `unknown` where the image
+    scores below the threshold the model's run fitted (`familiarity`: that score; None for a model without one)."""
+
+    labels: list[str]
+    scores: list[float]
+    answer: str
+    familiarity: float | None = None
 
 
 @dataclass
@@ -27,6 +39,8 @@ class Prediction:
     labels: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     error: str | None = None
+    answer: str | None = None
+    familiarity: float | None = None
 
 
 def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
@@ -34,18 +48,48 @@ def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
         yield items[start : start + size]
 
 
+def answers(model: PreTrainedModel, logits: torch.Tensor, top_k: int) -> list[Answer]:
+    """The top-k classes of each row of `logits` (as the model gives them: calibrated where the run folded a
+    temperature into its head), and each row's answer under the model's "unknown" threshold."""
+    scores, indices = logits.softmax(-1).topk(max(1, min(top_k, model.config.num_labels)), dim=-1)
+    rejection = rejection_of(model)
+    familiarity, unknown = rejection.rejects(logits.numpy()) if rejection else (None, None)
+    results = []
+    for row, (row_scores, row_indices) in enumerate(zip(scores.tolist(), indices.tolist())):
+        labels = [model.config.id2label[i] for i in row_indices]
+        answer = UNKNOWN if unknown is not None and unknown[row] else labels[0]
+        score = None if familiarity is None else round(float(familiarity[row]), 6)
+        results.append(Answer(labels, [round(s, 6) for s in row_scores], answer, score))
+    return results
+
+
 def top_k_predictions(
     model: PreTrainedModel, views: Sequence[Transform], images: Sequence[Image.Image], top_k: int
-) -> list[tuple[list[str], list[float]]]:
-    """(labels, probabilities) of the `top_k` classes of each image: logits averaged over the test-time
-    views (calibrated probabilities where the run folded a temperature into its head)."""
+) -> list[Answer]:
+    """The answers for `images`: their logits averaged over the test-time views."""
     with torch.inference_mode():
         logits = mean_logits(model, view_pixel_values(images, views))
-    scores, indices = logits.softmax(-1).topk(max(1, min(top_k, model.config.num_labels)), dim=-1)
-    return [
-        ([model.config.id2label[i] for i in row_indices], [round(s, 6) for s in row_scores])
-        for row_scores, row_indices in zip(scores.tolist(), indices.tolist())
-    ]
+    return answers(model, logits, top_k)
+
+
+def file_logits(
+    model: PreTrainedModel, views: Sequence[Transform], files: Sequence[Path], batch_size: int = 32
+) -> tuple[list[Path], torch.Tensor, dict[Path, str]]:
+    """The logits of every readable file (averaged over `views`), in order, and why each other file was skipped."""
+    readable, rows, unreadable = [], [], {}
+    for chunk in _batches(list(files), batch_size):
+        images = []
+        for path in chunk:
+            try:
+                images.append(open_image(path))
+                readable.append(path)
+            except ValueError as exc:
+                unreadable[path] = str(exc)
+        if images:
+            with torch.inference_mode():
+                rows.append(mean_logits(model, view_pixel_values(images, views)))
+    logits = torch.cat(rows) if rows else torch.zeros(0, model.config.num_labels)
+    return readable, logits, unreadable
 
 
 def predict_files(
@@ -55,41 +99,34 @@ def predict_files(
     batch_size: int = 32,
     test_time_flips: str = "none",
 ) -> list[Prediction]:
-    """Top-k labels and probabilities for each image; unreadable files get an error, not a crash."""
+    """Top-k labels and probabilities for each image, and its answer; unreadable files get an error, not a crash."""
     files = collect_images(inputs)
     model, data_config = load_run(model_dir)
     views = evaluation_views(eval_transform(data_config), test_time_flips)
-    results: list[Prediction] = []
-    for chunk in _batches(files, batch_size):
-        images, readable = [], []
-        for path in chunk:
-            try:
-                images.append(open_image(path))
-                readable.append(Prediction(str(path)))
-            except ValueError as exc:
-                results.append(Prediction(str(path), error=str(exc)))
-        if not images:
-            continue
-        for prediction, (labels, scores) in zip(readable, top_k_predictions(model, views, images, top_k)):
-            prediction.labels, prediction.scores = labels, scores
-            results.append(prediction)
-    if all(r.error for r in results):
+    readable, logits, unreadable = file_logits(model, views, files, batch_size)
+    if not readable:
+        path, error = next(iter(unreadable.items()))
         raise UserError(
-            f"none of the {len(results)} file(s) is a readable image ({results[0].path}: {results[0].error}): "
+            f"none of the {len(unreadable)} file(s) is a readable image ({path}: {error}): "
             "give image files or folders of images"
         )
-    order = {str(p): i for i, p in enumerate(files)}
-    return sorted(results, key=lambda r: order.get(r.path, 0))
+    results = {path: Prediction(str(path), error=error) for path, error in unreadable.items()}
+    for path, answer in zip(readable, answers(model, logits, top_k)):
+        results[path] = Prediction(str(path), answer.labels, answer.scores, None, answer.answer, answer.familiarity)
+    return [results[path] for path in files]
 
 
 def write_predictions(predictions: list[Prediction], path: Path) -> None:
-    """Writes predictions as .json (a list of records) or .csv (one row per image)."""
+    """Writes predictions as .json (a list of records) or .csv (one row per image): each image's answer (its top
+    class, or `unknown` below the run's threshold), the score that threshold applies to, and the top-k."""
     check_predictions_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
         records = [
             {
                 "path": p.path,
+                "answer": p.answer,
+                "familiarity": p.familiarity,
                 "predictions": [{"label": l, "score": s} for l, s in zip(p.labels, p.scores)],
                 "error": p.error,
             }
@@ -100,7 +137,9 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
     k = max((len(p.labels) for p in predictions), default=0)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", *[f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "score")], "error"])
+        pairs = [f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "score")]
+        writer.writerow(["path", "answer", "familiarity", *pairs, "error"])
         for p in predictions:
             cells = [v for pair in zip(p.labels, p.scores) for v in pair]
-            writer.writerow([p.path, *cells, *[""] * (2 * k - len(cells)), p.error or ""])
+            familiarity = "" if p.familiarity is None else p.familiarity
+            writer.writerow([p.path, p.answer or "", familiarity, *cells, *[""] * (2 * k - len(cells)), p.error or ""])

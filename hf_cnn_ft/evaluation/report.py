@@ -18,7 +18,23 @@ def format_report(report: dict[str, Any], title: str) -> str:
             f"  {name:<{width}}  {values['precision']:9.3f}  {values['recall']:6.3f}  {values['f1']:5.3f}"
             f"  {values['support']:7d}"
         )
+    if "unknown" in report:
+        lines += format_open_set(report["unknown"])
     return "\n".join(lines)
+
+
+def format_open_set(found: dict[str, Any]) -> list[str]:
+    """`evaluate --unknown`'s lines: each score's AUROC, and what the model's threshold accepts and rejects."""
+    aurocs = ", ".join(f"{name} {value:.3f}" for name, value in found["auroc"].items())
+    lines = [f"  images of other classes: {found['unknown_images']} (AUROC against the known ones: {aurocs})"]
+    if found["threshold"] is None:
+        lines.append("  the model has no 'unknown' threshold: it answers a class for every one of them")
+        return lines
+    lines.append(
+        f"  at its threshold ({found['score']} {found['threshold']:.4g}): {found['false_acceptance_rate']:.1%} of them "
+        f"accepted as a class; {found['known_rejected']:.1%} of the known images answered unknown"
+    )
+    return lines
 
 
 def format_run_report(report: dict[str, Any]) -> str:

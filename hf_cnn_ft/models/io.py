@@ -105,6 +105,7 @@ def label_names_of(model: PreTrainedModel) -> list[str]:
 
 FOLDED_TEMPERATURE = "calibration_temperature_folded"  # config.json: the temperature the head already divides by
 _UNFOLDED_TEMPERATURE = "calibration_temperature"  # runs of earlier versions: applied by this tool only
+UNKNOWN_REJECTION = "unknown_rejection"  # config.json: the "none of these" score and threshold (rejection.py)
 
 
 def folded_temperature_of(model: PreTrainedModel) -> float:

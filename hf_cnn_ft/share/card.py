@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.writing import plain_value, recipe_to_yaml
 from hf_cnn_ft.data.dataset import LABEL_SAMPLE
-from hf_cnn_ft.share.card_findings import exports_text, report_text, search_text
+from hf_cnn_ft.share.card_findings import exports_text, rejection_text, report_text, search_text
 from hf_cnn_ft.share.run_summary import RunSummary
 from hf_cnn_ft.strategies.registry import get_strategy
 
@@ -349,7 +349,7 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 
 {_imbalance_note(summary)} The model only knows the classes above and was evaluated on
 {report["num_samples"]} held-out images from the same source as its training data; expect lower accuracy
-on images from another camera, scanner or setting.
+on images from another camera, scanner or setting. {rejection_text(summary.unknown_rejection)}
 """
 
 

@@ -28,6 +28,24 @@ def _calibration_text(calibration: dict[str, Any]) -> str:
     )
 
 
+SCORE_NAMES = {"msp": "top probability", "energy": "energy score (logsumexp of the logits)"}
+
+
+def rejection_text(rejection: dict[str, Any] | None) -> str:
+    """The card's sentence on the "unknown" answer: the threshold the run fitted, or that there is none."""
+    if not rejection or not rejection.get("fitted"):
+        why = f" (no threshold was fitted: {rejection['reason']})" if rejection else ""
+        return f"The model answers one of its classes for every image, even one unlike all of them{why}."
+    return (
+        f"An image unlike every class gets the answer `unknown` from `hf-cnn-ft predict`, its demo page and its "
+        f"exports: below a {SCORE_NAMES[rejection['score']]} of {rejection['threshold']:.4g}, a threshold fitted on "
+        f"the validation split to turn away {rejection['rate']:.0%} of the images the model classifies correctly "
+        f"({rejection['validation_rejected']:.1%} did). It is kept in config.json (`unknown_rejection`); "
+        "transformers' pipeline and timm ignore it and always answer a class. "
+        "`hf-cnn-ft evaluate MODEL --unknown IMAGES` measures it on images of other classes."
+    )
+
+
 def _slices_text(slices: dict[str, Any] | None) -> str:
     if not slices:
         return ""

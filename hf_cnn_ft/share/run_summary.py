@@ -46,6 +46,7 @@ class RunSummary:
     linear_probe_history: list[dict[str, float]] = field(default_factory=list)
     precision: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    unknown_rejection: dict[str, Any] | None = None  # the "none of these" threshold, or why none was fitted
     unfreeze_history: list[dict[str, Any]] | None = None
     rank_weight_fingerprints: list[float] | None = None
     weight_interpolation: dict[str, Any] | None = None

@@ -1,8 +1,9 @@
-"""What happens after training, on held-out images: the final evaluation, the temperature fitted on the
-validation split, and the report written into the finished run."""
+"""What happens after training, on held-out images: the final evaluation, the temperature and the "unknown"
+threshold fitted on the validation split, and the report written into the finished run."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from hf_cnn_ft.data.transforms import evaluation_views
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_temperature, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.model_report import ReportData, report_summary, write_report
+from hf_cnn_ft.evaluation.rejection import fit_rejection, store_rejection
 from hf_cnn_ft.evaluation.views import average_views
 from hf_cnn_ft.models.io import fold_temperature
 from hf_cnn_ft.models.precision import set_run_precision
@@ -59,21 +61,36 @@ def final_evaluation(trainer: Trainer, data: ImageData, evaluation: Callable, te
     return FinalEvaluation(report, plain, logits)
 
 
-def calibrate(
+@dataclass
+class ValidationFits:
+    calibration: dict[str, Any] | None  # the temperature folded into the head, or why none was
+    rejection: dict[str, Any] | None  # the "unknown" threshold stored in config.json, or why none was
+
+
+def fit_on_validation(
     recipe: Recipe, trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
-) -> dict[str, Any] | None:
-    """Fits the temperature on the validation logits (the averaged test-time views, as `predict` makes
-    them) and folds it into the classification layer, so the saved weights give calibrated probabilities to
-    every loader. Every process calls it."""
-    if not recipe.report.temperature_scaling or "validation" not in data.splits:
-        return None
+) -> ValidationFits:
+    """What is fitted on the validation logits (the averaged test-time views, as `predict` makes them), in one
+    pass: the temperature, folded into the classification layer so that every loader gives calibrated
+    probabilities, and then, on those calibrated logits, the "unknown" threshold, kept in config.json. Every
+    process calls it."""
+    report = recipe.report
+    if "validation" not in data.splits or not (report.temperature_scaling or report.rejection_rate):
+        return ValidationFits(None, None)
     views, labels = split_logits(trainer, data, "validation", evaluation, test_time_flips)
     logits = average_views(views)
+    calibration = _calibrate(trainer.model, logits, labels) if report.temperature_scaling else None
+    calibrated = logits / (calibration or {}).get("temperature", 1.0)
+    rejection = _fit_rejection(trainer.model, calibrated, labels, recipe) if report.rejection_rate else None
+    return ValidationFits(calibration, rejection)
+
+
+def _calibrate(model, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     fit = fit_temperature(logits, labels)
     if not fit.fitted:
         logger.info("probabilities left as trained, no temperature fitted: %s", fit.reason)
         return {"temperature": 1.0, "fitted": False, "reason": fit.reason}
-    fold_temperature(trainer.model, fit.temperature)
+    fold_temperature(model, fit.temperature)
     logger.info(
         "temperature %.3f fitted on the validation split, folded into the classification layer", fit.temperature
     )
@@ -85,6 +102,21 @@ def calibrate(
         "validation_ece": expected_calibration_error(probabilities(logits), labels),
         "validation_ece_scaled": expected_calibration_error(probabilities(logits, fit.temperature), labels),
     }
+
+
+def _fit_rejection(model, logits: np.ndarray, labels: np.ndarray, recipe: Recipe) -> dict[str, Any]:
+    fit = fit_rejection(logits, labels, recipe.report.rejection_rate, recipe.report.rejection_score)
+    if isinstance(fit, str):
+        logger.info("no 'unknown' threshold fitted, the model always answers a class: %s", fit)
+        return {"fitted": False, "reason": fit}
+    store_rejection(model, fit)
+    logger.info(
+        "'unknown' below %s %.4g: %.1f%% of the correctly classified validation images",
+        fit.score,
+        fit.threshold,
+        100 * fit.validation_rejected,
+    )
+    return {"fitted": True, **dataclasses.asdict(fit)}
 
 
 def report_finished_run(

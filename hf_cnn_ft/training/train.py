@@ -41,7 +41,7 @@ from hf_cnn_ft.training.artefacts import eval_metric_name, write_artefacts
 from hf_cnn_ft.training.checkpoint_contents import SelfContainedCheckpoints
 from hf_cnn_ft.training.machine import settle_process
 from hf_cnn_ft.training.prepare import PreparedModel, prepare_model
-from hf_cnn_ft.training.reporting import calibrate, final_evaluation, report_finished_run
+from hf_cnn_ft.training.reporting import final_evaluation, fit_on_validation, report_finished_run
 from hf_cnn_ft.training.run_start import RunStart, probed_start, start_run, trainer_arguments, with_precision
 from hf_cnn_ft.training.trainer import FineTuneTrainer
 
@@ -225,10 +225,11 @@ def _run(
     flips = recipe.augment.test_time_flips
     final = final_evaluation(trainer, prepared.data, prepared.evaluation, flips)
     report = final.report
-    calibration = calibrate(recipe, trainer, prepared.data, prepared.evaluation, flips)
+    fits = fit_on_validation(recipe, trainer, prepared.data, prepared.evaluation, flips)
     if trainer.is_world_process_zero():
         extra = {
-            "calibration": calibration,
+            "calibration": fits.calibration,
+            "unknown_rejection": fits.rejection,
             "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
             "rank_weight_fingerprints": fingerprints,
             "weight_interpolation": interpolation,
@@ -253,7 +254,7 @@ def _run(
             run.output_dir,
         )
         (run.output_dir / START_FILE).unlink(missing_ok=True)  # only a resumed run needed it
-        calibrated = final.logits / (calibration or {}).get("temperature", 1.0)  # as the folded head gives them
+        calibrated = final.logits / (fits.calibration or {}).get("temperature", 1.0)  # as the folded head gives them
         report_finished_run(recipe, trainer.model, prepared.data_config, data, run.output_dir, calibrated)
         run.folder.finish()
     trainer.accelerator.wait_for_everyone()

@@ -138,6 +138,9 @@ def test_page_in_a_browser_shows_what_predict_says(app_run, browser, tmp_path):
         assert names == labels
         assert values == pytest.approx(scores, abs=1e-5)
         assert 0.34 < scores[0] < 0.9, "an undecided model, so that the comparison means something"
+        answer = json.loads((tmp_path / f"{image.stem}.json").read_text())[0]["answer"]
+        said = page.inner_text("#answer")
+        assert said.lower().startswith(answer.lower()), (said, answer)  # `unknown`, or the class, as predict says
         page.wait_for_selector("#gradcam img", timeout=PAGE_TIMEOUT_MS)  # where the model looked
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         page.wait_for_function("() => !document.querySelector('.pending')")  # outputs drawn, not fading in
@@ -190,7 +193,8 @@ def test_adapter_run_is_served_as_predict_sees_it(tmp_path, shapes_dir):
     image = demo.examples[0]
     expected = predict_files(out, [image])[0]
     shown = classify(demo, open_image(image), top_k=3)
-    assert list(shown) == expected.labels and list(shown.values()) == pytest.approx(expected.scores, abs=1e-6)
+    assert shown.labels == expected.labels and shown.scores == pytest.approx(expected.scores, abs=1e-6)
+    assert shown.answer == expected.answer
     picture = explain(demo, open_image(image), expected.labels[0])
     assert picture.dtype == np.uint8 and picture.shape[1] == 2 * picture.shape[0]  # the view beside its Grad-CAM
 
@@ -207,7 +211,7 @@ def test_hub_id_is_served_online_and_from_the_cache_when_the_hub_is_down(app_run
     expected = predict_files(app_run, [image])[0]
     online = load_demo_model(repo_id)
     assert [path.name for path in online.examples] == [path.name for path in sorted((app_run / "examples").iterdir())]
-    assert list(classify(online, open_image(image), 3)) == expected.labels
+    assert classify(online, open_image(image), 3).labels == expected.labels
     assert headline(online).startswith(f"# {repo_id}") and "accuracy **" in headline(online)
 
     with socket.socket() as probe:  # a port nothing listens on: the Hub is down
@@ -215,7 +219,7 @@ def test_hub_id_is_served_online_and_from_the_cache_when_the_hub_is_down(app_run
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{probe.getsockname()[1]}")
     offline = load_demo_model(repo_id)
     assert f"cached copy of {repo_id}" in caplog.text
-    assert list(classify(offline, open_image(image), 3).values()) == pytest.approx(expected.scores, abs=1e-6)
+    assert classify(offline, open_image(image), 3).scores == pytest.approx(expected.scores, abs=1e-6)
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -292,8 +296,10 @@ def test_pushed_space_serves_the_model_by_its_repo_id(app_run, hub, tmp_path, ca
     with serving([sys.executable, "app.py"], port, cwd=checkout, env=space_env) as url:
         config = json.loads(urllib.request.urlopen(url + "/config", timeout=10).read())
         assert config["title"] == f"{repo_id} · hf-cnn-ft"
-        label, gradcam = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/on_image")
+        said, label, gradcam = Client(url, verbose=False).predict(handle_file(str(image)), api_name="/on_image")
     labels, scores = predicted(app_run, image, tmp_path)
+    answer = json.loads((tmp_path / f"{image.stem}.json").read_text())[0]["answer"]
+    assert said.lower().startswith(f"**{answer.lower()}"), (said, answer)  # the page's answer is predict's
     assert [row["label"] for row in label["confidences"]] == labels
     assert [row["confidence"] for row in label["confidences"]] == pytest.approx(scores, abs=1e-5)
     assert gradcam is not None

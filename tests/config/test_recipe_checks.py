@@ -55,6 +55,8 @@ BAD_VALUES = [
     (["--peft_method", "lora", "--wise_alpha", "0.5"], "finetune.wise_alpha", "peft", "full weights"),
     (["--peft_method", "lora", "--pretrained", "false"], "model.pretrained", "false", "strategy full"),
     (["--push_strategy", "hourly"], "hub.push_strategy", "hourly", "every_save"),
+    (["--rejection_score", "entropy"], "report.rejection_score", "entropy", "energy"),
+    (["--rejection_rate", "0.9"], "report.rejection_rate", "0.9", "(0, 0.5]"),
     (["--metric_for_best_model", "auc"], "training.metric_for_best_model", "auc", "f1_macro"),
     (["--push_to_hub", "true"], "training.push_to_hub", "hub.repo_id", "hub.repo_id"),
     (["--remove_unused_columns", "true"], "training.remove_unused_columns", "false", "#17894"),

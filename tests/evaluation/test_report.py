@@ -197,7 +197,8 @@ def _every_loader(source: str, images: list[Path], local_run: Path) -> dict[str,
         [(row["label"], row["score"]) for row in record["predictions"]] for record in json.loads(written.read_text())
     ]
     demo = load_demo_model(source)
-    found["app"] = [list(classify(demo, Image.open(p), 3).items()) for p in images]
+    answers = [classify(demo, Image.open(p), 3) for p in images]
+    found["app"] = [list(zip(answer.labels, answer.scores)) for answer in answers]
     return found
 
 

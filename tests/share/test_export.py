@@ -3,6 +3,7 @@ folder alone, and run by `predict` and `evaluate`; int8 and what it costs; failu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from hf_cnn_ft.config.sections import ModelArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.predict import predict_files
+from hf_cnn_ft.evaluation.rejection import Rejection
 from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.models.io import save_model
 from hf_cnn_ft.share.exports import exporting
@@ -99,6 +101,13 @@ def test_export_of_each_family_passes_the_onnxruntime_check(tmp_path, family, im
 def test_each_format_matches_pytorch_and_predicts_from_its_folder_alone(tmp_path, export_format, images):
     python = _format_python(export_format)
     model_dir = _model_dir(tmp_path, "mobilenetv3_small_050")
+    # An "unknown" threshold between the images' top probabilities: the export must answer as the run does.
+    tops = sorted(p.scores[0] for p in predict_files(model_dir, images, top_k=1))
+    gap = max(range(1, len(tops) - 2), key=lambda i: tops[i + 1] - tops[i])  # far from every image's score
+    middle = (tops[gap] + tops[gap + 1]) / 2
+    config = json.loads((model_dir / "config.json").read_text())
+    config["unknown_rejection"] = dataclasses.asdict(Rejection("msp", middle, 0.05, 0.05, 100))
+    (model_dir / "config.json").write_text(json.dumps(config))
     folder = tmp_path / "export"
     image_args = ["--images", *map(str, images)]
     done = _cli(
@@ -130,6 +139,8 @@ def test_each_format_matches_pytorch_and_predicts_from_its_folder_alone(tmp_path
     for run_prediction, exported in zip(on_run, on_export, strict=True):
         assert [p["label"] for p in exported["predictions"]] == run_prediction.labels
         np.testing.assert_allclose([p["score"] for p in exported["predictions"]], run_prediction.scores, atol=1e-4)
+        assert exported["answer"] == run_prediction.answer
+    assert {p.answer for p in on_run} > {"unknown"}  # some images answered with a class, some unknown
     preprocessing = json.loads((shipped / "preprocessing.json").read_text())
     assert preprocessing["labels"] == LABELS and preprocessing["input_size"] == 32
     int8_output = tmp_path / "int8.json"

@@ -19,7 +19,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from hf_cnn_ft.config.paths import EXPORT_REPORT, PREPROCESSING
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.models.io import FOLDED_TEMPERATURE
+from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, UNKNOWN_REJECTION
 from hf_cnn_ft.share.exports.formats import ExportFormat, Runner
 from hf_cnn_ft.share.exports.registry import export_format, format_of_file
 
@@ -27,11 +27,13 @@ from hf_cnn_ft.share.exports.registry import export_format, format_of_file
 class ExportedClassifier(nn.Module):
     """An exported model as a classifier: pixels go through the runtime, logits come back as a tensor."""
 
-    def __init__(self, runner: Runner, labels: list[str], temperature: float, export: ExportFormat, file: Path):
+    def __init__(self, runner: Runner, preprocessing: dict[str, Any], export: ExportFormat, file: Path):
         super().__init__()
         self.runner, self.export_format, self.file = runner, export, file
+        labels = preprocessing["labels"]
         self.config = PretrainedConfig(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-        setattr(self.config, FOLDED_TEMPERATURE, temperature)
+        setattr(self.config, FOLDED_TEMPERATURE, float(preprocessing.get(FOLDED_TEMPERATURE) or 1.0))
+        setattr(self.config, UNKNOWN_REJECTION, preprocessing.get(UNKNOWN_REJECTION))
 
     def forward(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:
         pixels = pixel_values.float().contiguous().numpy()
@@ -68,7 +70,4 @@ def load_export(path: str | Path, threads: int | None = None) -> tuple[ExportedC
     export.require()
     preprocessing = json.loads((folder / PREPROCESSING).read_text())
     runner = export.load(file, threads)
-    temperature = float(preprocessing.get("calibration_temperature_folded") or 1.0)
-    return ExportedClassifier(runner, preprocessing["labels"], temperature, export, file).eval(), data_config_of(
-        preprocessing
-    )
+    return ExportedClassifier(runner, preprocessing, export, file).eval(), data_config_of(preprocessing)

@@ -32,7 +32,7 @@ from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import is_timm_model
-from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
+from hf_cnn_ft.models.io import UNKNOWN_REJECTION, folded_temperature_of, label_names_of
 from hf_cnn_ft.share.atomic import replace_folder, staging_folder_for, write_json
 from hf_cnn_ft.share.exports.exported import is_export
 from hf_cnn_ft.share.exports.failures import converted
@@ -292,6 +292,8 @@ def _write_sidecars(
             # Probabilities: softmax(logits). The temperature fitted when the run ended is already folded
             # into the graph's classification layer; it is recorded, not to be applied again.
             "calibration_temperature_folded": folded_temperature_of(model),
+            # Below this score of the logits the answer is "unknown" (evaluation/rejection.py); null: never.
+            UNKNOWN_REJECTION: getattr(model.config, UNKNOWN_REJECTION, None),
         },
     )
     if (model_dir / "recipe.yaml").is_file():  # `evaluate EXPORT` reads the run's own test split
