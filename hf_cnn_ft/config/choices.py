@@ -17,7 +17,7 @@ CROSS_SPLIT_DUPLICATES = ("remove", "keep")
 TEST_TIME_FLIPS = ("none", "horizontal", "vertical", "both")
 PEFT_METHODS = ("lora", "loha")
 PUSH_STRATEGIES = ("end", "every_save", "best")
-REJECTION_SCORES = ("auto", "msp", "energy")  # evaluation/rejection.py SCORES, and auto
+REJECTION_SCORES = ("mahalanobis", "energy", "msp", "auto")  # evaluation/rejection.py; auto: msp or energy
 UNLABELED_METHODS = ("auto", "fixmatch", "flexmatch", "pseudo_label", "none")
 # What evaluation computes, by name: the choices of training.metric_for_best_model (and loss).
 METRIC_NAMES = (

@@ -307,10 +307,11 @@ class ReportArguments:
         },
     )
     rejection_score: Literal[REJECTION_SCORES] = field(
-        default="auto",
+        default="mahalanobis",
         metadata={
-            "help": "What the threshold applies to: msp (the top probability), energy (logsumexp of the logits), "
-            "or auto (the one that better tells right from wrong on the validation split)."
+            "help": "What the threshold applies to: mahalanobis (distance of the classifier's input features to the "
+            "nearest training class; exports answer a class), energy (logsumexp of the logits), msp (the top "
+            "probability), or auto (of msp and energy, the one that better tells right from wrong on validation)."
         },
     )
 

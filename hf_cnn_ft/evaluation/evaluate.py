@@ -20,10 +20,9 @@ from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
-from hf_cnn_ft.evaluation.predict import file_logits
+from hf_cnn_ft.evaluation.predict import file_logits, forward
 from hf_cnn_ft.evaluation.rejection import open_set_report, rejection_of
-from hf_cnn_ft.evaluation.views import mean_logits
-from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
+from hf_cnn_ft.models.io import familiarity_statistics, folded_temperature_of, label_names_of
 from hf_cnn_ft.share.run_dir import load_run
 
 ALL_SPLITS = "all"
@@ -43,12 +42,22 @@ def predict_scores(
     model: torch.nn.Module, dataset: Dataset, transform, batch_size: int = 64, test_time_flips: str = "none"
 ) -> np.ndarray:
     """Logits for every image of `dataset`, in order, averaged over the test-time views."""
+    return scores_and_features(model, dataset, transform, batch_size, test_time_flips)[0]
+
+
+def scores_and_features(
+    model: torch.nn.Module, dataset: Dataset, transform, batch_size: int = 64, test_time_flips: str = "none"
+) -> tuple[np.ndarray, torch.Tensor | None]:
+    """`predict_scores`, and the features the model's "unknown" score reads (None where it reads none)."""
     views = evaluation_views(transform, test_time_flips)
-    outputs = []
+    outputs, features = [], []
     with torch.inference_mode():
         for batches in view_batches(dataset, views, batch_size):
-            outputs.append(mean_logits(model, batches).numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels), dtype=np.float32)
+            logits, read = forward(model, batches)
+            outputs.append(logits.numpy())
+            features += [read] if read is not None else []
+    logits = np.concatenate(outputs) if outputs else np.zeros((0, model.config.num_labels), dtype=np.float32)
+    return logits, torch.cat(features) if features else None
 
 
 def labelled_split(
@@ -92,11 +101,15 @@ def evaluate_model(
     model, data_config = load_run(model_dir)
     others = collect_images(unknown) if unknown else None  # a wrong path fails before the labelled data loads
     data, dataset, _, references = labelled_split(model, data_args, split)
-    scores = predict_scores(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
+    scores, features = scores_and_features(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
     if others:
         views = evaluation_views(eval_transform(data_config), test_time_flips)
-        _, other_logits, unreadable = file_logits(model, views, others)
-        report_unknown = open_set_report(scores, references, other_logits.numpy(), rejection_of(model))
+        _, other_logits, other_features, unreadable = file_logits(model, views, others)
+        both = (features, other_features) if features is not None else None
+        statistics = familiarity_statistics(model)
+        report_unknown = open_set_report(
+            scores, references, other_logits.numpy(), rejection_of(model), both, statistics
+        )
         report_unknown["skipped_images"] = len(unreadable)
     label_names = label_names_of(model)
     report = classification_report(scores, references, label_names)

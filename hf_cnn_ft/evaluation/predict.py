@@ -18,7 +18,8 @@ from hf_cnn_ft.data.inputs import Transform, view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.rejection import UNKNOWN, rejection_of
-from hf_cnn_ft.evaluation.views import mean_logits
+from hf_cnn_ft.evaluation.views import mean_logits, mean_logits_and_features
+from hf_cnn_ft.models.io import familiarity_statistics
 from hf_cnn_ft.share.run_dir import load_run
 
 
@@ -48,12 +49,17 @@ def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
         yield items[start : start + size]
 
 
-def answers(model: PreTrainedModel, logits: torch.Tensor, top_k: int) -> list[Answer]:
+def answers(
+    model: PreTrainedModel, logits: torch.Tensor, top_k: int, features: torch.Tensor | None = None
+) -> list[Answer]:
     """The top-k classes of each row of `logits` (as the model gives them: calibrated where the run folded a
-    temperature into its head), and each row's answer under the model's "unknown" threshold."""
+    temperature into its head), and each row's answer under the model's "unknown" threshold (a feature score reads
+    `features`, the classifier's input)."""
     scores, indices = logits.softmax(-1).topk(max(1, min(top_k, model.config.num_labels)), dim=-1)
     rejection = rejection_of(model)
-    familiarity, unknown = rejection.rejects(logits.numpy()) if rejection else (None, None)
+    familiarity, unknown = None, None
+    if rejection:
+        familiarity, unknown = rejection.rejects(logits.numpy(), features, familiarity_statistics(model))
     results = []
     for row, (row_scores, row_indices) in enumerate(zip(scores.tolist(), indices.tolist())):
         labels = [model.config.id2label[i] for i in row_indices]
@@ -68,15 +74,24 @@ def top_k_predictions(
 ) -> list[Answer]:
     """The answers for `images`: their logits averaged over the test-time views."""
     with torch.inference_mode():
-        logits = mean_logits(model, view_pixel_values(images, views))
-    return answers(model, logits, top_k)
+        logits, features = forward(model, view_pixel_values(images, views))
+    return answers(model, logits, top_k, features)
+
+
+def forward(model: PreTrainedModel, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch's logits averaged over its views, and the features its "unknown" score reads where it reads them."""
+    rejection = rejection_of(model)
+    if rejection and rejection.needs_features:
+        return mean_logits_and_features(model, views)
+    return mean_logits(model, views), None
 
 
 def file_logits(
     model: PreTrainedModel, views: Sequence[Transform], files: Sequence[Path], batch_size: int = 32
-) -> tuple[list[Path], torch.Tensor, dict[Path, str]]:
-    """The logits of every readable file (averaged over `views`), in order, and why each other file was skipped."""
-    readable, rows, unreadable = [], [], {}
+) -> tuple[list[Path], torch.Tensor, torch.Tensor | None, dict[Path, str]]:
+    """The logits of every readable file (averaged over `views`), in order, the features its "unknown" score reads
+    (None where it reads none), and why each other file was skipped."""
+    readable, rows, features, unreadable = [], [], [], {}
     for chunk in _batches(list(files), batch_size):
         images = []
         for path in chunk:
@@ -87,9 +102,11 @@ def file_logits(
                 unreadable[path] = str(exc)
         if images:
             with torch.inference_mode():
-                rows.append(mean_logits(model, view_pixel_values(images, views)))
+                logits, read = forward(model, view_pixel_values(images, views))
+            rows.append(logits)
+            features += [read] if read is not None else []
     logits = torch.cat(rows) if rows else torch.zeros(0, model.config.num_labels)
-    return readable, logits, unreadable
+    return readable, logits, torch.cat(features) if features else None, unreadable
 
 
 def predict_files(
@@ -103,7 +120,7 @@ def predict_files(
     files = collect_images(inputs)
     model, data_config = load_run(model_dir)
     views = evaluation_views(eval_transform(data_config), test_time_flips)
-    readable, logits, unreadable = file_logits(model, views, files, batch_size)
+    readable, logits, features, unreadable = file_logits(model, views, files, batch_size)
     if not readable:
         path, error = next(iter(unreadable.items()))
         raise UserError(
@@ -111,7 +128,7 @@ def predict_files(
             "give image files or folders of images"
         )
     results = {path: Prediction(str(path), error=error) for path, error in unreadable.items()}
-    for path, answer in zip(readable, answers(model, logits, top_k)):
+    for path, answer in zip(readable, answers(model, logits, top_k, features)):
         results[path] = Prediction(str(path), answer.labels, answer.scores, None, answer.answer, answer.familiarity)
     return [results[path] for path in files]
 

@@ -8,6 +8,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from hf_cnn_ft.models.anatomy import backbone_of, head_linear
 from hf_cnn_ft.models.precision import autocast, run_precision
 
 Logits = TypeVar("Logits")  # a torch.Tensor or a numpy array of (images, classes)
@@ -24,3 +25,15 @@ def mean_logits(model: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor
     its run chose (training.precision)."""
     with autocast(run_precision(model)):
         return average_views([model(pixel_values=pixels).logits.float() for pixels in views])
+
+
+def mean_logits_and_features(model: nn.Module, views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mean_logits`, and the features the classifier layer read for the plain view (the first)."""
+    head = head_linear(backbone_of(model), model.config.num_labels)
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].detach().float()))
+    try:
+        logits = mean_logits(model, views)
+    finally:
+        handle.remove()
+    return logits, captured[0].flatten(1)

@@ -106,6 +106,44 @@ def label_names_of(model: PreTrainedModel) -> list[str]:
 FOLDED_TEMPERATURE = "calibration_temperature_folded"  # config.json: the temperature the head already divides by
 _UNFOLDED_TEMPERATURE = "calibration_temperature"  # runs of earlier versions: applied by this tool only
 UNKNOWN_REJECTION = "unknown_rejection"  # config.json: the "none of these" score and threshold (rejection.py)
+# The training features' statistics a feature-space "unknown" score needs (class means, precision matrix): a file
+# beside the weights, which transformers and timm ignore, attached to the loaded model by this tool.
+FAMILIARITY_FILE = "familiarity.safetensors"
+_FAMILIARITY = "_hf_cnn_ft_familiarity"
+
+
+def familiarity_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    return getattr(model, _FAMILIARITY, None)
+
+
+def set_familiarity_statistics(model: torch.nn.Module, statistics: dict[str, torch.Tensor] | None) -> None:
+    setattr(model, _FAMILIARITY, statistics)
+
+
+def save_familiarity(model: torch.nn.Module, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    statistics = familiarity_statistics(model)
+    if statistics:
+        save_file({k: v.contiguous() for k, v in statistics.items()}, str(Path(directory) / FAMILIARITY_FILE))
+
+
+def attach_familiarity(model: torch.nn.Module, source: str | Path) -> None:
+    """Attaches the statistics saved beside the weights in `source` (a folder, or a Hub repo), where there are."""
+    from safetensors.torch import load_file
+
+    folder = Path(source)
+    if folder.is_dir():
+        path = folder / FAMILIARITY_FILE
+        found = str(path) if path.is_file() else None
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            found = hf_hub_download(str(source), FAMILIARITY_FILE)
+        except Exception:  # noqa: BLE001  (a repo without the file, or one that cannot be reached: no statistics)
+            found = None
+    set_familiarity_statistics(model, load_file(found) if found else None)
 
 
 def folded_temperature_of(model: PreTrainedModel) -> float:
@@ -151,6 +189,7 @@ def save_model(model: PreTrainedModel, data_config: DataConfig, directory: Path)
         model.config.label_names = label_names_of(model)
     model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
     model.save_pretrained(directory, safe_serialization=True)
+    save_familiarity(model, Path(directory))
     if is_timm_model(model):
         _make_timm_loadable(Path(directory))
     else:
@@ -184,4 +223,5 @@ def load_model(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
     if unfolded:  # an earlier version's run: its temperature is folded now, as a run of this one has it
         delattr(model.config, _UNFOLDED_TEMPERATURE)
         fold_temperature(model, float(unfolded))
+    attach_familiarity(model, source)
     return model.eval(), resolve_data_config(model, source)

@@ -28,7 +28,11 @@ def _calibration_text(calibration: dict[str, Any]) -> str:
     )
 
 
-SCORE_NAMES = {"msp": "top probability", "energy": "energy score (logsumexp of the logits)"}
+SCORE_NAMES = {
+    "msp": "top probability",
+    "energy": "energy score (logsumexp of the logits)",
+    "mahalanobis": "familiarity (minus the Mahalanobis distance of its features to the nearest training class)",
+}
 
 
 def rejection_text(rejection: dict[str, Any] | None) -> str:
@@ -36,12 +40,14 @@ def rejection_text(rejection: dict[str, Any] | None) -> str:
     if not rejection or not rejection.get("fitted"):
         why = f" (no threshold was fitted: {rejection['reason']})" if rejection else ""
         return f"The model answers one of its classes for every image, even one unlike all of them{why}."
+    features = rejection["score"] == "mahalanobis"
+    who = "`hf-cnn-ft predict` and its demo page" + ("" if features else " and its exports")
+    kept = "config.json (`unknown_rejection`)" + (" and familiarity.safetensors" if features else "")
     return (
-        f"An image unlike every class gets the answer `unknown` from `hf-cnn-ft predict`, its demo page and its "
-        f"exports: below a {SCORE_NAMES[rejection['score']]} of {rejection['threshold']:.4g}, a threshold fitted on "
-        f"the validation split to turn away {rejection['rate']:.0%} of the images the model classifies correctly "
-        f"({rejection['validation_rejected']:.1%} did). It is kept in config.json (`unknown_rejection`); "
-        "transformers' pipeline and timm ignore it and always answer a class. "
+        f"An image unlike every class gets the answer `unknown` from {who}: below a {SCORE_NAMES[rejection['score']]} "
+        f"of {rejection['threshold']:.4g}, a threshold fitted on the validation split to turn away "
+        f"{rejection['rate']:.0%} of the images the model classifies correctly ({rejection['validation_rejected']:.1%} "
+        f"did). It is kept in {kept}; transformers' pipeline and timm ignore it and always answer a class. "
         "`hf-cnn-ft evaluate MODEL --unknown IMAGES` measures it on images of other classes."
     )
 

@@ -32,7 +32,7 @@ from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, fold_temperature, load_model, save_model
+from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, attach_familiarity, fold_temperature, load_model, save_model
 from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.card import write_model_card
 from hf_cnn_ft.share.exports.exported import is_export, load_export
@@ -155,6 +155,7 @@ def load_run(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
         adapted, data_config = load_adapter_dir(directory)
         model = adapted.merge_and_unload().eval()
         _restore_temperature(model, Path(directory))
+        attach_familiarity(model, directory)
     else:
         model, data_config = load_model(directory)
     recipe = saved_recipe(directory) if Path(directory).is_dir() else None

@@ -77,7 +77,8 @@ def module_inputs(
         batches = tqdm(batches, desc=progress, total=math.ceil(len(dataset) / batch_size), unit="batch")
     try:
         with torch.inference_mode(), autocast(precision):
-            inputs = [module_input(model, module, pixels) for pixels in batches]
+            device = next(model.parameters()).device  # the CPU before training, the run's device after it
+            inputs = [module_input(model, module, pixels.to(device)).cpu() for pixels in batches]
     finally:
         model.train(was_training)
     return torch.cat(inputs).float()

@@ -24,7 +24,7 @@ from hf_cnn_ft.data.images import to_rgb
 from hf_cnn_ft.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from hf_cnn_ft.models.anatomy import is_timm_model
 from hf_cnn_ft.models.build import base_model_id
-from hf_cnn_ft.models.io import save_model
+from hf_cnn_ft.models.io import save_familiarity, save_model
 from hf_cnn_ft.share import run_dir as artefacts
 from hf_cnn_ft.share.atomic import write_text
 from hf_cnn_ft.share.card import write_model_card
@@ -132,6 +132,7 @@ def _save_weights(
         save_model(model, data_config, staging)
         return None
     save_adapter(model, base_model or recipe.model.model, staging)
+    save_familiarity(model, staging)
     trainable, total = parameter_counts(model)
     return {"method": recipe.peft.peft_method, "trainable_parameters": trainable, "total_parameters": total}
 

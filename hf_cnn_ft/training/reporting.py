@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import Trainer
 
 from hf_cnn_ft.config.recipe import Recipe
@@ -21,11 +22,12 @@ from hf_cnn_ft.data.transforms import evaluation_views
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_temperature, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.model_report import ReportData, report_summary, write_report
-from hf_cnn_ft.evaluation.rejection import fit_rejection, store_rejection
+from hf_cnn_ft.evaluation.rejection import FEATURE_SCORES, feature_statistics, fit_rejection, store_rejection
 from hf_cnn_ft.evaluation.views import average_views
-from hf_cnn_ft.models.io import fold_temperature
+from hf_cnn_ft.models.io import fold_temperature, set_familiarity_statistics
 from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.run_dir import add_to_run
+from hf_cnn_ft.strategies.probe import pooled_features
 from hf_cnn_ft.training.trainer import progress_named
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,9 @@ def fit_on_validation(
     logits = average_views(views)
     calibration = _calibrate(trainer.model, logits, labels) if report.temperature_scaling else None
     calibrated = logits / (calibration or {}).get("temperature", 1.0)
-    rejection = _fit_rejection(trainer.model, calibrated, labels, recipe) if report.rejection_rate else None
+    rejection = None
+    if report.rejection_rate:
+        rejection = _fit_rejection(trainer.model, calibrated, labels, recipe, data, evaluation)
     return ValidationFits(calibration, rejection)
 
 
@@ -104,12 +108,27 @@ def _calibrate(model, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _fit_rejection(model, logits: np.ndarray, labels: np.ndarray, recipe: Recipe) -> dict[str, Any]:
-    fit = fit_rejection(logits, labels, recipe.report.rejection_rate, recipe.report.rejection_score)
+# The training images a feature score's statistics are computed on, at most (a random sample of larger splits).
+STATISTICS_IMAGES = 5000
+
+
+def _fit_rejection(
+    model, logits: np.ndarray, labels: np.ndarray, recipe: Recipe, data: ImageData, evaluation: Callable
+) -> dict[str, Any]:
+    score, features, statistics = recipe.report.rejection_score, None, None
+    if score in FEATURE_SCORES:
+        why_not = _why_no_features(model, data)
+        if why_not:
+            logger.info("'unknown' scored by the logits' energy instead of %s: %s", score, why_not)
+            score = "energy"
+        else:
+            statistics, features = _feature_statistics(model, data, evaluation, recipe)
+    fit = fit_rejection(logits, labels, recipe.report.rejection_rate, score, features, statistics)
     if isinstance(fit, str):
         logger.info("no 'unknown' threshold fitted, the model always answers a class: %s", fit)
         return {"fitted": False, "reason": fit}
     store_rejection(model, fit)
+    set_familiarity_statistics(model, statistics)
     logger.info(
         "'unknown' below %s %.4g: %.1f%% of the correctly classified validation images",
         fit.score,
@@ -117,6 +136,32 @@ def _fit_rejection(model, logits: np.ndarray, labels: np.ndarray, recipe: Recipe
         100 * fit.validation_rejected,
     )
     return {"fitted": True, **dataclasses.asdict(fit)}
+
+
+def _why_no_features(model, data: ImageData) -> str | None:
+    if hasattr(model, "get_base_model"):
+        return "a peft adapter's run"
+    if data.split_sizes().get("train") is None:
+        return "the training split is streamed"
+    return None
+
+
+def _feature_statistics(
+    model, data: ImageData, evaluation: Callable, recipe: Recipe
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The training features' statistics, and the validation images' features (the plain view, as `predict`
+    scores them)."""
+    train = data.splits["train"]
+    if len(train) > STATISTICS_IMAGES:
+        train = train.shuffle(seed=0).select(range(STATISTICS_IMAGES))
+    batch, channels_last, precision = 64, recipe.model.channels_last, recipe.training.precision
+    named = "'unknown' statistics: features of the {} images"
+    features = pooled_features(model, train, evaluation, batch, channels_last, precision, named.format("training"))
+    statistics = feature_statistics(features, np.asarray(split_labels(train)), model.config.num_labels)
+    validation = data.splits["validation"]
+    return statistics, pooled_features(
+        model, validation, evaluation, batch, channels_last, precision, named.format("validation")
+    )
 
 
 def report_finished_run(

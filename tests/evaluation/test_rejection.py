@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_SETTINGS, overrides
 from PIL import Image, ImageDraw
 
@@ -17,7 +18,9 @@ from hf_cnn_ft.evaluation.rejection import (
     MIN_CORRECT_IMAGES,
     SCORES,
     Rejection,
+    feature_statistics,
     fit_rejection,
+    mahalanobis_familiarity,
     max_softmax,
     negative_energy,
     open_set_report,
@@ -68,6 +71,20 @@ def test_the_open_set_report_counts_acceptances_at_the_models_own_threshold():
     assert open_set_report(known, np.array([0, 1, 0, 1]), others, None)["false_acceptance_rate"] == 1.0
 
 
+def test_the_feature_score_is_highest_at_a_training_class_and_ignores_classes_absent_from_training():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(0, 1, (3, 16))
+    labels = np.repeat([0, 1], 50)  # class 2 has no training images
+    features = torch.from_numpy(centres[labels] + rng.normal(0, 0.1, (100, 16)))
+    statistics = feature_statistics(features, labels, num_labels=3)
+    assert statistics["present"].tolist() == [True, True, False]
+    near, far, absent = torch.from_numpy(np.stack([centres[0], rng.normal(0, 1, 16), centres[2]]))
+    scores = mahalanobis_familiarity(torch.stack([near, far, absent]), statistics)
+    assert scores[0] > scores[1] and scores[0] > scores[2]
+    unit = torch.nn.functional.normalize(torch.stack([near, near * 3]), dim=1)
+    assert mahalanobis_familiarity(unit, statistics)[0] == pytest.approx(scores[0])  # the length does not count
+
+
 def test_a_rejection_rate_outside_its_range_is_refused_at_load():
     with pytest.raises(UserError, match="rejection_rate: 0.7 is out of range"):
         build_recipe({"dataset": "x", "rejection_rate": 0.7}, "test")
@@ -100,7 +117,8 @@ def test_images_of_a_never_trained_class_are_answered_unknown_more_often_than_kn
 
     summary = json.loads((out / "metrics.json").read_text())
     fitted = summary["unknown_rejection"]
-    assert fitted["fitted"] and fitted["fitted_on"] == "validation"
+    assert fitted["fitted"] and fitted["fitted_on"] == "validation" and fitted["score"] == "mahalanobis"
+    assert (out / "familiarity.safetensors").is_file()  # the training features' statistics, beside the weights
     assert fitted["validation_images"] == summary["split_sizes"]["validation"] != summary["split_sizes"]["test"]
     stored = json.loads((out / "config.json").read_text())["unknown_rejection"]
     assert stored["threshold"] == fitted["threshold"] and stored["score"] == fitted["score"]
