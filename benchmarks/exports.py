@@ -101,12 +101,13 @@ def pytorch_row(run: Path, pixels: np.ndarray, labels: np.ndarray, class_index: 
 
 
 def format_rows(
-    run: Path, name: str, pixels: np.ndarray, labels: np.ndarray, class_index: int | None, repeats: int
+    run: Path, name: str, pixels: np.ndarray, labels: np.ndarray, class_index: int | None, repeats: int, qat: int
 ) -> list[dict]:
     export = export_format(name)
-    result = export_model(run, run / f"bench-{name}", name, "int8")
+    result = export_model(run, run / f"bench-{name}", name, "int8", qat_epochs=qat)
     rows = []
-    for precision, path in (("float32", result.model_path), ("int8", result.quantized_path)):
+    int8 = f"int8, {qat} QAT epoch{'s' if qat > 1 else ''}" if qat else "int8"
+    for precision, path in (("float32", result.model_path), (int8, result.quantized_path)):
         logits = export.load(path, None)(pixels)
         measured = timings(export.load(path, 1), pixels, repeats)
         size = size_of(result.directory, path.name.rsplit(".", 1)[0])
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--formats", default="onnx,openvino,executorch")
     parser.add_argument("--class", dest="class_name", help="also this class's F1 where a run has it (defective)")
     parser.add_argument("--repeats", type=int, default=100, help="single-image timings per model")
+    parser.add_argument("--qat-epochs", dest="qat_epochs", type=int, default=0, help="export --qat_epochs")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -154,7 +156,7 @@ def main() -> None:
         reference = pytorch_row(run, pixels, labels, class_index, args.repeats)
         rows = [reference]
         for name in args.formats.split(","):
-            rows += format_rows(run, name.strip(), pixels, labels, class_index, args.repeats)
+            rows += format_rows(run, name.strip(), pixels, labels, class_index, args.repeats, args.qat_epochs)
         text = table(rows, reference, class_name)
         print(f"\n{run} ({len(labels)} test images)\n{text}")
         sections.append(f"`{run.name}` ({len(labels)} test images):\n\n{text}")

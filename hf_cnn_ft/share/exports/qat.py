@@ -52,7 +52,7 @@ def pt2e_int8(
 ) -> nn.Module:
     """PyTorch's PT2E int8 after training, with a runtime's quantizer: the exported graph (any batch size up to 64)
     observed on `calibration`, then converted to quantized operations. (Its quantization-aware variant,
-    prepare_qat_pt2e, fails to convert with executorch 1.5.1's quantizer: the PT2E formats set qat False.)"""
+    prepare_qat_pt2e, fails or loses accuracy here: the PT2E formats set qat False, executorch_format.py says why.)"""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     batch = torch.export.Dim("batch", min=1, max=64)

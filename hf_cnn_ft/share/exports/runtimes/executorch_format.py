@@ -61,8 +61,10 @@ FORMAT = register_format(
         convert=convert,
         quantize=quantize,
         load=load,
-        # PT2E's quantization-aware path (prepare_qat_pt2e) fails to convert with executorch 1.5.1's quantizer
-        # ("zero_point must be between quant_min and quant_max"): after-training int8 only, for now.
+        # PT2E's quantization-aware path (prepare_qat_pt2e, quantizer with is_qat) fails on ResNets with executorch
+        # 1.5.1 ("zero_point must be between quant_min and quant_max" in the first fake-quantized forward), and on
+        # MobileNetV2, where it runs, one epoch left the ELPV int8 model worse than quantizing after training
+        # (benchmarks/RESULTS.md): after-training int8 only.
         qat=False,
     )
 )
