@@ -155,8 +155,9 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         pairs = [f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "score")]
-        writer.writerow(["path", "answer", "familiarity", *pairs, "error"])
+        # The answer after the top-k pairs: scripts that read the columns by position keep working.
+        writer.writerow(["path", *pairs, "answer", "familiarity", "error"])
         for p in predictions:
             cells = [v for pair in zip(p.labels, p.scores) for v in pair]
             familiarity = "" if p.familiarity is None else p.familiarity
-            writer.writerow([p.path, p.answer or "", familiarity, *cells, *[""] * (2 * k - len(cells)), p.error or ""])
+            writer.writerow([p.path, *cells, *[""] * (2 * k - len(cells)), p.answer or "", familiarity, p.error or ""])

@@ -133,6 +133,9 @@ def test_predict_writes_top_k_and_reports_unreadable_files(trained_run, shapes_d
     assert rows[0].startswith("path,label_1,score_1") and len(rows) == 1 + len(
         list((shapes_dir / "green_square").iterdir())
     )
+    assert rows[0].endswith(",answer,familiarity,error")
+    answers = [row.split(",")[-3] for row in rows[1:]]
+    assert set(answers) <= {*CLASSES, "unknown"} and answers[0]  # each image's answer: a class, or unknown
 
 
 def test_corrupt_images_are_skipped_listed_and_training_goes_on(tmp_path, shapes_dir, copy_of):
