@@ -55,7 +55,9 @@ def _predict(options: argparse.Namespace) -> int:
         if p.error:
             print(f"{p.path}\tunreadable: {p.error}")
         else:
-            print(p.path + "\t" + "\t".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores)))
+            line = p.path + "\t" + "\t".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores))
+            unknown = p.answer == "unknown"  # below the run's threshold: like none of its classes
+            print(line + (f"\tunknown (familiarity {p.familiarity:.4g}, like none of the classes)" if unknown else ""))
     if options.output:
         write_predictions(predictions, Path(options.output))
     return 0

@@ -108,7 +108,7 @@ def _never_trained(folder, count: int, size: int = 40) -> list:
 
 
 @pytest.mark.slow
-def test_images_of_a_never_trained_class_are_answered_unknown_more_often_than_known_ones(tmp_path):
+def test_images_of_a_never_trained_class_are_answered_unknown_more_often_than_known_ones(tmp_path, capsys):
     known = make_shapes_folder(tmp_path / "known", per_class=60, size=40)
     others = _never_trained(tmp_path / "others", 40)
     out = tmp_path / "run"
@@ -127,6 +127,8 @@ def test_images_of_a_never_trained_class_are_answered_unknown_more_often_than_kn
     written = tmp_path / "predictions.json"
     assert main(["predict", str(out), *map(str, others), "--output", str(written)]) == 0
     answers = [record["answer"] for record in json.loads(written.read_text())]
+    printed = [line for line in capsys.readouterr().out.splitlines() if "\tunknown (familiarity " in line]
+    assert len(printed) == answers.count("unknown") > 0  # the terminal says it too
     assert main(["predict", str(out), str(known), "--output", str(tmp_path / "known.json")]) == 0
     known_answers = [record["answer"] for record in json.loads((tmp_path / "known.json").read_text())]
     assert answers.count("unknown") / len(answers) > 2 * known_answers.count("unknown") / len(known_answers)
