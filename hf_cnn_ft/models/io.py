@@ -143,6 +143,9 @@ def attach_familiarity(model: torch.nn.Module, source: str | Path) -> None:
             found = hf_hub_download(str(source), FAMILIARITY_FILE)
         except Exception:  # noqa: BLE001  (a repo without the file, or one that cannot be reached: no statistics)
             found = None
+    stored = getattr(model.config, UNKNOWN_REJECTION, None) or {}
+    if not found and stored.get("score") == "mahalanobis":  # the run fitted a feature score: say why it is off
+        logger.warning("%s has no %s: its 'unknown' answer is off, every image gets a class", source, FAMILIARITY_FILE)
     set_familiarity_statistics(model, load_file(found) if found else None)
 
 
