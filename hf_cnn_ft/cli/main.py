@@ -74,7 +74,8 @@ def _train(options: argparse.Namespace, extra: list[str]) -> int:
         print(f"  {'train time':<16} {result.train_seconds:.1f} s")
         print(f"\nmodel:            {out}")
         print(f"model card:       {out / 'README.md'}")
-        print(f"confusion matrix: {out / 'confusion_matrix.png'}")
+        if (out / "confusion_matrix.png").exists():  # a multi-label run has none
+            print(f"confusion matrix: {out / 'confusion_matrix.png'}")
         if result.push is not None:
             print(f"pushed to:        {result.push.repo_url} ({result.push.revision})")
     return 0

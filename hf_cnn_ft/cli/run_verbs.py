@@ -56,6 +56,9 @@ def _predict(options: argparse.Namespace) -> int:
             print(f"{p.path}\tunreadable: {p.error}")
         else:
             line = p.path + "\t" + "\t".join(f"{label} {score:.3f}" for label, score in zip(p.labels, p.scores))
+            if p.label_set is not None:  # a multi-label model: the labels at or above their thresholds
+                print(line + "\tlabels: " + (", ".join(p.label_set) or "none"))
+                continue
             unknown = p.answer == "unknown"  # below the run's threshold: like none of its classes
             print(line + (f"\tunknown (familiarity {p.familiarity:.4g}, like none of the classes)" if unknown else ""))
     if options.output:

@@ -25,6 +25,7 @@ from hf_cnn_ft.config.checkpoints import (
 )
 from hf_cnn_ft.config.choices import METRIC_NAMES, STRATEGY_PRESETS, StrategyPreset
 from hf_cnn_ft.config.keys import owner_of
+from hf_cnn_ft.config.multi_label import check_multi_label
 from hf_cnn_ft.config.paths import check_safe_weights, looks_like_local_path
 from hf_cnn_ft.config.ranges import RANGES
 from hf_cnn_ft.config.search import check_tune
@@ -300,6 +301,10 @@ def _check_signal(values: RecipeValues) -> None:
     check_signal(values.signal, values.data, preset, adapters, values.finetune.probe_stages)
 
 
+def _check_multi_label(values: RecipeValues) -> None:
+    check_multi_label(values.data, values.signal, values.training.get("metric_for_best_model"))
+
+
 def _check_tune(values: RecipeValues) -> None:
     check_tune(values.tune, lambda key: owner_of(key) is not None)
 
@@ -354,6 +359,7 @@ CHECKS = (
     _check_tune,
     _check_streaming,
     _check_signal,
+    _check_multi_label,
     _check_paths,
 )
 

@@ -27,6 +27,18 @@ class DataArguments:
     label_column: str | None = field(
         default=None, metadata={"help": "Column holding the class labels (found automatically if unset)."}
     )
+    multi_label: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Several labels per image (a photo with a cat and a dog): sigmoid outputs, one decision threshold "
+            "per label fitted on the validation split. null: inferred, true when the label column holds lists "
+            "(JSON lines, a Hub sequence of ClassLabel) or data.label_separator is set."
+        },
+    )
+    label_separator: str | None = field(
+        default=None,
+        metadata={"help": "Splits a CSV's label cell into several labels (e.g. ';' for 'cat;dog'): multi-label."},
+    )
     slice_column: str | None = field(
         default=None,
         metadata={"help": "A metadata column (site, camera, batch...): the report gives accuracy and F1 per value."},

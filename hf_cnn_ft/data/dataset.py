@@ -42,7 +42,18 @@ IMAGE_COLUMN_CANDIDATES = (
 )
 
 
-LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_name", "category", "target", "fine_label", "cls")
+LABEL_COLUMN_CANDIDATES = (
+    "label",
+    "labels",
+    "class",
+    "class_name",
+    "category",
+    "target",
+    "fine_label",
+    "cls",
+    "tags",
+    "attributes",
+)
 
 
 LABEL_SAMPLE = 2000  # the first labels of a streamed split, for class counts: a stream is not read whole for them
@@ -54,6 +65,43 @@ def split_labels(split: datasets.Dataset | datasets.IterableDataset) -> list[int
     if isinstance(split, datasets.IterableDataset):
         return [row[LABEL_COLUMN] for row in split.select_columns([LABEL_COLUMN]).take(LABEL_SAMPLE)]
     return split.select_columns([LABEL_COLUMN])[:][LABEL_COLUMN]
+
+
+def is_multi_label(feature: Any) -> bool:
+    """Whether a label feature holds several labels per image (data/label_sets.py)."""
+    return isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList))
+
+
+def targets_of(label_lists: list[list[int]], num_labels: int) -> np.ndarray:
+    """Multi-hot rows (images x labels, float32) of label index lists."""
+    targets = np.zeros((len(label_lists), num_labels), dtype=np.float32)
+    for row, labels in enumerate(label_lists):
+        targets[row, labels] = 1.0
+    return targets
+
+
+def label_counts(split: datasets.Dataset | datasets.IterableDataset, num_labels: int) -> np.ndarray:
+    """Images per class (of a multi-label split: per label)."""
+    labels = split_labels(split)
+    if is_multi_label(split.features[LABEL_COLUMN]):
+        labels = [label for row in labels for label in row]
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_labels)
+
+
+def split_targets(split: datasets.Dataset) -> np.ndarray:
+    """A multi-label split's labels as multi-hot rows."""
+    return targets_of(split_labels(split), split.features[LABEL_COLUMN].feature.num_classes)
+
+
+def split_strata(split: datasets.Dataset) -> np.ndarray:
+    """One class per image for a stratified split: its label, or of a multi-label image its rarest label, so that
+    every label reaches each side of a split in about the asked share (the rarest most exactly), as far as one
+    key per image allows."""
+    labels = split_labels(split)
+    if not is_multi_label(split.features[LABEL_COLUMN]):
+        return np.asarray(labels)
+    counts = split_targets(split).sum(0)
+    return np.array([min(row, key=lambda label: (counts[label], label)) for row in labels], dtype=np.int64)
 
 
 @dataclass
@@ -95,9 +143,15 @@ class ImageData:
         """Images per split; None for a streamed split, whose length is not known without reading it whole."""
         return {name: len(s) if isinstance(s, datasets.Dataset) else None for name, s in self.splits.items()}
 
+    @property
+    def multi_label(self) -> bool:
+        """Several labels per image (data/label_sets.py)."""
+        return is_multi_label(self.splits["train"].features[LABEL_COLUMN])
+
     def class_counts(self, split: str) -> dict[str, int]:
-        """Images per class; of a streamed split, in its first LABEL_SAMPLE images."""
-        counts = np.bincount(split_labels(self.splits[split]), minlength=len(self.label_names))
+        """Images per class (of a multi-label split: per label); of a streamed split, in its first LABEL_SAMPLE
+        images."""
+        counts = label_counts(self.splits[split], len(self.label_names))
         return {name: int(n) for name, n in zip(self.label_names, counts)}
 
 
@@ -118,8 +172,13 @@ def pick_column(
     for name in candidates:
         if name in lowered:
             return lowered[name]
-    kind = datasets.Image if what == "image" else ClassLabel
-    typed = [c for c in columns if isinstance(features[c], kind)]
+
+    def typed_as_wanted(feature: Any) -> bool:
+        if what == "image":
+            return isinstance(feature, datasets.Image)
+        return isinstance(feature, ClassLabel) or (is_multi_label(feature) and isinstance(feature.feature, ClassLabel))
+
+    typed = [c for c in columns if typed_as_wanted(features[c])]
     if len(typed) == 1:
         return typed[0]
     key = "image_column" if what == "image" else "label_column"
@@ -204,6 +263,8 @@ def encode_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str]]:
     feature = next(iter(raw.values())).features[LABEL_COLUMN]
     if isinstance(feature, ClassLabel):
         return raw, list(feature.names)
+    if is_multi_label(feature):  # a listed source's lists were settled by data/label_sets.py
+        raise UserError("a streamed dataset with several labels per image is not supported: remove data.streaming")
     values = set()
     for split in raw.values():
         values.update(v for v in split.unique(LABEL_COLUMN) if not _blank(v))

@@ -16,7 +16,7 @@ from datasets import Dataset
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, is_multi_label, targets_of
 from hf_cnn_ft.data.images import to_rgb
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -55,10 +55,15 @@ def pixel_values(images: Sequence[Image.Image], transform: Transform, channels_l
 
 
 def with_pixel_values(dataset: Dataset, transform: Transform) -> Dataset:
-    """`dataset` as the Trainer reads it: `pixel_values` and `labels`, transformed lazily, row by row."""
+    """`dataset` as the Trainer reads it: `pixel_values` and `labels` (of a multi-label split, multi-hot rows),
+    transformed lazily, row by row."""
+
+    feature = dataset.features.get(LABEL_COLUMN)
+    labels_of = (lambda rows: list(targets_of(rows, feature.feature.num_classes))) if is_multi_label(feature) else list
 
     def apply(batch: dict[str, list]) -> dict[str, Any]:
-        return {"pixel_values": list(pixel_values(batch[IMAGE_COLUMN], transform)), "labels": batch[LABEL_COLUMN]}
+        images = batch[IMAGE_COLUMN]
+        return {"pixel_values": list(pixel_values(images, transform)), "labels": labels_of(batch[LABEL_COLUMN])}
 
     return dataset.with_transform(apply)
 

@@ -21,11 +21,13 @@ from hf_cnn_ft.data.dataset import (
     SkippedImage,
     drop_unreadable_images,
     encode_labels,
+    label_counts,
     normalise_columns,
     split_labels,
     warn_about_classes,
 )
 from hf_cnn_ft.data.duplicates import find_duplicates
+from hf_cnn_ft.data.label_sets import encode_label_sets, settle_multi_label
 from hf_cnn_ft.data.sources import load_raw_dataset, open_stream
 from hf_cnn_ft.data.splits import arrange_splits, stream_splits
 from hf_cnn_ft.data.streaming import encode_stream_labels, shard_by_shard, to_table
@@ -60,9 +62,10 @@ def _require_classes(label_names: list[str], source: str) -> None:
 def _listed_splits(data_args: DataArguments) -> tuple[DatasetDict, list[str]]:
     raw, base_dir = load_raw_dataset(data_args)
     raw = normalise_columns(raw, data_args, base_dir)
-    raw, label_names = encode_labels(raw)
+    raw, multi_label = settle_multi_label(raw, data_args)
+    raw, label_names = encode_label_sets(raw) if multi_label else encode_labels(raw)
     _require_classes(label_names, data_args.dataset or "")
-    counts = sum(np.bincount(split_labels(split), minlength=len(label_names)) for split in raw.values())
+    counts = sum(label_counts(split, len(label_names)) for split in raw.values())
     warn_about_classes(label_names, dict(zip(label_names, counts.tolist())), data_args.dataset or "")
     splits = arrange_splits(raw, data_args)
     if not data_args.read_test_split:  # set aside before anything opens a file: not checked, hashed nor decoded
@@ -143,5 +146,6 @@ def require_usable(splits: DatasetDict, source: str) -> None:
     for name, split in splits.items():
         if len(split_labels(split)) == 0:
             raise UserError(f"{source}: the {name} split has no usable images")
-    if len(np.unique(split_labels(splits["train"]))) < 2:
+    train = splits["train"]
+    if np.count_nonzero(label_counts(train, 0)) < 2:
         raise UserError(f"{source}: the training split holds a single class; a classifier needs at least two")

@@ -9,7 +9,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, concatenate_datasets
 
 from hf_cnn_ft.config.sections import DataArguments
-from hf_cnn_ft.data.dataset import split_labels
+from hf_cnn_ft.data.dataset import split_strata
 from hf_cnn_ft.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def arrange_splits(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
         train = raw[data_args.train_split]
 
     def carve(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-        kept, held = stratified_split(np.asarray(split_labels(dataset)), fraction, seed)
+        kept, held = stratified_split(split_strata(dataset), fraction, seed)
         return dataset.select(kept), dataset.select(held)
 
     splits: dict[str, Dataset] = {}
@@ -136,7 +136,7 @@ def arrange_splits(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
 
 def _fold(pool: Dataset, data_args: DataArguments) -> tuple[Dataset, Dataset]:
     """data.folds: the training and validation images cut into stratified folds; fold `fold` validates."""
-    labels = np.asarray(split_labels(pool))
+    labels = split_strata(pool)
     rng = np.random.default_rng(data_args.split_seed)
     assigned = np.empty(len(labels), dtype=int)
     for label in np.unique(labels):

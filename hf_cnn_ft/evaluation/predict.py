@@ -17,9 +17,10 @@ from hf_cnn_ft.data.images import open_image
 from hf_cnn_ft.data.inputs import Transform, view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.multi_label import decide
 from hf_cnn_ft.evaluation.rejection import UNKNOWN, rejection_of
 from hf_cnn_ft.evaluation.views import mean_logits, mean_logits_and_features
-from hf_cnn_ft.models.io import familiarity_statistics
+from hf_cnn_ft.models.io import familiarity_statistics, is_multi_label_model, label_thresholds
 from hf_cnn_ft.share.run_dir import load_run
 
 
@@ -32,6 +33,7 @@ class Answer:
     scores: list[float]
     answer: str
     familiarity: float | None = None
+    label_set: list[str] | None = None  # a multi-label model's answer: every label at or above its threshold
 
 
 @dataclass
@@ -42,6 +44,10 @@ class Prediction:
     error: str | None = None
     answer: str | None = None
     familiarity: float | None = None
+    label_set: list[str] | None = None
+
+
+LABEL_SET_SEPARATOR = ";"  # between the labels of a multi-label answer in one text cell (the CSV, the terminal)
 
 
 def _batches(items: list[Path], size: int) -> Iterable[list[Path]]:
@@ -55,6 +61,8 @@ def answers(
     """The top-k classes of each row of `logits` (as the model gives them: calibrated where the run folded a
     temperature into its head), and each row's answer under the model's "unknown" threshold (a feature score reads
     `features`, the classifier's input)."""
+    if is_multi_label_model(model):
+        return _label_set_answers(model, logits, top_k)
     scores, indices = logits.softmax(-1).topk(max(1, min(top_k, model.config.num_labels)), dim=-1)
     rejection = rejection_of(model)
     familiarity, unknown = None, None
@@ -66,6 +74,20 @@ def answers(
         answer = UNKNOWN if unknown is not None and unknown[row] else labels[0]
         score = None if familiarity is None else round(float(familiarity[row]), 6)
         results.append(Answer(labels, [round(s, 6) for s in row_scores], answer, score))
+    return results
+
+
+def _label_set_answers(model: PreTrainedModel, logits: torch.Tensor, top_k: int) -> list[Answer]:
+    """A multi-label model's answers: each label's sigmoid probability (the top k), and the labels at or above the
+    thresholds its run fitted on validation."""
+    scores, indices = logits.sigmoid().topk(max(1, min(top_k, model.config.num_labels)), dim=-1)
+    chosen = decide(logits.numpy(), label_thresholds(model))
+    results = []
+    for row, (row_scores, row_indices) in enumerate(zip(scores.tolist(), indices.tolist())):
+        names = [model.config.id2label[int(i)] for i in chosen[row].nonzero()[0]]
+        labels = [model.config.id2label[i] for i in row_indices]
+        rounded = [round(s, 6) for s in row_scores]
+        results.append(Answer(labels, rounded, LABEL_SET_SEPARATOR.join(names), None, names))
     return results
 
 
@@ -129,7 +151,8 @@ def predict_files(
         )
     results = {path: Prediction(str(path), error=error) for path, error in unreadable.items()}
     for path, answer in zip(readable, answers(model, logits, top_k, features)):
-        results[path] = Prediction(str(path), answer.labels, answer.scores, None, answer.answer, answer.familiarity)
+        found = (answer.labels, answer.scores, None, answer.answer, answer.familiarity, answer.label_set)
+        results[path] = Prediction(str(path), *found)
     return [results[path] for path in files]
 
 
@@ -144,6 +167,7 @@ def write_predictions(predictions: list[Prediction], path: Path) -> None:
                 "path": p.path,
                 "answer": p.answer,
                 "familiarity": p.familiarity,
+                **({"label_set": p.label_set} if p.label_set is not None else {}),
                 "predictions": [{"label": l, "score": s} for l, s in zip(p.labels, p.scores)],
                 "error": p.error,
             }

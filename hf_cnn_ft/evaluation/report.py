@@ -8,15 +8,19 @@ from typing import Any
 def format_report(report: dict[str, Any], title: str) -> str:
     """A short, aligned results table: overall metrics, then F1 per class."""
     lines = [title]
-    for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy"):
+    keys = ("accuracy", "map", "f1_macro", "f1_micro", "precision_macro", "recall_macro", "top5_accuracy")
+    for key in (*keys, "hamming_loss"):
         if key in report:
             lines.append(f"  {key:<16} {report[key]:.4f}")
     width = max(len(name) for name in report["per_class"])
-    lines.append(f"  {'class':<{width}}  precision  recall     f1  support")
+    per_label = "threshold" in next(iter(report["per_class"].values()))  # a multi-label report
+    lines.append(f"  {'class':<{width}}  precision  recall     f1  support" + ("     AP  threshold" * per_label))
     for name, values in report["per_class"].items():
+        ap = values.get("average_precision")
+        more = f"  {'-' if ap is None else f'{ap:.3f}':>5}  {values['threshold']:9.2f}" if per_label else ""
         lines.append(
             f"  {name:<{width}}  {values['precision']:9.3f}  {values['recall']:6.3f}  {values['f1']:5.3f}"
-            f"  {values['support']:7d}"
+            f"  {values['support']:7d}{more}"
         )
     if "unknown" in report:
         lines += format_open_set(report["unknown"])

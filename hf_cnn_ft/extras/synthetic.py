@@ -18,8 +18,19 @@ CLASSES = {"red_disc": (200, 40, 40), "green_square": (40, 170, 60), "blue_trian
 def _draw(name: str, colour: tuple[int, int, int], size: int, rng: np.random.Generator) -> Image.Image:
     background = rng.normal(128, 30, (size, size, 3)).clip(0, 255).astype(np.uint8)
     image = Image.fromarray(background)
-    draw = ImageDraw.Draw(image)
-    extent = rng.uniform(0.35, 0.7) * size
+    _shape(ImageDraw.Draw(image), name, colour, size, rng, (0.35, 0.7))
+    return image
+
+
+def _shape(
+    draw: ImageDraw.ImageDraw,
+    name: str,
+    colour: tuple[int, int, int],
+    size: int,
+    rng: np.random.Generator,
+    extent_range: tuple[float, float] = (0.25, 0.45),
+) -> None:
+    extent = rng.uniform(*extent_range) * size
     x0, y0 = rng.uniform(0, size - extent, 2)
     jitter = tuple(int(np.clip(c + rng.normal(0, 20), 0, 255)) for c in colour)
     box = (x0, y0, x0 + extent, y0 + extent)
@@ -29,7 +40,6 @@ def _draw(name: str, colour: tuple[int, int, int], size: int, rng: np.random.Gen
         draw.rectangle(box, fill=jitter)
     else:
         draw.polygon([(x0 + extent / 2, y0), (x0, y0 + extent), (x0 + extent, y0 + extent)], fill=jitter)
-    return image
 
 
 def make_shapes_folder(root: Path, per_class: int = 40, size: int = 48, seed: int = 0) -> Path:
@@ -80,3 +90,23 @@ def make_hard_shapes_folder(root: Path, per_class: int = 60, size: int = 32, see
         for i in range(per_class):
             _draw(name, (150, 110, 100), size, rng).save(folder / f"{name}_{i:03d}.png")
     return root
+
+
+def make_multi_label_table(root: Path, images: int = 240, size: int = 48, seed: int = 0, separator: str = ";") -> Path:
+    """A multi-label set: each image shows one to three of the three coloured shapes (each present with
+    probability one half, at least one), and its labels are the shapes it shows. Writes the images and a CSV of
+    (image, labels) rows, the labels joined by `separator`; returns the CSV."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["image,labels"]
+    for i in range(images):
+        shown = [name for name in CLASSES if rng.random() < 0.5] or [str(rng.choice(list(CLASSES)))]
+        image = Image.fromarray(rng.normal(128, 30, (size, size, 3)).clip(0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for name in shown:
+            _shape(draw, name, CLASSES[name], size, rng)
+        image.save(root / f"{i:04d}.png")
+        rows.append(f"{i:04d}.png,{separator.join(shown)}")
+    table = root / "labels.csv"
+    table.write_text("\n".join(rows) + "\n")
+    return table

@@ -27,7 +27,7 @@ from hf_cnn_ft.data.data_config import DataConfig, for_small_images
 from hf_cnn_ft.errors import UserError, first_line
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear, is_timm_model, timm_architecture
 from hf_cnn_ft.models.hub import model_source
-from hf_cnn_ft.models.io import resolve_data_config, set_data_config
+from hf_cnn_ft.models.io import MULTI_LABEL, resolve_data_config, set_data_config
 from hf_cnn_ft.models.state_dicts import load_backbone_weights
 
 logger = logging.getLogger(__name__)
@@ -202,10 +202,11 @@ def _build_from_pretrained(
 
 
 def build_model(
-    model_args: ModelArguments, label_names: list[str], source_side: int | None = None
+    model_args: ModelArguments, label_names: list[str], source_side: int | None = None, multi_label: bool = False
 ) -> tuple[PreTrainedModel, DataConfig]:
     """The backbone that the recipe names, with a head sized to `label_names`; `source_side` (the training
-    images' typical shorter edge) adapts the input of unset model.image_size / crop_pct to tiny images."""
+    images' typical shorter edge) adapts the input of unset model.image_size / crop_pct to tiny images. A
+    `multi_label` model says so in its config, so that transformers' pipeline gives it sigmoid scores."""
     source = model_args.model
     if not source:
         raise UserError("no model given: set model.model (or --model) to a timm name, Hub id or local directory")
@@ -223,6 +224,7 @@ def build_model(
         raise UserError(f"model directory {source} does not exist")
     else:
         raise _unknown_model_error(source)
+    model.config.problem_type = MULTI_LABEL if multi_label else None
     if model_args.weights is not None:
         load_backbone_weights(model, Path(model_args.weights).expanduser())
     if new_head and model_args.zero_init_head:

@@ -105,6 +105,24 @@ def label_names_of(model: PreTrainedModel) -> list[str]:
 
 FOLDED_TEMPERATURE = "calibration_temperature_folded"  # config.json: the temperature the head already divides by
 _UNFOLDED_TEMPERATURE = "calibration_temperature"  # runs of earlier versions: applied by this tool only
+MULTI_LABEL = "multi_label_classification"  # config.problem_type of a model with several labels per image
+LABEL_THRESHOLDS = "label_thresholds"  # config.json of a multi-label model: each label's fitted threshold
+
+
+def is_multi_label_model(model: torch.nn.Module) -> bool:
+    return getattr(model.config, "problem_type", None) == MULTI_LABEL
+
+
+def label_thresholds(model: torch.nn.Module) -> list[float] | None:
+    """A multi-label model's decision threshold per label, as its run fitted them (None: not fitted)."""
+    return getattr(model.config, LABEL_THRESHOLDS, None)
+
+
+def set_label_thresholds(model: torch.nn.Module, thresholds: list[float]) -> None:
+    plain = model.get_base_model() if hasattr(model, "get_base_model") else model
+    setattr(plain.config, LABEL_THRESHOLDS, [float(t) for t in thresholds])
+
+
 UNKNOWN_REJECTION = "unknown_rejection"  # config.json: the "none of these" score and threshold (rejection.py)
 # The training features' statistics a feature-space "unknown" score needs (class means, precision matrix): a file
 # beside the weights, which transformers and timm ignore, attached to the loaded model by this tool.

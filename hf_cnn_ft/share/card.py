@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.writing import plain_value, recipe_to_yaml
 from hf_cnn_ft.data.dataset import LABEL_SAMPLE
-from hf_cnn_ft.share.card_findings import exports_text, rejection_text, report_text, search_text
+from hf_cnn_ft.share.card_findings import exports_text, label_set_text, rejection_text, report_text, search_text
 from hf_cnn_ft.share.run_summary import RunSummary
 from hf_cnn_ft.strategies.registry import get_strategy
 
@@ -31,11 +31,15 @@ def is_hub_id(value: str | None) -> bool:
 
 
 def _metrics_table(report: dict[str, Any]) -> str:
-    rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    per_label = "threshold" in next(iter(report["per_class"].values()), {})  # a multi-label report
+    extra = " AP | threshold |" if per_label else ""
+    rows = [f"| class | precision | recall | F1 | support |{extra}", "|---|---|---|---|---|" + "---|" * (2 * per_label)]
     for name, values in report["per_class"].items():
+        ap = values.get("average_precision")
+        more = f" {'-' if ap is None else f'{ap:.3f}'} | {values['threshold']:.2f} |" if per_label else ""
         rows.append(
             f"| {name} | {values['precision']:.3f} | {values['recall']:.3f} | {values['f1']:.3f} "
-            f"| {values['support']} |"
+            f"| {values['support']} |{more}"
         )
     return "\n".join(rows)
 
@@ -241,6 +245,10 @@ def _card_data(recipe: Recipe, summary: RunSummary, repo_id: str | None) -> Mode
         ),
         EvalResult(metric_type="recall", metric_name="Macro recall", metric_value=report["recall_macro"], **common),
     ]
+    if "map" in report:
+        eval_results.append(
+            EvalResult(metric_type="map", metric_name="Mean average precision", metric_value=report["map"], **common)
+        )
     base_model = summary.base_model
     library = "timm" if summary.library == "timm" else "transformers"
     return ModelCardData(
@@ -288,8 +296,16 @@ def _origin_text(recipe: Recipe, base_model: str) -> str:
     return f"It is `{base_model}`, {start}, with a new classification head, fine-tuned with [hf-cnn-ft]({TOOL_URL})."
 
 
+def _task_text(labels: list[str], multi_label: bool) -> str:
+    names = ", ".join(f"`{name}`" for name in labels)
+    if multi_label:
+        return f"tags an image with any of {len(labels)} labels, several at once: {names}."
+    return f"sorts an image into one of {len(labels)} classes: {names}."
+
+
 def _overall_table(report: dict[str, Any]) -> str:
-    keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "top5_accuracy")
+    keys = ("accuracy", "map", "f1_macro", "f1_micro", "precision_macro", "recall_macro", "f1_weighted")
+    keys += ("top5_accuracy", "hamming_loss")
     return "\n".join(f"| {key} | {report[key]:.4f} |" for key in keys if key in report)
 
 
@@ -297,11 +313,11 @@ def _body(recipe: Recipe, summary: RunSummary, repo_id: str | None, images: str,
     """The card's text below its metadata: what the model is, its data, training, results, usage."""
     evaluated_on, report, labels = summary.evaluated_on, summary.evaluation, summary.label_names
     base_model = summary.base_model or _model_name(recipe.model.model)
-    overall = _overall_table(report)
+    overall, multi_label = _overall_table(report), summary.label_thresholds is not None
     revision = f" (revision `{recipe.data.dataset_revision}`)" if recipe.data.dataset_revision else ""
     return f"""# {repo_id or "Image classifier"}: `{base_model}` fine-tuned for {len(labels)} classes
 
-This model sorts an image into one of {len(labels)} classes: {", ".join(f"`{name}`" for name in labels)}.
+This model {_task_text(labels, multi_label)}
 {_origin_text(recipe, base_model)}
 
 ## Training data
@@ -337,7 +353,8 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 {overall}
 
 {_metrics_table(report)}
-{_test_time_text(summary)}
+
+{label_set_text(summary.label_thresholds)}{_test_time_text(summary)}
 {images}
 {report_text(summary.report)}
 {search_text(summary.search)}
@@ -349,7 +366,7 @@ On the {evaluated_on} split ({report["num_samples"]} images, never seen in train
 
 {_imbalance_note(summary)} The model only knows the classes above and was evaluated on
 {report["num_samples"]} held-out images from the same source as its training data; expect lower accuracy
-on images from another camera, scanner or setting. {rejection_text(summary.unknown_rejection)}
+on images from another camera, scanner or setting. {rejection_text(summary.unknown_rejection, multi_label)}
 """
 
 

@@ -35,8 +35,25 @@ SCORE_NAMES = {
 }
 
 
-def rejection_text(rejection: dict[str, Any] | None) -> str:
+def label_set_text(label_thresholds: dict[str, Any] | None) -> str:
+    """A multi-label card's paragraph on how labels are decided and what its figures mean; '' otherwise."""
+    if not label_thresholds:
+        return ""
+    limits = ", ".join(f"`{name}` {t:.2f}" for name, t in label_thresholds["thresholds"].items())
+    return (
+        "Several labels per image: each label has its own sigmoid probability and its own threshold, fitted on the "
+        f"validation split for that label's best F1 ({limits}; kept in config.json as `label_thresholds`). "
+        "`accuracy` counts an image right only when all of its labels are; `map` is the mean over labels of the "
+        "average precision, which no threshold affects; `hamming_loss` is the share of wrong (image, label) "
+        "decisions. transformers' pipeline gives each label's probability (`top_k=None` for all of them); the "
+        "labels an image has are those at or above their threshold, as `hf-cnn-ft predict` answers.\n"
+    )
+
+
+def rejection_text(rejection: dict[str, Any] | None, multi_label: bool = False) -> str:
     """The card's sentence on the "unknown" answer: the threshold the run fitted, or that there is none."""
+    if multi_label:
+        return "An image for which no label reaches its threshold gets no label."
     if not rejection or not rejection.get("fitted"):
         why = f" (no threshold was fitted: {rejection['reason']})" if rejection else ""
         return f"The model answers one of its classes for every image, even one unlike all of them{why}."

@@ -47,6 +47,7 @@ class RunSummary:
     precision: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     unknown_rejection: dict[str, Any] | None = None  # the "none of these" threshold, or why none was fitted
+    label_thresholds: dict[str, Any] | None = None  # a multi-label run's threshold per label, fitted on validation
     unfreeze_history: list[dict[str, Any]] | None = None
     rank_weight_fingerprints: list[float] | None = None
     weight_interpolation: dict[str, Any] | None = None

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from hf_cnn_ft.config.sections import FinetuneArguments
-from hf_cnn_ft.data.dataset import split_labels
+from hf_cnn_ft.data.dataset import LABEL_COLUMN, is_multi_label, split_labels, split_targets
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
 from hf_cnn_ft.models.precision import autocast
@@ -109,7 +109,27 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooled features of every image, and the labels."""
     features = pooled_features(model, dataset, transform, batch_size, channels_last, precision, progress)
-    return features, torch.tensor(split_labels(dataset), dtype=torch.long)
+    return features, label_tensor(dataset)
+
+
+def label_tensor(dataset: Dataset) -> torch.Tensor:
+    """The labels as a probe's loss takes them: class indices, or of a multi-label split multi-hot float rows."""
+    if is_multi_label(dataset.features[LABEL_COLUMN]):
+        return torch.from_numpy(split_targets(dataset))
+    return torch.tensor(split_labels(dataset), dtype=torch.long)
+
+
+def supervised_loss(loss_weights: torch.Tensor | None, multi_label: bool) -> nn.Module:
+    """A probe's loss: cross-entropy over the classes, or one binary cross-entropy per label (`loss_weights`
+    weighting each label's positives)."""
+    return nn.BCEWithLogitsLoss(pos_weight=loss_weights) if multi_label else nn.CrossEntropyLoss(weight=loss_weights)
+
+
+def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image, whether the prediction is right: the top class, or of several labels every one of them."""
+    if labels.is_floating_point():
+        return ((logits > 0) == (labels > 0.5)).all(1)
+    return logits.argmax(1) == labels
 
 
 class BackboneFeatures:
@@ -148,7 +168,8 @@ class ProbeInputs:
     features_key: str | None = None  # set while a search shares frozen features between its trials
     signal: ExtraSignal | None = None  # unlabeled images and teachers (strategies/extra_signal.py)
     precision: str = "fp32"  # the frozen features are computed in it (training.precision, settled)
-    # (references, predictions, classes) -> macro-F1: the evaluation's own definition, handed down by training
+    # (references, predictions, classes) -> macro-F1: the evaluation's own definition, handed down by training (of
+    # a multi-label run, on multi-hot rows)
     macro_f1: MacroF1 | None = None
     progress: bool = False  # a progress bar over the feature pass (training.disable_tqdm turns it off)
 
@@ -173,7 +194,7 @@ def fit_on_cache(
     `head_batch_size` over cached inputs, then a validation pass per epoch. Returns the history."""
     hooks = hooks or ProbeHooks()
     generator = torch.Generator().manual_seed(seed)
-    loss_fn = nn.CrossEntropyLoss(weight=loss_weights)
+    loss_fn = supervised_loss(loss_weights, labels.is_floating_point())
     objective = hooks.objective or (lambda logits, batch: loss_fn(logits, labels[batch]))
     rows = hooks.rows_per_epoch or len(inputs)
     history = []
@@ -197,9 +218,9 @@ def fit_on_cache(
             with torch.no_grad():
                 logits = (hooks.validation_logits or forward)(validation[0])
             entry["eval_loss"] = float(loss_fn(logits, validation[1]))
-            entry["eval_accuracy"] = float((logits.argmax(1) == validation[1]).float().mean())
+            entry["eval_accuracy"] = float(correct(logits, validation[1]).float().mean())
             if hooks.macro_f1 is not None:
-                predicted = logits.argmax(1)
+                predicted = (logits > 0).float() if validation[1].is_floating_point() else logits.argmax(1)
                 entry["eval_f1_macro"] = hooks.macro_f1(validation[1].numpy(), predicted.numpy(), logits.shape[1])
         history.append(entry)
         hooks.epoch_end(entry)

@@ -26,11 +26,17 @@ from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
 from hf_cnn_ft.config.sections import FinetuneArguments
-from hf_cnn_ft.data.dataset import split_labels
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import BATCHNORM, stages
-from hf_cnn_ft.strategies.probe import ProbeInputs, fit_on_cache, module_input, module_inputs, steps_of
+from hf_cnn_ft.strategies.probe import (
+    ProbeInputs,
+    fit_on_cache,
+    label_tensor,
+    module_input,
+    module_inputs,
+    steps_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +257,5 @@ def _cache_entry_inputs(
 
     views = [cache(train, probe.eval_transform)]
     views += [cache(train, probe.train_transform) for _ in range(probe.finetune.feature_views - 1)]
-    labels = torch.tensor(split_labels(train) * len(views), dtype=torch.long)
-    validation_labels = torch.tensor(split_labels(validation), dtype=torch.long)
-    return torch.cat(views), labels, (cache(validation, probe.eval_transform), validation_labels)
+    labels = torch.cat([label_tensor(train)] * len(views))
+    return torch.cat(views), labels, (cache(validation, probe.eval_transform), label_tensor(validation))

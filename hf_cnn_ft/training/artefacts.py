@@ -14,13 +14,13 @@ from peft import PeftModel
 from torch import nn
 from transformers import Trainer
 
-from hf_cnn_ft.config.choices import METRIC_NAMES
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.training_arguments import TrainArguments
 from hf_cnn_ft.config.writing import recipe_to_yaml
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, ImageData, split_labels
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, ImageData, split_strata
 from hf_cnn_ft.data.images import to_rgb
+from hf_cnn_ft.evaluation.metrics import MULTI_LABEL_SCALARS
 from hf_cnn_ft.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from hf_cnn_ft.models.anatomy import is_timm_model
 from hf_cnn_ft.models.build import base_model_id
@@ -87,7 +87,7 @@ def write_artefacts(
         best_validation={
             k.removeprefix("eval_"): v
             for k, v in (_best_eval_entry(trainer) or {}).items()
-            if k.removeprefix("eval_") in (*METRIC_NAMES, "loss")
+            if k.removeprefix("eval_") in (*MULTI_LABEL_SCALARS, "top5_accuracy", "loss")
         },
         label_names=data.label_names,
         base_model=base_model,
@@ -147,7 +147,8 @@ def _write_pictures(
     staging: Path,
 ) -> None:
     metric = eval_metric_name(recipe.training).removeprefix("eval_")
-    plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
+    if "confusion_matrix" in report:  # a multi-label report has none: an image has several true labels
+        plot_confusion_matrix(report, data.label_names, staging / "confusion_matrix.png", title=f"{evaluated_on} split")
     if trainer.state.log_history:
         kept = "best" if trainer.args.load_best_model_at_end else "last"
         plot_training_curves(trainer.state.log_history, metric, staging / "training_curves.png", kept)
@@ -157,7 +158,7 @@ def _write_pictures(
 
 def _write_examples(data: ImageData, split: str, count: int, folder: Path) -> None:
     """Saves up to `count` images of the evaluated split, taking the classes in turn, for the demo page."""
-    labels = split_labels(data.splits[split])
+    labels = split_strata(data.splits[split]).tolist()  # of a multi-label image, its rarest label
     by_class: dict[int, list[int]] = {}
     for index, label in enumerate(labels):  # one pass, whatever the number of classes
         by_class.setdefault(label, []).append(index)

@@ -16,16 +16,19 @@ from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel
 
+from hf_cnn_ft.config.multi_label import multi_label_conflict
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import ImageData, split_labels
+from hf_cnn_ft.data.dataset import ImageData, split_labels, split_targets
 from hf_cnn_ft.data.decode import decode_once
 from hf_cnn_ft.data.transforms import eval_transform, train_transform
+from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.classification_report import macro_f1
+from hf_cnn_ft.evaluation.multi_label import multi_label_macro_f1
 from hf_cnn_ft.models.build import build_model, pretrained_head
 from hf_cnn_ft.models.precision import PrecisionChoice, choose_precision
 from hf_cnn_ft.strategies.adapters import apply_adapter, parameter_counts
-from hf_cnn_ft.strategies.class_balance import class_loss_weights
+from hf_cnn_ft.strategies.class_balance import class_loss_weights, label_pos_weights
 from hf_cnn_ft.strategies.co_tuning import CoTuning, fit_co_tuning
 from hf_cnn_ft.strategies.extra_signal import ExtraSignal, prepare_teacher
 from hf_cnn_ft.strategies.freezing import adapt_batchnorm, apply_freezing, frozen_stage_names
@@ -67,7 +70,10 @@ def prepare_model(
     (or wraps the model in a peft adapter); the strategy's own hook has the last word."""
     finetune = recipe.finetune
     strategy = get_strategy(finetune.strategy)
-    model, data_config = build_model(recipe.model, data.label_names, data.typical_short_side())
+    metric = recipe.training.metric_for_best_model
+    if data.multi_label and (conflict := multi_label_conflict(recipe.data, recipe.signal, metric)):
+        raise UserError(f"{data.source}: the label column holds several labels per image; {conflict}")
+    model, data_config = build_model(recipe.model, data.label_names, data.typical_short_side(), data.multi_label)
     if recipe.data.decode_cache:
         with recipe.training.main_process_first(desc="decoding the images once"):
             streamed = ("train",) if recipe.data.streaming else ()
@@ -78,7 +84,7 @@ def prepare_model(
     precision = settle_precision(recipe, model, data_config, strategy.preset.trains)
     evaluation = eval_transform(data_config)
     augmentation = train_transform(data_config, recipe.augment)
-    loss_weights = class_loss_weights(finetune.class_weights, split_labels(data.splits["train"]), data.label_names)
+    loss_weights = run_loss_weights(finetune.class_weights, data)
     bn_policy = finetune.bn  # settled at load: auto is frozen or train by now
     started = time.perf_counter()
     probe_history: list[dict[str, float]] = []
@@ -101,6 +107,14 @@ def prepare_model(
     prepared = (data, model, data_config, augmentation, evaluation, loss_weights, probe_history, probe_seconds)
     signal = probe.signal
     return PreparedModel(*prepared, unfreeze, signal.findings or None, signal.teacher, co_tuning, precision)
+
+
+def run_loss_weights(setting: str | dict[str, float] | None, data: ImageData) -> torch.Tensor | None:
+    """finetune.class_weights as the loss takes them: per class, or of a multi-label run per label's positives."""
+    train = data.splits["train"]
+    if data.multi_label:
+        return label_pos_weights(setting, split_targets(train), data.label_names)
+    return class_loss_weights(setting, split_labels(train), data.label_names)
 
 
 def settle_precision(recipe: Recipe, model: nn.Module, data_config: DataConfig, trains: bool) -> PrecisionChoice:
@@ -149,7 +163,7 @@ def _probe_inputs(
         features_key=_shared_features_key(recipe, model, data, data_config, precision),
         signal=ExtraSignal(recipe.signal, data.unlabeled, recipe.augment, data_config),
         precision=precision,
-        macro_f1=macro_f1,
+        macro_f1=multi_label_macro_f1 if data.multi_label else macro_f1,
         progress=not recipe.training.disable_tqdm,
     )
 

@@ -22,9 +22,10 @@ from hf_cnn_ft.data.transforms import evaluation_views
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_temperature, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
 from hf_cnn_ft.evaluation.model_report import ReportData, report_summary, write_report
+from hf_cnn_ft.evaluation.multi_label import fit_thresholds, multi_label_report
 from hf_cnn_ft.evaluation.rejection import FEATURE_SCORES, feature_statistics, fit_rejection, store_rejection
 from hf_cnn_ft.evaluation.views import average_views
-from hf_cnn_ft.models.io import fold_temperature, set_familiarity_statistics
+from hf_cnn_ft.models.io import fold_temperature, set_familiarity_statistics, set_label_thresholds
 from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.run_dir import add_to_run
 from hf_cnn_ft.strategies.probe import pooled_features
@@ -52,15 +53,42 @@ class FinalEvaluation:
     report: dict[str, Any]  # on the evaluation split, the logits averaged over the test-time views
     plain_report: dict[str, Any] | None  # of the plain view alone when there are several views
     logits: np.ndarray  # the averaged logits, as trained (the run's report reuses them)
+    label_thresholds: dict[str, Any] | None = None  # a multi-label run's, fitted on validation first
 
 
 def final_evaluation(trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str) -> FinalEvaluation:
-    """The one evaluation of the evaluation split."""
+    """The one evaluation of the evaluation split; of a multi-label run, at thresholds fitted on validation first."""
+    fitted = fit_label_thresholds(trainer, data, evaluation, test_time_flips)
     views, labels = split_logits(trainer, data, data.evaluation_split, evaluation, test_time_flips)
     logits = average_views(views)
-    report = classification_report(logits, labels, data.label_names)
-    plain = classification_report(views[0], labels, data.label_names) if len(views) > 1 else None
-    return FinalEvaluation(report, plain, logits)
+
+    def report_of(scores: np.ndarray) -> dict[str, Any]:
+        if data.multi_label:
+            return multi_label_report(scores, labels, data.label_names, list(fitted["thresholds"].values()))
+        return classification_report(scores, labels, data.label_names)
+
+    return FinalEvaluation(report_of(logits), report_of(views[0]) if len(views) > 1 else None, logits, fitted)
+
+
+def fit_label_thresholds(
+    trainer: Trainer, data: ImageData, evaluation: Callable, test_time_flips: str
+) -> dict[str, Any] | None:
+    """A multi-label run's decision threshold per label, fitted on the validation logits (the averaged views, as
+    `predict` makes them) and kept in config.json; None for a single-label run."""
+    if not data.multi_label:
+        return None
+    views, targets = split_logits(trainer, data, "validation", evaluation, test_time_flips)
+    thresholds = fit_thresholds(average_views(views), targets)
+    set_label_thresholds(trainer.model, thresholds)
+    logger.info(
+        "label thresholds fitted on the validation split (each label's best F1): %s",
+        ", ".join(f"{name} {t:.2f}" for name, t in zip(data.label_names, thresholds)),
+    )
+    return {
+        "fitted_on": "validation",
+        "rule": "best F1 per label",
+        "thresholds": dict(zip(data.label_names, thresholds)),
+    }
 
 
 @dataclass
@@ -78,6 +106,9 @@ def fit_on_validation(
     process calls it."""
     report = recipe.report
     if "validation" not in data.splits or not (report.temperature_scaling or report.rejection_rate):
+        return ValidationFits(None, None)
+    if data.multi_label:
+        logger.info("multi-label: no temperature and no 'unknown' threshold; each label has its own threshold")
         return ValidationFits(None, None)
     views, labels = split_logits(trainer, data, "validation", evaluation, test_time_flips)
     logits = average_views(views)
@@ -170,6 +201,9 @@ def report_finished_run(
     """Adds the report on the evaluation split to a finished run, from the final evaluation's calibrated
     `logits`. A failure is a warning: the run's results are already written and stay as they are."""
     if not recipe.report.report_at_end:
+        return
+    if data.multi_label:
+        logger.info("multi-label: the report (top losses, Grad-CAM, calibration) is written for single-label runs only")
         return
     split = data.evaluation_split
     slices = data.slices[split] if data.slices else None

@@ -25,14 +25,14 @@ from transformers import (
 
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.config.training_arguments import TrainArguments
-from hf_cnn_ft.data.dataset import ImageData, split_labels
+from hf_cnn_ft.data.dataset import ImageData, split_labels, split_targets
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.data.transforms import batch_mixer
-from hf_cnn_ft.evaluation.metrics import trainer_compute_metrics
+from hf_cnn_ft.evaluation.metrics import per_image_correct, trainer_compute_metrics
 from hf_cnn_ft.share.claim import claim_output_dir
 from hf_cnn_ft.share.push import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
-from hf_cnn_ft.strategies.class_balance import balanced_sample_weights
+from hf_cnn_ft.strategies.class_balance import balanced_label_set_weights, balanced_sample_weights
 from hf_cnn_ft.strategies.ema import WeightAverage
 from hf_cnn_ft.strategies.registry import get_strategy
 from hf_cnn_ft.strategies.unfreezing import fingerprint
@@ -87,6 +87,14 @@ def training_images(recipe: Recipe, data: ImageData, augmentation: Callable) -> 
     )
 
 
+def _sample_weights(data: ImageData) -> torch.Tensor:
+    """Draw weights of the balanced sampler: every class (every label) drawn about equally often."""
+    train = data.splits["train"]
+    if data.multi_label:
+        return balanced_label_set_weights(split_targets(train))
+    return balanced_sample_weights(split_labels(train), len(data.label_names))
+
+
 def build_trainer(
     recipe: Recipe,
     prepared: PreparedModel,
@@ -104,16 +112,12 @@ def build_trainer(
         train_dataset=training_images(recipe, data, prepared.augmentation),
         eval_dataset=with_pixel_values(data.splits["validation"], prepared.evaluation),
         data_collator=default_data_collator,
-        compute_metrics=trainer_compute_metrics(data.label_names),
+        compute_metrics=trainer_compute_metrics(data.label_names, data.multi_label),
         callbacks=callbacks,
         loss_weights=prepared.loss_weights,
         backbone_lr_multiplier=finetune.backbone_lr_multiplier,
         lr_decay=finetune.lr_decay,
-        sample_weights=(
-            balanced_sample_weights(split_labels(data.splits["train"]), classes)
-            if finetune.sampler == "balanced"
-            else None
-        ),
+        sample_weights=_sample_weights(data) if finetune.sampler == "balanced" else None,
         l2sp_alpha=finetune.l2sp_alpha,
         batch_mixer=batch_mixer(recipe.augment, classes),
         unfreeze=prepared.unfreeze,
@@ -122,6 +126,7 @@ def build_trainer(
         teacher=prepared.teacher,
         distillation=(recipe.signal.distill_weight, recipe.signal.distill_temperature),
         co_tuning=prepared.co_tuning,
+        multi_label=data.multi_label,
     )
 
 
@@ -177,7 +182,7 @@ def _compare_with_probe(
 
     def validate() -> tuple[float, np.ndarray]:
         loop = trainer.evaluation_loop(trainer.get_eval_dataloader(), "Validation", metric_key_prefix="eval")
-        return loop.metrics[metric], np.asarray(loop.predictions).argmax(-1) == np.asarray(loop.label_ids)
+        return loop.metrics[metric], per_image_correct(loop.predictions, loop.label_ids)
 
     return keep_the_better(trainer.model, start, validate, metric.removeprefix("eval_"), greater)
 
@@ -224,12 +229,12 @@ def _run(
     fingerprints = _rank_fingerprints(trainer) if several else None
     flips = recipe.augment.test_time_flips
     final = final_evaluation(trainer, prepared.data, prepared.evaluation, flips)
-    report = final.report
     fits = fit_on_validation(recipe, trainer, prepared.data, prepared.evaluation, flips)
     if trainer.is_world_process_zero():
         extra = {
             "calibration": fits.calibration,
             "unknown_rejection": fits.rejection,
+            "label_thresholds": final.label_thresholds,
             "unfreeze_history": prepared.unfreeze.history if prepared.unfreeze else None,
             "rank_weight_fingerprints": fingerprints,
             "weight_interpolation": interpolation,
@@ -245,7 +250,7 @@ def _run(
             data,
             trainer,
             prepared.data_config,
-            report,
+            final.report,
             evaluated_on,
             train_seconds,
             prepared.probe_history,
@@ -263,4 +268,4 @@ def _run(
         hub = recipe.hub
         push = push_model_dir(output_dir, run.repo_id, hub.private, hub.branch, hub.commit_message)
     evaluated_on = prepared.data.evaluation_split
-    return TrainResult(output_dir, report, evaluated_on, train_seconds, push, trainer.model.eval())
+    return TrainResult(output_dir, final.report, evaluated_on, train_seconds, push, trainer.model.eval())

@@ -77,9 +77,11 @@ class FineTuneTrainer(Trainer):
         teacher: nn.Module | None = None,
         distillation: tuple[float, float] = (0.5, 1.0),
         co_tuning: CoTuning | None = None,
+        multi_label: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.multi_label = multi_label
         if self.pop_callback(ProgressCallback) is not None:  # present unless training.disable_tqdm
             self.add_callback(NamedProgress())
         # Signal beyond the labels (signal section): a teacher's soft labels on the same (mixed) images, and the
@@ -177,18 +179,13 @@ class FineTuneTrainer(Trainer):
             # Mixed in training only, right before the forward pass: evaluation always sees clean images.
             inputs["pixel_values"], inputs["labels"] = self.batch_mixer(inputs["pixel_values"], inputs["labels"])
         labels, pixels = inputs.get("labels"), inputs["pixel_values"]
-        if self.loss_weights is None and not mixing:
+        if self.loss_weights is None and not mixing and not self.multi_label:
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         else:
-            # Class weights or soft (mixed) targets: cross-entropy computed here rather than by the model.
+            # Class weights, soft (mixed) targets or several labels: the loss computed here rather than by the model.
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            weights = (
-                None if self.loss_weights is None else self.loss_weights.to(outputs.logits.device, outputs.logits.dtype)
-            )
-            loss = nn.functional.cross_entropy(
-                outputs.logits, labels, weight=weights, label_smoothing=self.args.label_smoothing_factor
-            )
+            loss = self.supervised_loss(outputs.logits, labels)
         if self.l2sp_anchor and model.training:
             loss = loss + self.l2sp_penalty()
         if self.teacher is not None and model.training:
@@ -197,6 +194,17 @@ class FineTuneTrainer(Trainer):
         if self.co_tuning is not None and model.training:
             loss = loss + self.co_tuning.loss(labels)
         return (loss, outputs) if return_outputs else loss
+
+    def supervised_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the classes (class-weighted, smoothed as the recipe says), or for several labels per
+        image one binary cross-entropy per label, in float32, its positives weighted per label."""
+        if self.multi_label:
+            weights = None if self.loss_weights is None else self.loss_weights.to(logits.device, torch.float32)
+            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weights)
+        weights = None if self.loss_weights is None else self.loss_weights.to(logits.device, logits.dtype)
+        return nn.functional.cross_entropy(
+            logits, labels, weight=weights, label_smoothing=self.args.label_smoothing_factor
+        )
 
     def get_train_dataloader(self) -> DataLoader:
         if isinstance(self.train_dataset, StreamingImages):

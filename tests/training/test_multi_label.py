@@ -1,0 +1,201 @@
+"""Several labels per image: lists or separated cells read as label sets, stratified splits, a sigmoid per label,
+thresholds fitted on the validation split alone, and the same label sets from predict and transformers' pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SETTINGS, overrides
+from sklearn import metrics
+
+from hf_cnn_ft.cli.main import main
+from hf_cnn_ft.config.recipe import build_recipe
+from hf_cnn_ft.config.sections import DataArguments
+from hf_cnn_ft.data.dataset import split_targets
+from hf_cnn_ft.data.loading import load_image_data
+from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.multi_label import decide, fit_thresholds, multi_label_report, sigmoid
+from hf_cnn_ft.evaluation.predict import predict_files
+from hf_cnn_ft.extras.synthetic import CLASSES, make_multi_label_table
+
+
+@pytest.fixture(scope="module")
+def label_table(tmp_path_factory) -> Path:
+    return make_multi_label_table(tmp_path_factory.mktemp("multi_label"), images=240, size=40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def multi_label_run(tmp_path_factory, label_table) -> Path:
+    output_dir = tmp_path_factory.mktemp("multi_label_run") / "run"
+    settings = {**TINY_SETTINGS, "dataset": label_table, "label_separator": ";", "output_dir": output_dir}
+    assert main(["train", *overrides(settings)]) == 0
+    return output_dir
+
+
+def test_a_separated_label_cell_is_read_as_a_label_set_and_every_label_reaches_every_split(label_table):
+    data = load_image_data(DataArguments(dataset=str(label_table), label_separator=";"))
+    assert data.multi_label and data.label_names == sorted(CLASSES)
+    assert isinstance(data.splits["train"].features["label"], datasets.List)
+    table = [row.split(",")[1].split(";") for row in label_table.read_text().splitlines()[1:]]
+    total = sum(len(data.splits[name]) for name in data.splits)
+    assert total == len(table)
+    for name in ("train", "validation", "test"):
+        counts = split_targets(data.splits[name]).sum(0)
+        assert (counts > 0).all(), f"a label is missing from the {name} split"
+    shares = split_targets(data.splits["test"]).sum(0) / np.array(
+        [sum(n in row for row in table) for n in sorted(CLASSES)]
+    )
+    assert np.all(np.abs(shares - 0.1) < 0.06)  # stratified: about data.test_fraction of each label
+
+
+def test_json_lines_lists_and_a_hub_sequence_of_classlabel_are_label_sets_without_being_told(tmp_path, label_table):
+    rows = [line.split(",") for line in label_table.read_text().splitlines()[1:]]
+    jsonl = tmp_path / "labels.jsonl"
+    jsonl.write_text(
+        "".join(json.dumps({"image": str(label_table.parent / p), "tags": t.split(";")}) + "\n" for p, t in rows)
+    )
+    from_lists = load_image_data(DataArguments(dataset=str(jsonl)))
+    assert from_lists.multi_label and from_lists.label_names == sorted(CLASSES)
+    names = sorted(CLASSES)
+    saved = datasets.Dataset.from_dict(
+        {
+            "image": [str(label_table.parent / p) for p, _ in rows],
+            "labels": [[names.index(n) for n in t.split(";")] for _, t in rows],
+        },
+        features=datasets.Features(
+            {"image": datasets.Image(), "labels": datasets.List(datasets.ClassLabel(names=names))}
+        ),
+    )
+    saved.save_to_disk(str(tmp_path / "saved"))
+    from_hub_layout = load_image_data(DataArguments(dataset=str(tmp_path / "saved")))
+    assert from_hub_layout.multi_label and from_hub_layout.label_names == names
+    assert split_targets(from_hub_layout.splits["train"]).sum() > len(from_hub_layout.splits["train"])
+
+
+@pytest.mark.parametrize(
+    ("cells", "settings", "message"),
+    [
+        (['["a", "b"]', "[]"], {}, "row 2 of the train split has an empty label list"),
+        (['["a;b", "c"]', '["c"]'], {"label_separator": ";"}, "the label 'a;b' contains data.label_separator ';'"),
+        (['["a", "b"]', '["c"]'], {"multi_label": False}, "holds lists of labels, but data.multi_label is false"),
+    ],
+)
+def test_bad_label_sets_are_one_line(tmp_path, label_table, cells, settings, message):
+    image = label_table.parent / "0000.png"
+    rows = [f'{{"image": "{image}", "label": {cell}}}' for cell in cells * 3]
+    (tmp_path / "labels.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=message.replace("[", r"\[")) as raised:
+        load_image_data(DataArguments(dataset=str(tmp_path / "labels.jsonl"), **settings))
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"label_separator": ";", "multi_label": False}, "data.label_separator cuts a label cell"),
+        ({"label_separator": ""}, "data.label_separator: '' cuts nothing"),
+        ({"multi_label": True, "unlabeled": "."}, "data.unlabeled / data.labels_per_class"),
+        ({"multi_label": True, "co_tuning_weight": 1.0}, "signal.co_tuning_weight"),
+        ({"label_separator": "|", "metric_for_best_model": "top5_accuracy"}, "top5_accuracy ranks one class"),
+    ],
+)
+def test_settings_a_multi_label_run_cannot_use_are_refused_when_the_recipe_loads(settings, message):
+    with pytest.raises(UserError, match=message):
+        build_recipe({"dataset": "x.csv", "model": "test_resnet", **settings})
+
+
+def test_the_report_agrees_with_scikit_learn_on_random_label_sets_with_a_label_never_present():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((300, 5)) < 0.3).astype(np.float32)
+    targets[:, 3] = 0  # never present
+    logits = rng.normal(0, 2, (300, 5)) + 2 * targets
+    thresholds = [0.3, 0.5, 0.7, 0.5, 0.4]
+    report = multi_label_report(logits, targets, list("abcde"), thresholds)
+    predicted = sigmoid(logits) >= np.array(thresholds)
+    truth = targets > 0.5
+    assert report["f1_macro"] == pytest.approx(metrics.f1_score(truth, predicted, average="macro", zero_division=0))
+    assert report["f1_micro"] == pytest.approx(metrics.f1_score(truth, predicted, average="micro", zero_division=0))
+    assert report["accuracy"] == pytest.approx(metrics.accuracy_score(truth, predicted))
+    assert report["hamming_loss"] == pytest.approx(metrics.hamming_loss(truth, predicted))
+    present = [k for k in range(5) if k != 3]
+    expected_map = np.mean([metrics.average_precision_score(truth[:, k], sigmoid(logits)[:, k]) for k in present])
+    assert report["map"] == pytest.approx(expected_map)
+    assert report["per_class"]["d"]["average_precision"] is None and report["per_class"]["d"]["support"] == 0
+    assert report["per_class"]["c"]["threshold"] == 0.7
+
+
+def test_each_threshold_is_the_one_that_maximises_its_labels_f1():
+    rng = np.random.default_rng(1)
+    targets = (rng.random((400, 2)) < 0.4).astype(np.float32)
+    # Label 0 is scored high even when absent (best threshold high), label 1 low even when present.
+    logits = np.stack([2.5 + 2 * targets[:, 0] + rng.normal(0, 0.3, 400), -2.5 + 2 * targets[:, 1]], axis=1)
+    thresholds = fit_thresholds(logits, targets)
+    assert thresholds[0] > 0.9 and sigmoid(-2.5) < thresholds[1] <= sigmoid(-0.5) < 0.5
+    for label, threshold in enumerate(thresholds):
+        fitted = metrics.f1_score(targets[:, label], sigmoid(logits[:, label]) >= threshold)
+        assert fitted >= metrics.f1_score(targets[:, label], sigmoid(logits[:, label]) >= 0.5)
+
+
+@pytest.mark.slow
+def test_a_multi_label_run_learns_the_label_sets_and_predict_equals_transformers_pipeline(multi_label_run, label_table):
+    from transformers import pipeline
+
+    config = json.loads((multi_label_run / "config.json").read_text())
+    metrics_json = json.loads((multi_label_run / "metrics.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    thresholds = config["label_thresholds"]
+    assert len(thresholds) == 3 and metrics_json["label_thresholds"]["fitted_on"] == "validation"
+    test = metrics_json["test"]
+    assert test["map"] > 0.9 and test["f1_macro"] > 0.8, test  # the sets are learnt, not one label per image
+    assert not (multi_label_run / "confusion_matrix.png").exists()
+    card = (multi_label_run / "README.md").read_text()
+    assert "tags an image with any of 3 labels" in card and "label_thresholds" in card and "type: map" in card
+
+    files = sorted(label_table.parent.glob("*.png"))[:24]
+    predicted = predict_files(multi_label_run, files, top_k=3)
+    classifier = pipeline("image-classification", model=str(multi_label_run))
+    names = [classifier.model.config.id2label[k] for k in range(3)]
+    for prediction, scored in zip(predicted, classifier([str(f) for f in files], top_k=None)):
+        probability = {entry["label"]: entry["score"] for entry in scored}
+        from_pipeline = [name for name, t in zip(names, thresholds) if probability[name] >= t]
+        assert prediction.label_set == from_pipeline
+        assert prediction.answer == ";".join(from_pipeline)
+    assert any(len(p.label_set) > 1 for p in predicted)
+
+
+@pytest.mark.slow
+def test_the_thresholds_come_from_the_validation_split_alone(multi_label_run):
+    from hf_cnn_ft.config.recipe import load_recipe
+    from hf_cnn_ft.data.inputs import pixel_batches
+    from hf_cnn_ft.data.transforms import eval_transform
+    from hf_cnn_ft.share.run_dir import load_run
+
+    recipe = load_recipe(str(multi_label_run / "recipe.yaml"), [])
+    data = load_image_data(recipe.data)
+    model, data_config = load_run(multi_label_run)
+    with torch.inference_mode():
+        logits = torch.cat(
+            [
+                model(pixel_values=b).logits
+                for b in pixel_batches(data.splits["validation"], eval_transform(data_config), 64)
+            ]
+        )
+    refitted = fit_thresholds(logits.numpy(), split_targets(data.splits["validation"]))
+    assert refitted == pytest.approx(json.loads((multi_label_run / "config.json").read_text())["label_thresholds"])
+    chosen = decide(logits.numpy(), refitted)
+    assert chosen.shape == (len(data.splits["validation"]), 3)
+
+
+def test_the_linear_probe_strategy_fits_a_sigmoid_head(tmp_path, label_table):
+    output_dir = tmp_path / "probe"
+    settings = {**TINY_SETTINGS, "dataset": label_table, "multi_label": True, "label_separator": ";"}
+    settings.update({"strategy": "linear_probe", "output_dir": output_dir, "class_weights": "auto"})
+    assert main(["train", *overrides(settings)]) == 0
+    history = json.loads((output_dir / "metrics.json").read_text())["linear_probe_history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert 0 <= history[-1]["eval_f1_macro"] <= 1
