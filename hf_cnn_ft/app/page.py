@@ -34,7 +34,10 @@ def _shown_large(picture: np.ndarray | None) -> np.ndarray | None:
 
 
 def answer_text(answer: Answer) -> str:
-    """The page's one-line answer: the class, or that the image looks like none of them."""
+    """The page's one-line answer: the class, or that the image looks like none of them; of a multi-label model,
+    every label at or above its threshold."""
+    if answer.label_set is not None:
+        return "**" + ", ".join(answer.label_set) + "**" if answer.label_set else "**No label** reaches its threshold"
     if answer.answer == UNKNOWN:
         return (
             f"**Unknown**: this image looks like none of the classes the model was trained on (familiarity "

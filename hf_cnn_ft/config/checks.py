@@ -23,7 +23,7 @@ from hf_cnn_ft.config.checkpoints import (
     last_complete_checkpoint,
     resume_dir,
 )
-from hf_cnn_ft.config.choices import METRIC_NAMES, STRATEGY_PRESETS, StrategyPreset
+from hf_cnn_ft.config.choices import METRIC_NAMES, MULTI_LABEL_METRIC_NAMES, STRATEGY_PRESETS, StrategyPreset
 from hf_cnn_ft.config.keys import owner_of
 from hf_cnn_ft.config.multi_label import check_multi_label
 from hf_cnn_ft.config.paths import check_safe_weights, looks_like_local_path
@@ -249,9 +249,16 @@ def _check_training(values: RecipeValues) -> None:
     training = values.training
     metric = training.get("metric_for_best_model")
     if metric is not None:
+        name = metric.removeprefix("eval_")
         _require(
-            metric.removeprefix("eval_") in (*METRIC_NAMES, "loss"),
-            f"training.metric_for_best_model: {metric!r} is not one of loss, {', '.join(METRIC_NAMES)}",
+            name in (*METRIC_NAMES, *MULTI_LABEL_METRIC_NAMES, "loss"),
+            f"training.metric_for_best_model: {metric!r} is not one of loss, {', '.join(METRIC_NAMES)} (multi-label: "
+            f"{', '.join(MULTI_LABEL_METRIC_NAMES)})",
+        )
+        _require(
+            name not in MULTI_LABEL_METRIC_NAMES or values.data.multi_label or values.data.label_separator,
+            f"training.metric_for_best_model: {metric!r} is a multi-label metric: set data.multi_label: true (or "
+            "data.label_separator), or choose one of " + ", ".join(METRIC_NAMES),
         )
     _require(
         not (training.get("push_to_hub") or training.get("hub_model_id")),

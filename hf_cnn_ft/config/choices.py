@@ -31,6 +31,10 @@ METRIC_NAMES = (
     "top5_accuracy",
 )
 
+# ...and those a multi-label run adds (data.multi_label or data.label_separator in the recipe): mean average
+# precision and micro-F1; `accuracy` there counts an image right when every one of its labels is.
+MULTI_LABEL_METRIC_NAMES = ("map", "f1_micro")
+
 
 @dataclass(frozen=True)
 class StrategyPreset:

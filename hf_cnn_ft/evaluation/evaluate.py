@@ -13,16 +13,23 @@ from datasets import Dataset
 
 from hf_cnn_ft.config.paths import collect_images
 from hf_cnn_ft.config.sections import DataArguments
-from hf_cnn_ft.data.dataset import ImageData, split_labels
+from hf_cnn_ft.data.dataset import ImageData, split_labels, targets_of
 from hf_cnn_ft.data.inputs import view_batches
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, probabilities
 from hf_cnn_ft.evaluation.metrics import classification_report
+from hf_cnn_ft.evaluation.multi_label import multi_label_report
 from hf_cnn_ft.evaluation.predict import file_logits, forward
 from hf_cnn_ft.evaluation.rejection import open_set_report, rejection_of
-from hf_cnn_ft.models.io import familiarity_statistics, folded_temperature_of, label_names_of
+from hf_cnn_ft.models.io import (
+    familiarity_statistics,
+    folded_temperature_of,
+    is_multi_label_model,
+    label_names_of,
+    label_thresholds,
+)
 from hf_cnn_ft.share.run_dir import load_run
 
 ALL_SPLITS = "all"
@@ -86,7 +93,11 @@ def labelled_split(
     else:
         raise UserError(f"split '{split}' not found; use one of: {', '.join(data.splits)}, {ALL_SPLITS}")
     mapping = _label_mapping(data.label_names, model.config.label2id, data_args.dataset or "")
-    return data, dataset, slices, mapping[np.asarray(split_labels(dataset), dtype=np.int64)]
+    labels = split_labels(dataset)
+    if data.multi_label:  # label sets as multi-hot rows over the model's labels
+        sets = [mapping[np.asarray(row, dtype=np.int64)].tolist() for row in labels]
+        return data, dataset, slices, targets_of(sets, model.config.num_labels)
+    return data, dataset, slices, mapping[np.asarray(labels, dtype=np.int64)]
 
 
 def evaluate_model(
@@ -99,9 +110,17 @@ def evaluate_model(
     """Every metric of the model on one split (or all images) of a labelled dataset; with `unknown` (image files or
     folders of classes the model was not trained on), how well its "unknown" answer tells them apart."""
     model, data_config = load_run(model_dir)
+    if unknown and is_multi_label_model(model):
+        raise UserError(
+            "--unknown measures the 'unknown' answer of a single-label model; a multi-label model answers no label "
+            "for an image unlike all of them: remove --unknown"
+        )
     others = collect_images(unknown) if unknown else None  # a wrong path fails before the labelled data loads
     data, dataset, _, references = labelled_split(model, data_args, split)
     scores, features = scores_and_features(model, dataset, eval_transform(data_config), test_time_flips=test_time_flips)
+    if is_multi_label_model(model):
+        report = multi_label_report(scores, references, label_names_of(model), label_thresholds(model))
+        return {**report, "skipped_images": len(data.skipped)}
     if others:
         views = evaluation_views(eval_transform(data_config), test_time_flips)
         _, other_logits, other_features, unreadable = file_logits(model, views, others)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_cnn_ft.config.choices import METRIC_NAMES
+from hf_cnn_ft.config.choices import METRIC_NAMES, MULTI_LABEL_METRIC_NAMES
 from hf_cnn_ft.evaluation.classification_report import ClassificationReport
 from hf_cnn_ft.evaluation.multi_label import trainer_multi_label_metrics
 
@@ -29,7 +29,11 @@ def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 # The scalar figures of a multi-label evaluation: METRIC_NAMES' own (accuracy: every label of an image right), and
 # mean average precision, micro-F1 and the Hamming loss.
-MULTI_LABEL_SCALARS = (*(name for name in METRIC_NAMES if name != "top5_accuracy"), "map", "f1_micro", "hamming_loss")
+MULTI_LABEL_SCALARS = (
+    *(name for name in METRIC_NAMES if name != "top5_accuracy"),
+    *MULTI_LABEL_METRIC_NAMES,
+    "hamming_loss",
+)
 
 
 def trainer_compute_metrics(label_names: list[str], multi_label: bool = False) -> Callable[[Any], dict[str, float]]:
@@ -44,12 +48,3 @@ def trainer_compute_metrics(label_names: list[str], multi_label: bool = False) -
         return scalar_metrics(classification_report(scores, references, label_names))
 
     return compute
-
-
-def per_image_correct(scores: np.ndarray, references: np.ndarray) -> np.ndarray:
-    """Per image, whether the prediction is right: the top class, or of multi-hot references every label at the
-    default threshold (logit 0)."""
-    scores, references = np.asarray(scores), np.asarray(references)
-    if references.ndim == 2:
-        return ((scores > 0) == (references > 0.5)).all(axis=1)
-    return scores.argmax(axis=-1) == references

@@ -9,18 +9,9 @@ from typing import Any
 import numpy as np
 from sklearn import metrics
 
-DEFAULT_THRESHOLD = 0.5  # a label's decision before (or without) a fitted threshold
+from hf_cnn_ft.models.decisions import DEFAULT_THRESHOLD, decide, sigmoid
+
 THRESHOLD_GRID = np.linspace(0.05, 0.95, 19)  # the thresholds a fit chooses from: coarse, as validation is small
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-
-
-def decide(logits: np.ndarray, thresholds: np.ndarray | list[float] | None) -> np.ndarray:
-    """Each image's labels (images x labels, bool): the labels whose probability reaches their threshold."""
-    limits = DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    return sigmoid(logits) >= limits
 
 
 def fit_thresholds(logits: np.ndarray, targets: np.ndarray) -> list[float]:

@@ -17,9 +17,9 @@ from hf_cnn_ft.data.images import open_image
 from hf_cnn_ft.data.inputs import Transform, view_pixel_values
 from hf_cnn_ft.data.transforms import eval_transform, evaluation_views
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.evaluation.multi_label import decide
 from hf_cnn_ft.evaluation.rejection import UNKNOWN, rejection_of
 from hf_cnn_ft.evaluation.views import mean_logits, mean_logits_and_features
+from hf_cnn_ft.models.decisions import decide
 from hf_cnn_ft.models.io import familiarity_statistics, is_multi_label_model, label_thresholds
 from hf_cnn_ft.share.run_dir import load_run
 

@@ -29,7 +29,8 @@ from hf_cnn_ft.data.dataset import ImageData, split_labels, split_targets
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.data.transforms import batch_mixer
-from hf_cnn_ft.evaluation.metrics import per_image_correct, trainer_compute_metrics
+from hf_cnn_ft.evaluation.metrics import trainer_compute_metrics
+from hf_cnn_ft.models.decisions import per_image_correct
 from hf_cnn_ft.share.claim import claim_output_dir
 from hf_cnn_ft.share.push import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
 from hf_cnn_ft.strategies.class_balance import balanced_label_set_weights, balanced_sample_weights

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_SETTINGS, overrides
+from PIL import Image
 from sklearn import metrics
 
 from hf_cnn_ft.cli.main import main
@@ -19,9 +20,11 @@ from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import split_targets
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.evaluation.multi_label import decide, fit_thresholds, multi_label_report, sigmoid
+from hf_cnn_ft.evaluation.multi_label import fit_thresholds, multi_label_report
 from hf_cnn_ft.evaluation.predict import predict_files
 from hf_cnn_ft.extras.synthetic import CLASSES, make_multi_label_table
+from hf_cnn_ft.models.decisions import decide, sigmoid
+from hf_cnn_ft.share.exports.exporting import export_model
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +169,19 @@ def test_a_multi_label_run_learns_the_label_sets_and_predict_equals_transformers
         assert prediction.label_set == from_pipeline
         assert prediction.answer == ";".join(from_pipeline)
     assert any(len(p.label_set) > 1 for p in predicted)
+    from hf_cnn_ft.app.page import answer_text
+
+    assert answer_text(predicted_answer(multi_label_run, files[0])) == "**" + ", ".join(predicted[0].label_set) + "**"
+
+    export = export_model(multi_label_run, format="onnx")
+    from_onnx = predict_files(export.directory, files, top_k=3)
+    assert [p.label_set for p in from_onnx] == [p.label_set for p in predicted]
+
+
+def predicted_answer(run: Path, file: Path):
+    from hf_cnn_ft.app.demo_model import classify, load_demo_model
+
+    return classify(load_demo_model(str(run)), Image.open(file), 3)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from hf_cnn_ft.config.paths import EXPORT_REPORT, PREPROCESSING
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
-from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, UNKNOWN_REJECTION
+from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, LABEL_THRESHOLDS, UNKNOWN_REJECTION
 from hf_cnn_ft.share.exports.formats import ExportFormat, Runner
 from hf_cnn_ft.share.exports.registry import export_format, format_of_file
 
@@ -34,6 +34,8 @@ class ExportedClassifier(nn.Module):
         self.config = PretrainedConfig(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
         setattr(self.config, FOLDED_TEMPERATURE, float(preprocessing.get(FOLDED_TEMPERATURE) or 1.0))
         setattr(self.config, UNKNOWN_REJECTION, preprocessing.get(UNKNOWN_REJECTION))
+        self.config.problem_type = preprocessing.get("problem_type")  # a multi-label model's, with its thresholds
+        setattr(self.config, LABEL_THRESHOLDS, preprocessing.get(LABEL_THRESHOLDS))
 
     def forward(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:
         pixels = pixel_values.float().contiguous().numpy()

@@ -26,13 +26,22 @@ from torch import nn
 
 from hf_cnn_ft.config.paths import EXPORT_REPORT, PREPROCESSING
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, split_labels
+from hf_cnn_ft.data.dataset import IMAGE_COLUMN, LABEL_COLUMN, is_multi_label, split_labels, targets_of
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.anatomy import is_timm_model
-from hf_cnn_ft.models.io import UNKNOWN_REJECTION, folded_temperature_of, label_names_of
+from hf_cnn_ft.models.decisions import per_image_correct
+from hf_cnn_ft.models.io import (
+    LABEL_THRESHOLDS,
+    MULTI_LABEL,
+    UNKNOWN_REJECTION,
+    folded_temperature_of,
+    is_multi_label_model,
+    label_names_of,
+    label_thresholds,
+)
 from hf_cnn_ft.share.atomic import replace_folder, staging_folder_for, write_json
 from hf_cnn_ft.share.exports.exported import is_export
 from hf_cnn_ft.share.exports.failures import converted
@@ -84,6 +93,7 @@ class LogitsOnly(nn.Module):
         self.timm_model = model.timm_model if is_timm_model(model) else None
         self.model = None if self.timm_model is not None else model
         self.label_names = label_names_of(model)
+        self.label_thresholds = label_thresholds(model)  # a multi-label model's; None otherwise
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.timm_model is not None:
@@ -121,7 +131,10 @@ def check_export_options(
 def _pixels(dataset: Dataset, data_config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     transform = eval_transform(data_config)
     pixels = np.concatenate([batch.numpy() for batch in pixel_batches(dataset, transform, batch_size=32)])
-    return pixels.astype(np.float32), np.asarray(split_labels(dataset))
+    labels = split_labels(dataset)
+    if is_multi_label(dataset.features[LABEL_COLUMN]):  # label sets as multi-hot rows
+        return pixels.astype(np.float32), targets_of(labels, dataset.features[LABEL_COLUMN].feature.num_classes)
+    return pixels.astype(np.float32), np.asarray(labels)
 
 
 def _torch_logits(module: nn.Module, pixels: np.ndarray) -> np.ndarray:
@@ -150,8 +163,9 @@ def _check_data(model_dir: Path, images: list[Path] | None) -> tuple[Dataset, Da
     return (train if isinstance(train, Dataset) else data.splits["validation"]), data.splits["validation"]
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(-1) == labels).mean()) if len(labels) else float("nan")
+def _accuracy(logits: np.ndarray, labels: np.ndarray, thresholds: list[float] | None) -> float:
+    """Share of images answered right (of a multi-label model: every label, at its thresholds)."""
+    return float(per_image_correct(logits, labels, thresholds).mean()) if len(labels) else float("nan")
 
 
 def _checked(
@@ -195,6 +209,8 @@ def export_model(
     output = Path(output_dir) if output_dir else model_dir / export.name
     check_export_folder(output)
     model, data_config = load_run(model_dir)
+    if qat_epochs and is_multi_label_model(model):
+        raise UserError("--qat_epochs trains on one class per image; for a multi-label model, leave it out")
     module = LogitsOnly(model).eval()
     calibration_set, check_set = _check_data(model_dir, images)
     pixels, _ = _pixels(check_set.select(range(min(CHECK_IMAGES, len(check_set)))), data_config)
@@ -252,8 +268,9 @@ def _add_int8(
         return
     pixels, labels = _pixels(labelled, data_config)
     runs: dict[str, Runner] = {"export": export.load(result.model_path, None), "int8": export.load(path, None)}
-    result.accuracy = {"torch": _accuracy(_torch_logits(module, pixels), labels)}
-    result.accuracy |= {name: _accuracy(run(pixels), labels) for name, run in runs.items()}
+    thresholds = module.label_thresholds
+    result.accuracy = {"torch": _accuracy(_torch_logits(module, pixels), labels, thresholds)}
+    result.accuracy |= {name: _accuracy(run(pixels), labels, thresholds) for name, run in runs.items()}
     result.validation_images = len(labels)
     max_drop = settings.max_drop
     if max_drop is not None and result.int8_drop > max_drop:
@@ -294,6 +311,12 @@ def _write_sidecars(
             "calibration_temperature_folded": folded_temperature_of(model),
             # Below this score of the logits the answer is "unknown" (evaluation/rejection.py); null: never.
             UNKNOWN_REJECTION: getattr(model.config, UNKNOWN_REJECTION, None),
+            # Several labels per image: sigmoid(logits), each label present at or above its threshold.
+            **(
+                {"problem_type": MULTI_LABEL, LABEL_THRESHOLDS: label_thresholds(model)}
+                if is_multi_label_model(model)
+                else {}
+            ),
         },
     )
     if (model_dir / "recipe.yaml").is_file():  # `evaluate EXPORT` reads the run's own test split
