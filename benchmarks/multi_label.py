@@ -25,7 +25,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 from common import record  # benchmarks/ is on the path as a script
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from hf_cnn_ft.config.recipe import load_recipe
@@ -33,6 +32,7 @@ from hf_cnn_ft.data.dataset import split_targets
 from hf_cnn_ft.data.transforms import eval_transform
 from hf_cnn_ft.evaluation.intervals import mean_interval, paired_difference
 from hf_cnn_ft.evaluation.multi_label import fit_thresholds, multi_label_report
+from hf_cnn_ft.extras.mosaics import mosaic_splits, photos_by_folder
 from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.strategies.probe import pooled_features
 from hf_cnn_ft.training.machine import prepare_cpu_process
@@ -40,62 +40,13 @@ from hf_cnn_ft.training.train import train
 
 RECIPE = Path("recipes/food-mosaics-multilabel-efficientnet-lite0.yaml")
 FOOD = Path("data/food")
-TILE = 112
-SHARES = {"train": 0.6, "validation": 0.15, "test": 0.25}
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 
 
-def photos_by_group(food: Path) -> dict[str, list[Path]]:
-    groups: dict[str, list[Path]] = {}
-    for photo in sorted(food.glob("*/*/*")):
-        groups.setdefault(photo.parent.name, []).append(photo)
-    return groups
-
-
-def split_photos(groups: dict[str, list[Path]], seed: int) -> dict[str, dict[str, list[Path]]]:
-    """Each group's photos cut into train / validation / test, with `seed`."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, dict[str, list[Path]]] = {split: {} for split in SHARES}
-    for group, photos in groups.items():
-        order = [photos[i] for i in rng.permutation(len(photos))]
-        cut_train = round(len(order) * SHARES["train"])
-        cut_validation = cut_train + round(len(order) * SHARES["validation"])
-        parts["train"][group] = order[:cut_train]
-        parts["validation"][group] = order[cut_train:cut_validation]
-        parts["test"][group] = order[cut_validation:]
-    return parts
-
-
-def mosaic(photos: dict[str, list[Path]], rng: np.random.Generator) -> tuple[Image.Image, list[str]]:
-    """Four tiles from one to three groups (each chosen group at least once), in a random order."""
-    names = sorted(photos)
-    chosen = list(rng.choice(names, size=int(rng.integers(1, 4)), replace=False))
-    tiles = chosen + list(rng.choice(chosen, size=4 - len(chosen)))
-    rng.shuffle(tiles)
-    canvas = Image.new("RGB", (2 * TILE, 2 * TILE))
-    for position, group in enumerate(tiles):
-        photo = photos[group][int(rng.integers(len(photos[group])))]
-        tile = Image.open(photo).convert("RGB").resize((TILE, TILE), Image.BILINEAR)
-        canvas.paste(tile, ((position % 2) * TILE, (position // 2) * TILE))
-    return canvas, sorted(chosen)
-
-
-def mosaic_dataset(groups: dict[str, list[Path]], seed: int, count: int, root: Path) -> Path:
+def mosaic_dataset(photos: dict[str, list[Path]], seed: int, count: int, root: Path) -> Path:
     """The mosaics of one resampled split, saved as a dataset with its three splits."""
-    rng = np.random.default_rng(1000 + seed)
-    names = sorted(groups)
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.List(datasets.ClassLabel(names=names))})
-    splits = {}
-    for split, photos in split_photos(groups, seed).items():
-        n = count if split == "train" else max(20, count // 4)
-        made = [mosaic(photos, rng) for _ in range(n)]
-        rows = {
-            "image": [image for image, _ in made],
-            "label": [[names.index(g) for g in chosen] for _, chosen in made],
-        }
-        splits[split] = datasets.Dataset.from_dict(rows, features=features)
     folder = root / f"mosaics-{seed}"
-    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    mosaic_splits(photos, seed, count).save_to_disk(str(folder))
     return folder
 
 
@@ -123,7 +74,7 @@ def probe_baseline(folder: Path, out: Path) -> dict[str, float]:
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, list[dict[str, float]]]:
-    groups = photos_by_group(FOOD)
+    groups = photos_by_folder(FOOD)
     found: dict[str, list[dict[str, float]]] = {"recipe": [], "probe": []}
     for seed in range(args.splits):
         folder = mosaic_dataset(groups, seed, args.mosaics, root)

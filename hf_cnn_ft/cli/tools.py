@@ -116,7 +116,7 @@ def _app(options: argparse.Namespace) -> int:
 def add_tool_verbs(verbs: argparse._SubParsersAction) -> None:
     """Helpers: offline data and weights, model inspection, the demo."""
     data = verbs.add_parser("data", help="fetch a real offline dataset into data/ with fixed splits")
-    data.add_argument("name", help="food, food-fine, elpv, elpv4 or fashion-mnist")
+    data.add_argument("name", help="food, food-mosaics, food-fine, elpv, elpv4 or fashion-mnist")
     data.add_argument("--root", default="data")
 
     weights = verbs.add_parser(

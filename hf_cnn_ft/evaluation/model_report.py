@@ -31,8 +31,9 @@ from hf_cnn_ft.evaluation.error_analysis import (
 )
 from hf_cnn_ft.evaluation.evaluate import labelled_split, predict_scores
 from hf_cnn_ft.evaluation.gradcam import grad_cam_views
+from hf_cnn_ft.evaluation.label_set_report import label_set_findings, tile_caption
 from hf_cnn_ft.evaluation.report_plots import Tile, plot_reliability, plot_tiles
-from hf_cnn_ft.models.io import folded_temperature_of, label_names_of
+from hf_cnn_ft.models.io import folded_temperature_of, is_multi_label_model, label_names_of, label_thresholds
 from hf_cnn_ft.share.run_dir import add_to_run, load_run
 
 REPORT_FILE = "report.json"
@@ -40,7 +41,8 @@ REPORT_FILE = "report.json"
 
 @dataclass
 class ReportData:
-    """One split to report on: its images, their labels as the model's class indices, optional slices."""
+    """One split to report on: its images, their labels as the model's class indices (of a multi-label model,
+    multi-hot rows), optional slices."""
 
     dataset: Dataset
     labels: np.ndarray
@@ -94,6 +96,8 @@ def write_report(
     names = label_names_of(model)
     if logits is None:
         logits = predict_scores(model, data.dataset, eval_transform(data_config), test_time_flips=test_time_flips)
+    if is_multi_label_model(model):
+        return _write_label_set_report(model, data_config, data, settings, folder, logits)
     temperature = folded_temperature_of(model)  # the logits are calibrated; `logits * T` are as trained
     probs = probabilities(logits)
     predictions, labels = probs.argmax(axis=1), data.labels
@@ -129,6 +133,32 @@ def write_report(
             plot_tiles(tiles, folder / name, title)
             pictures.append(name)
     report["pictures"] = pictures
+    (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _write_label_set_report(
+    model: torch.nn.Module,
+    data_config: DataConfig,
+    data: ReportData,
+    settings: ReportArguments,
+    folder: Path,
+    logits: np.ndarray,
+) -> dict[str, Any]:
+    """A multi-label model's report (data.labels: multi-hot rows): each label's worst decisions with the
+    Grad-CAM of that label, and every image's true and decided labels."""
+    names = label_names_of(model)
+    found = label_set_findings(logits, data.labels, names, label_thresholds(model), settings.top_losses)
+    report: dict[str, Any] = {"split": data.split, "num_samples": len(data.labels), "multi_label": True, **found}
+    folder.mkdir(parents=True, exist_ok=True)
+    worst = found["top_losses"]
+    indices, targets = [e["index"] for e in worst], [names.index(e["label"]) for e in worst]
+    tiles = _tiles(model, data_config, data, indices, [tile_caption(e) for e in worst], targets)
+    report["pictures"] = []
+    if tiles:
+        title = f"{data.split} images: each label's most confidently wrong decisions, with that label's Grad-CAM"
+        plot_tiles(tiles, folder / "top_losses.png", title)
+        report["pictures"].append("top_losses.png")
     (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 

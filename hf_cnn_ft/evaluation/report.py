@@ -42,7 +42,14 @@ def format_open_set(found: dict[str, Any]) -> list[str]:
 
 
 def format_run_report(report: dict[str, Any]) -> str:
-    """Calibration, the most confused pairs and the worst slice of a report (`hf-cnn-ft report`)."""
+    """Calibration, the most confused pairs and the worst slice of a report (`hf-cnn-ft report`); of a multi-label
+    report, each label's worst decisions."""
+    if report.get("multi_label"):
+        lines = [f"{report['split']} split, {report['num_samples']} images; the most confidently wrong decisions:"]
+        for e in report["top_losses"][:10]:
+            what = "missed" if e["has_label"] else "wrongly given"
+            lines.append(f"  image {e['index']}: {e['label']} {what} (probability {e['probability']:.2f})")
+        return "\n".join(lines)
     calibration = report["calibration"]
     ece = f"  expected calibration error {calibration['ece']:.4f}"
     if calibration["ece_scaled"] is not None:

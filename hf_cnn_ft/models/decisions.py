@@ -29,3 +29,15 @@ def per_image_correct(
     if references.ndim == 2:
         return (decide(logits, thresholds) == (references > 0.5)).all(axis=1)
     return logits.argmax(axis=-1) == references
+
+
+def decision_correctness(
+    logits: np.ndarray, references: np.ndarray, thresholds: Sequence[float] | None = None
+) -> np.ndarray:
+    """Each decision's correctness, flat: one per image (its top class), or of multi-hot references one per image
+    and label. What a paired comparison of two models counts: judging a label set only as a whole (all right or
+    not) throws away most of what its decisions say."""
+    references = np.asarray(references)
+    if references.ndim == 2:
+        return (decide(logits, thresholds) == (references > 0.5)).ravel()
+    return per_image_correct(logits, references)

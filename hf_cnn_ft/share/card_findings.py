@@ -87,6 +87,8 @@ def report_text(report: dict[str, Any] | None) -> str:
     """The report's findings: most confused pairs, calibration, slices, and its pictures."""
     if not report:
         return ""
+    if report.get("multi_label"):
+        return _label_set_report_text(report)
     pairs = "\n".join(
         f"| {p['true']} | {p['predicted']} | {p['count']} | {p['rate']:.2f} |" for p in report["most_confused"][:8]
     )
@@ -102,6 +104,23 @@ On the {report["split"]} split ({report["num_samples"]} images; `report.json` li
 {_calibration_text(report["calibration"])}
 
 {confused}{_slices_text(report.get("slices"))}
+{pictures}"""
+
+
+def _label_set_report_text(report: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {e['label']} | {'missed' if e['has_label'] else 'wrongly given'} | {e['probability']:.2f} "
+        f"| {e['loss']:.2f} |"
+        for e in report["top_losses"][:12]
+    )
+    table = f"| label | decision | probability | loss |\n|---|---|---|---|\n{rows}\n" if rows else ""
+    pictures = "\n".join(f"![{REPORT_PICTURES[n]}]({n})\n" for n in report["pictures"] if n in REPORT_PICTURES)
+    return f"""## What the model gets wrong
+
+On the {report["split"]} split ({report["num_samples"]} images; `report.json` lists every image's labels, decided
+labels and loss). Each label's most confidently wrong decisions:
+
+{table}
 {pictures}"""
 
 

@@ -32,7 +32,14 @@ from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.data_config import DataConfig
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.build import build_model
-from hf_cnn_ft.models.io import FOLDED_TEMPERATURE, attach_familiarity, fold_temperature, load_model, save_model
+from hf_cnn_ft.models.io import (
+    FOLDED_TEMPERATURE,
+    attach_familiarity,
+    fold_temperature,
+    load_model,
+    save_model,
+    set_label_thresholds,
+)
 from hf_cnn_ft.models.precision import set_run_precision
 from hf_cnn_ft.share.card import write_model_card
 from hf_cnn_ft.share.exports.exported import is_export, load_export
@@ -93,7 +100,7 @@ def load_adapter_dir(directory: str | Path) -> tuple[PeftModel, DataConfig]:
             f"{directory} holds an adapter but no recipe.yaml/{COMPLETION_MARKER} to rebuild its base model from"
         )
     recipe, summary = load_recipe(recipe_path), read_summary(directory)
-    base, _ = build_model(recipe.model, summary.label_names)
+    base, _ = build_model(recipe.model, summary.label_names, multi_label=summary.label_thresholds is not None)
     data_config = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in summary.preprocessing.items()})
     try:
         model = PeftModel.from_pretrained(base, directory)
@@ -111,7 +118,7 @@ def merge_adapter_dir(directory: str | Path, output: str | Path) -> Path:
         raise UserError(f"{output} already exists and is not empty: choose a new directory for the merged model")
     model, data_config = load_adapter_dir(directory)
     merged = model.merge_and_unload()
-    _restore_temperature(merged, directory)
+    _restore_fits(merged, directory)
     output.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         save_model(merged, data_config, output)
@@ -136,10 +143,14 @@ def add_to_run(output_dir: Path, key: str, finding: dict[str, Any]) -> None:
     write_summary(output_dir, summary)
 
 
-def _restore_temperature(merged: PreTrainedModel, adapter_dir: Path) -> None:
-    """An adapter directory has no model config: the temperature its head was divided by lives in the run's
-    summary (the head itself, saved with the adapter, is already calibrated)."""
-    calibration = read_summary(adapter_dir).calibration or {}
+def _restore_fits(merged: PreTrainedModel, adapter_dir: Path) -> None:
+    """An adapter directory has no model config: what was fitted on validation when the run ended lives in the
+    run's summary: the temperature its head was divided by (the head itself, saved with the adapter, is already
+    calibrated), and a multi-label run's thresholds."""
+    summary = read_summary(adapter_dir)
+    if summary.label_thresholds:
+        set_label_thresholds(merged, list(summary.label_thresholds["thresholds"].values()))
+    calibration = summary.calibration or {}
     if calibration.get("folded_into_head"):
         setattr(merged.config, FOLDED_TEMPERATURE, calibration["temperature"])
     elif calibration.get("temperature", 1.0) != 1.0:  # an earlier version's run: fold it now
@@ -154,7 +165,7 @@ def load_run(directory: str | Path) -> tuple[PreTrainedModel, DataConfig]:
     if is_adapter_dir(directory):
         adapted, data_config = load_adapter_dir(directory)
         model = adapted.merge_and_unload().eval()
-        _restore_temperature(model, Path(directory))
+        _restore_fits(model, Path(directory))
         attach_familiarity(model, directory)
     else:
         model, data_config = load_model(directory)

@@ -105,8 +105,9 @@ def keep_the_better(
     """The probed start as a candidate of the end: leaves in `model` the fine-tuned weights only if they score
     better than the probed start on validation by more than the noise of the comparison, and says which it kept.
 
-    `validate` gives the metric and each validation image's correctness. The noise is the standard error of the
-    paired per-image difference in correctness: on a validation split of a few dozen images a 2-point gain is
+    `validate` gives the metric and the correctness of each validation decision (an image's class, or of a
+    multi-label model each of its labels). The noise is the standard error of the paired per-decision difference
+    in correctness: on a validation split of a few dozen images a 2-point gain is
     one or two images, which a different split would as likely reverse (benchmarks/RESULTS.md, issue 19); the
     probed model, the simpler one, is kept unless the fine-tuned one is clearly better.
     """
@@ -126,7 +127,8 @@ def keep_the_better(
         model.load_state_dict(start)
         logger.warning(
             "fine-tuning did not clearly beat the linear probe on validation (%s %.4f vs %.4f; accuracy %+.4f ± "
-            "%.4f over %d images): keeping the probed model (finetune.probe_candidate: false keeps the fine-tuned one)",
+            "%.4f over %d decisions): keeping the probed model (finetune.probe_candidate: false keeps the fine-tuned "
+            "one)",
             metric,
             fine_tuned,
             probe,

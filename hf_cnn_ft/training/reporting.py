@@ -16,7 +16,7 @@ from transformers import Trainer
 
 from hf_cnn_ft.config.recipe import Recipe
 from hf_cnn_ft.data.data_config import DataConfig
-from hf_cnn_ft.data.dataset import ImageData, split_labels
+from hf_cnn_ft.data.dataset import ImageData, split_labels, split_targets
 from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.transforms import evaluation_views
 from hf_cnn_ft.evaluation.calibration import expected_calibration_error, fit_temperature, probabilities
@@ -202,12 +202,10 @@ def report_finished_run(
     `logits`. A failure is a warning: the run's results are already written and stay as they are."""
     if not recipe.report.report_at_end:
         return
-    if data.multi_label:
-        logger.info("multi-label: the report (top losses, Grad-CAM, calibration) is written for single-label runs only")
-        return
     split = data.evaluation_split
     slices = data.slices[split] if data.slices else None
-    report_data = ReportData(data.splits[split], np.asarray(split_labels(data.splits[split])), split, slices)
+    labels = split_targets(data.splits[split]) if data.multi_label else np.asarray(split_labels(data.splits[split]))
+    report_data = ReportData(data.splits[split], labels, split, slices)
     try:
         model = set_run_precision(model.eval(), recipe.training.precision)
         flips = recipe.augment.test_time_flips

