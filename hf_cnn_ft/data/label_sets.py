@@ -2,7 +2,7 @@
 
 The labels come as lists (a JSON lines list, a Hub sequence of ClassLabel) or as one text cell cut by
 `data.label_separator`; either way the loaded splits hold them as a list of ClassLabel indices, and the model
-sees a multi-hot row (`label_targets`)."""
+sees a multi-hot row (data/dataset.py `targets_of`)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,6 @@ from hf_cnn_ft.data.dataset import LABEL_COLUMN, is_multi_label
 from hf_cnn_ft.errors import UserError, shown
 
 logger = logging.getLogger(__name__)
-
-
-def _element(feature: Any) -> Any:
-    return feature.feature
 
 
 def settle_multi_label(raw: DatasetDict, data_args: DataArguments) -> tuple[DatasetDict, bool]:
@@ -44,7 +40,7 @@ def settle_multi_label(raw: DatasetDict, data_args: DataArguments) -> tuple[Data
     else:
         lists = DatasetDict({name: _as_lists(split, separator, name) for name, split in raw.items()})
     _refuse_empty_lists(lists, source)
-    how = "data.multi_label" if data_args.multi_label else "inferred from the label column"
+    how = "data.multi_label" if data_args.multi_label else "data.label_separator" if separator else "inferred: lists"
     logger.info("multi-label: several labels per image, one sigmoid and one threshold per label (%s)", how)
     return lists, True
 
@@ -72,7 +68,7 @@ def _as_lists(split: datasets.Dataset, separator: str | None, name: str) -> data
 def _refuse_separator_in_names(raw: DatasetDict, feature: Any, separator: str | None, source: str) -> None:
     if separator is None:
         return
-    element = _element(feature)
+    element = feature.feature
     names = element.names if isinstance(element, ClassLabel) else _distinct(raw)
     clashing = [name for name in names if separator in str(name)]
     if clashing:
@@ -103,7 +99,7 @@ def _refuse_empty_lists(lists: DatasetDict, source: str) -> None:
 def encode_label_sets(lists: DatasetDict) -> tuple[DatasetDict, list[str]]:
     """Makes the label column a list of one ClassLabel shared by all splits; returns the label names. Rows
     without labels (a blank cell) are skipped and counted."""
-    element = _element(next(iter(lists.values())).features[LABEL_COLUMN])
+    element = next(iter(lists.values())).features[LABEL_COLUMN].feature
     if isinstance(element, ClassLabel):
         return lists, list(element.names)
     values = _distinct(lists)

@@ -22,6 +22,8 @@ from hf_cnn_ft.config.sections import DataArguments
 from hf_cnn_ft.data.dataset import (
     IMAGE_COLUMN,
     IMAGE_COLUMN_CANDIDATES,
+    LABEL_COLUMN,
+    is_multi_label,
     normalise_columns,
     pick_column,
     split_labels,
@@ -77,6 +79,11 @@ def keep_labels_per_class(train: Dataset, per_class: int, seed: int) -> tuple[Da
 def unlabeled_pool(data_args: DataArguments, splits: DatasetDict) -> tuple[DatasetDict, Dataset | None]:
     """The splits (their training split cut to data.labels_per_class) and the unlabeled pool, if any."""
     parts: list[Dataset] = []
+    if (data_args.labels_per_class or data_args.unlabeled) and is_multi_label(splits["train"].features[LABEL_COLUMN]):
+        raise UserError(
+            f"{data_args.dataset}: the label column holds several labels per image, and learning from unlabeled "
+            "images pseudo-labels one class per image: remove data.unlabeled / data.labels_per_class"
+        )
     if data_args.labels_per_class:
         train, rest = keep_labels_per_class(splits["train"], data_args.labels_per_class, data_args.split_seed)
         logger.info(

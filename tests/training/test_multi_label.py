@@ -87,6 +87,7 @@ def test_json_lines_lists_and_a_hub_sequence_of_classlabel_are_label_sets_withou
         (['["a", "b"]', "[]"], {}, "row 2 of the train split has an empty label list"),
         (['["a;b", "c"]', '["c"]'], {"label_separator": ";"}, "the label 'a;b' contains data.label_separator ';'"),
         (['["a", "b"]', '["c"]'], {"multi_label": False}, "holds lists of labels, but data.multi_label is false"),
+        (['["a", "b"]', '["c"]'], {"labels_per_class": 2}, "pseudo-labels one class per image"),
     ],
 )
 def test_bad_label_sets_are_one_line(tmp_path, label_table, cells, settings, message):
