@@ -26,6 +26,7 @@ from hf_cnn_ft.config.sections import FinetuneArguments
 from hf_cnn_ft.data.dataset import LABEL_COLUMN, is_multi_label, split_labels, split_targets
 from hf_cnn_ft.data.inputs import pixel_batches
 from hf_cnn_ft.models.anatomy import backbone_of, head_linear
+from hf_cnn_ft.models.decisions import per_image_correct
 from hf_cnn_ft.models.precision import autocast
 from hf_cnn_ft.strategies.shared_features import shared_or_computed
 
@@ -125,13 +126,6 @@ def supervised_loss(loss_weights: torch.Tensor | None, multi_label: bool) -> nn.
     return nn.BCEWithLogitsLoss(pos_weight=loss_weights) if multi_label else nn.CrossEntropyLoss(weight=loss_weights)
 
 
-def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per image, whether the prediction is right: the top class, or of several labels every one of them."""
-    if labels.is_floating_point():
-        return ((logits > 0) == (labels > 0.5)).all(1)
-    return logits.argmax(1) == labels
-
-
 class BackboneFeatures:
     """Features computed by running the frozen backbone on demand: the uncached reference path.
 
@@ -218,7 +212,7 @@ def fit_on_cache(
             with torch.no_grad():
                 logits = (hooks.validation_logits or forward)(validation[0])
             entry["eval_loss"] = float(loss_fn(logits, validation[1]))
-            entry["eval_accuracy"] = float(correct(logits, validation[1]).float().mean())
+            entry["eval_accuracy"] = float(per_image_correct(logits.numpy(), validation[1].numpy()).mean())
             if hooks.macro_f1 is not None:
                 predicted = (logits > 0).float() if validation[1].is_floating_point() else logits.argmax(1)
                 entry["eval_f1_macro"] = hooks.macro_f1(validation[1].numpy(), predicted.numpy(), logits.shape[1])
