@@ -69,8 +69,10 @@ class RunFolder:
             handle.close()
         self.locks.clear()
         for folder in reversed(self.created):  # a run refused before it wrote anything leaves nothing
-            if folder.is_dir() and not any(folder.iterdir()):
+            try:
                 folder.rmdir()
+            except OSError:  # not empty (another run may be writing beside it), or gone already
+                pass
 
 
 def _holder() -> str:

@@ -191,6 +191,12 @@ def test_pruning_stops_trials_that_cannot_learn(tmp_path, shapes_dir):
     learning = [row["state"] for row in rows if float(row["head_learning_rate"]) > 1e-6]
     assert "pruned" in stuck, rows
     assert "pruned" not in learning and "complete" in learning
+    for row in rows:  # a trial stopped before its run wrote anything still has its folder, saying why
+        pruned = out / "trials" / f"trial-{int(row['trial']):04d}" / "pruned.json"
+        assert pruned.is_file() == (row["state"] == "pruned"), row
+        if row["state"] == "pruned":
+            note = json.loads(pruned.read_text())
+            assert note["reason"].startswith("validation accuracy") and note["values"]["head_learning_rate"] < 1e-6
 
 
 @pytest.mark.parametrize(

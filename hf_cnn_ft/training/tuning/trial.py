@@ -7,6 +7,7 @@ study, and a trial the pruner stops ends at once. With a launcher (`accelerate l
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import statistics
@@ -27,7 +28,7 @@ from hf_cnn_ft.training.tuning.search_space import sectioned_yaml, suggest, tria
 from hf_cnn_ft.training.tuning.study import SCORES, START, START_VALUES, VALUES
 
 TRIALS_DIR = "trials"
-TRIAL_RECIPE = "trial_recipe.yaml"
+PRUNED_FILE = "pruned.json"  # in the folder of a trial the pruner stopped: why, and the values it tried
 
 
 class ValidationReporter(TrainerCallback):
@@ -77,13 +78,18 @@ class TrialRunner:
             crossed = {"folds": self.folds, "fold": fold} if self.folds > 1 else {}
             try:
                 scores.append(self._score(trial, {**trial_settings(self.settings, values, where), **crossed}, where))
+            except optuna.TrialPruned as pruned:
+                _keep_pruned(directory, str(pruned), values)
+                raise
             finally:
                 _drop_weights(where)
             trial.set_user_attr(SCORES, scores)
             if self.folds > 1:  # pruned on the running mean of the folds, numbered by fold
                 trial.report(statistics.fmean(scores), fold)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"mean validation {self.metric} {statistics.fmean(scores):.4f}")
+                    reason = f"mean validation {self.metric} {statistics.fmean(scores):.4f}"
+                    _keep_pruned(directory, reason, values)
+                    raise optuna.TrialPruned(reason)
         return statistics.fmean(scores)
 
     def _score(self, trial: optuna.Trial, settings: dict[str, Any], directory: Path) -> float:
@@ -109,6 +115,12 @@ class TrialRunner:
             last = log_path.read_text().strip().splitlines()[-1:] or [""]
             raise RuntimeError(f"`{shlex.join(command)}` exited with {finished.returncode}: {last[0]}")
         return float(read_summary(directory).evaluation[self.metric])
+
+
+def _keep_pruned(directory: Path, reason: str, values: dict[str, Any]) -> None:
+    """A trial stopped before its run wrote anything still has its folder, saying why it stopped."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / PRUNED_FILE).write_text(json.dumps({"reason": reason, "values": values}, indent=2) + "\n")
 
 
 def _drop_weights(directory: Path) -> None:
