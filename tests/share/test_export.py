@@ -164,6 +164,7 @@ def test_evaluate_on_an_export_reads_the_runs_test_split_with_the_runtime(traine
     assert accuracy["torch"] == pytest.approx(metrics["best_validation"]["accuracy"])
     assert accuracy["export"] == pytest.approx(accuracy["torch"]) and 0.0 <= accuracy["int8"] <= 1.0
     assert report["int8_drop_points"] == pytest.approx(100 * (accuracy["export"] - accuracy["int8"]), abs=0.01)
+    assert report["calibration_images"] == metrics["split_sizes"]["train"]  # a small training split: all of it
 
     results = {}
     for name, source in {"run": trained_run, "export": folder, "int8": folder / "model.int8.xml"}.items():
