@@ -97,10 +97,11 @@ def _compare(options: argparse.Namespace, extra: list[str]) -> int:
     output_dir = Path(recipe.training.output_dir)
     splits = list(range(options.splits)) if options.splits > 0 else None
     candidates = compare_models(recipe, models, seeds, output_dir, splits)
-    print(f"\n{'model':<32} {'accuracy':>8} {'macro-F1':>8} {'train s':>8}")
+    score = next((c.metric for c in candidates if c.ok), "accuracy")
+    print(f"\n{'model':<32} {score:>8} {'macro-F1':>8} {'train s':>8}")
     for c in ranked(candidates):
         if c.ok:
-            print(f"{c.model:<32} {fmean(c.accuracy):8.4f} {fmean(c.f1_macro):8.4f} {fmean(c.train_seconds):8.1f}")
+            print(f"{c.model:<32} {fmean(c.scores):8.4f} {fmean(c.f1_macro):8.4f} {fmean(c.train_seconds):8.1f}")
         else:
             print(f"{c.model:<32} failed: {c.error}")
     print(f"\nleaderboard: {output_dir / 'leaderboard.md'} (.csv, .png)")

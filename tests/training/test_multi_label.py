@@ -3,6 +3,7 @@ thresholds fitted on the validation split alone, and the same label sets from pr
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -275,3 +276,18 @@ def test_a_paired_comparison_counts_each_label_decision_not_whole_label_sets():
     assert decision_correctness(logits, targets).tolist() == [True, False, True, True, True, True]
     assert per_image_correct(logits, targets).tolist() == [False, True]
     assert decision_correctness(logits, np.array([0, 1])).tolist() == [True, True]  # single-label: per image
+
+
+@pytest.mark.slow
+def test_compare_ranks_label_set_runs_on_map_not_subset_accuracy(tmp_path, label_table):
+    out = tmp_path / "compare"
+    settings = {**TINY_SETTINGS, "num_train_epochs": 1, "dataset": label_table, "label_separator": ";"}
+    assert (
+        main(["compare", *overrides({**settings, "output_dir": out}), "--models", "test_resnet", "--splits", "0"]) == 0
+    )
+
+    with (out / "leaderboard.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    saved = json.loads((out / "test_resnet" / "seed42" / "metrics.json").read_text())["test"]
+    assert float(row["map_mean"]) == pytest.approx(saved["map"], abs=1e-4) and "accuracy_mean" not in row
+    assert "| test mAP |" in (out / "leaderboard.md").read_text()
