@@ -34,6 +34,7 @@ from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.models.build import build_model
 from hf_cnn_ft.models.io import (
     FOLDED_TEMPERATURE,
+    UNKNOWN_REJECTION,
     attach_familiarity,
     fold_temperature,
     load_model,
@@ -146,10 +147,13 @@ def add_to_run(output_dir: Path, key: str, finding: dict[str, Any]) -> None:
 def _restore_fits(merged: PreTrainedModel, adapter_dir: Path) -> None:
     """An adapter directory has no model config: what was fitted on validation when the run ended lives in the
     run's summary: the temperature its head was divided by (the head itself, saved with the adapter, is already
-    calibrated), and a multi-label run's thresholds."""
+    calibrated), a multi-label run's thresholds, and the "unknown" threshold."""
     summary = read_summary(adapter_dir)
     if summary.label_thresholds:
         set_label_thresholds(merged, list(summary.label_thresholds["thresholds"].values()))
+    rejection = dict(summary.unknown_rejection or {})
+    if rejection.pop("fitted", False):
+        setattr(merged.config, UNKNOWN_REJECTION, rejection)
     calibration = summary.calibration or {}
     if calibration.get("folded_into_head"):
         setattr(merged.config, FOLDED_TEMPERATURE, calibration["temperature"])

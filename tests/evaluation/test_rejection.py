@@ -24,8 +24,10 @@ from hf_cnn_ft.evaluation.rejection import (
     max_softmax,
     negative_energy,
     open_set_report,
+    rejection_of,
 )
 from hf_cnn_ft.extras.synthetic import make_shapes_folder
+from hf_cnn_ft.share.run_dir import load_run
 
 
 def test_the_threshold_turns_away_the_asked_share_of_correct_validation_images():
@@ -139,3 +141,23 @@ def test_images_of_a_never_trained_class_are_answered_unknown_more_often_than_kn
     assert open_set["unknown_images"] == len(others) and open_set["threshold"] == fitted["threshold"]
     assert open_set["false_acceptance_rate"] == pytest.approx(1 - answers.count("unknown") / len(answers))
     assert open_set["auroc_of_score"] > 0.75
+
+
+@pytest.mark.slow
+def test_an_adapter_runs_unknown_threshold_holds_when_it_is_loaded_and_when_it_is_merged(tmp_path):
+    known = make_shapes_folder(tmp_path / "known", per_class=60, size=40)
+    base, out, merged = tmp_path / "base", tmp_path / "run", tmp_path / "merged"
+    settings = {**TINY_SETTINGS, "dataset": known, "validation_fraction": 0.3}
+    assert main(["train", *overrides({**settings, "output_dir": base})]) == 0  # weights for the adapter to adapt
+    adapter = {"model": base, "pretrained": True, "peft_method": "lora", "lora_rank": 4, "output_dir": out}
+    assert main(["train", *overrides({**settings, **adapter})]) == 0
+    fitted = json.loads((out / "metrics.json").read_text())["unknown_rejection"]
+    assert fitted["fitted"] and fitted["score"] in ("energy", "msp")  # a feature score needs the plain model
+
+    assert main(["merge", str(out), str(merged)]) == 0
+    for source in (out, merged):  # an adapter folder keeps no model config: the threshold comes from metrics.json
+        rejection = rejection_of(load_run(source)[0])
+        assert rejection is not None and (rejection.score, rejection.threshold) == (
+            fitted["score"],
+            fitted["threshold"],
+        )
