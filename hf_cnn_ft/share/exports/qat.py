@@ -48,17 +48,33 @@ def quantization_aware_fine_tune(pixels: np.ndarray, labels: np.ndarray, epochs:
 
 
 def pt2e_int8(
-    module: nn.Module, example: torch.Tensor, quantizer, calibration: np.ndarray, fold: bool = True
+    module: nn.Module,
+    example: torch.Tensor,
+    quantizer,
+    calibration: np.ndarray,
+    fold: bool = True,
+    fine_tune: FineTune | None = None,
 ) -> nn.Module:
-    """PyTorch's PT2E int8 after training, with a runtime's quantizer: the exported graph (any batch size up to 64)
-    observed on `calibration`, then converted to quantized operations. (Its quantization-aware variant,
-    prepare_qat_pt2e, fails or loses accuracy here: the PT2E formats set qat False, executorch_format.py says why.)"""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    """PyTorch's PT2E int8 with a runtime's quantizer: the exported graph (any batch size up to 64) observed on
+    `calibration`, then converted to quantized operations. With `fine_tune` (the quantizer configured for
+    quantization-aware training), the graph is fine-tuned with its fake quantizers in place in between."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
     batch = torch.export.Dim("batch", min=1, max=64)
     graph = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: batch},)).module()
-    prepared = prepare_pt2e(graph, quantizer)
-    with torch.no_grad():
+    if fine_tune is None:
+        prepared = prepare_pt2e(graph, quantizer)
+    else:
+        # BatchNorm folded into its convolution first, as prepare_pt2e does: its statistics stay as trained, and
+        # PT2E's own QAT conv-BN pattern, which divides by the BatchNorm scale, cannot meet a zero scale (NaN).
+        _fuse_conv_bn_(graph)
+        prepared = prepare_qat_pt2e(graph, quantizer)
+        move_exported_model_to_eval(prepared)  # dropout off
+    with torch.no_grad():  # the fake quantizers of QAT start from the calibration ranges too
         for start in range(0, len(calibration), 8):
             prepared(torch.from_numpy(calibration[start : start + 8]))
+    if fine_tune is not None:
+        fine_tune(prepared)
     return convert_pt2e(prepared, fold_quantize=fold)

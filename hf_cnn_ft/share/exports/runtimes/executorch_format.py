@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hf_cnn_ft.share.exports.formats import Conversion, ExportFormat, Runner, register_format, run_in_batches
-from hf_cnn_ft.share.exports.qat import pt2e_int8
+from hf_cnn_ft.share.exports.qat import FineTune, pt2e_int8
 
 MAX_BATCH = 8  # the runtime refused inputs of 16 images and more with the batch axis declared up to 64
 
@@ -28,15 +28,16 @@ def convert(conversion: Conversion) -> None:
     _lower(conversion.module, conversion.example, conversion.path)
 
 
-def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: None = None) -> None:
-    """XNNPACK's symmetric int8 (per-channel weights) after training (qat False)."""
+def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: FineTune | None = None) -> None:
+    """XNNPACK's symmetric int8 (per-channel weights), after training or, with `fine_tune`, quantization-aware."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantized = pt2e_int8(conversion.module, conversion.example, quantizer, calibration)
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=fine_tune is not None)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    quantized = pt2e_int8(conversion.module, conversion.example, quantizer, calibration, fine_tune=fine_tune)
     _lower(quantized, conversion.example, conversion.path)
 
 
@@ -61,10 +62,5 @@ FORMAT = register_format(
         convert=convert,
         quantize=quantize,
         load=load,
-        # PT2E's quantization-aware path (prepare_qat_pt2e, quantizer with is_qat) fails on ResNets with executorch
-        # 1.5.1 ("zero_point must be between quant_min and quant_max" in the first fake-quantized forward), and on
-        # MobileNetV2, where it runs, one epoch left the ELPV int8 model worse than quantizing after training
-        # (benchmarks/RESULTS.md): after-training int8 only.
-        qat=False,
     )
 )

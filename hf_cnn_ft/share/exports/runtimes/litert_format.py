@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hf_cnn_ft.share.exports.formats import Conversion, ExportFormat, Runner, register_format, run_in_batches
-from hf_cnn_ft.share.exports.qat import pt2e_int8
+from hf_cnn_ft.share.exports.qat import FineTune, pt2e_int8
 
 
 def convert(conversion: Conversion) -> None:
@@ -18,16 +18,23 @@ def convert(conversion: Conversion) -> None:
     litert_torch.convert(conversion.module.eval(), (conversion.example[:1],)).export(str(conversion.path))
 
 
-def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: None = None) -> None:
-    """litert-torch's symmetric int8 (per-channel weights) after training (qat False)."""
+def quantize(conversion: Conversion, calibration: np.ndarray, fine_tune: FineTune | None = None) -> None:
+    """litert-torch's symmetric int8 (per-channel weights), after training or, with `fine_tune`,
+    quantization-aware."""
     import litert_torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
 
     example = conversion.example[:1]
-    config = get_symmetric_quantization_config(is_per_channel=True)
-    quantizer = PT2EQuantizer().set_global(config)
-    quantized = pt2e_int8(conversion.module, conversion.example, quantizer, calibration, fold=False)
+
+    class FoldedBatchNormQuantizer(PT2EQuantizer):
+        # pt2e_int8 folds BatchNorm before annotating, so the QAT-only conv-BN patterns have nothing to match; and
+        # litert-torch builds them with an argument torchao's pattern export no longer takes (a function).
+        STATIC_QAT_ONLY_OPS = []
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=fine_tune is not None)
+    quantizer = FoldedBatchNormQuantizer().set_global(config)
+    quantized = pt2e_int8(conversion.module, conversion.example, quantizer, calibration, False, fine_tune)
     litert_torch.convert(quantized, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(
         str(conversion.path)
     )
@@ -74,6 +81,5 @@ FORMAT = register_format(
         quantize=quantize,
         load=load,
         batch="1",
-        qat=False,  # see executorch_format.py: the same PT2E fake-quantized graph
     )
 )
