@@ -152,6 +152,12 @@ def rows(runs: Runs, recipe_runs: Runs | None, class_name: str | None) -> list[s
     return lines
 
 
+def header(class_name: str | None, time_column: str = "training time") -> list[str]:
+    """The two header lines of a table of `rows`."""
+    figures = ["test accuracy", "macro-F1"] + ([f"{class_name} F1"] if class_name else [])
+    return [f"| run | {' | '.join(figures)} | runs | {time_column} |", "|---" * (len(figures) + 3) + "|"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="+", type=Path)
@@ -192,9 +198,7 @@ def main() -> None:
         for runs in measured[1:]:
             table += rows(runs, measured[0], args.class_name)
 
-    figures = ["test accuracy", "macro-F1"] + ([f"{args.class_name} F1"] if args.class_name else [])
-    header = f"| run | {' | '.join(figures)} | runs | training time |"
-    text = "\n".join([header, "|---" * (len(figures) + 3) + "|", *table])
+    text = "\n".join([*header(args.class_name), *table])
     print("\n" + text)
     if not args.no_record:
         over = f"{len(splits)} resampled splits" if splits != [None] else "the shipped split"

@@ -22,7 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-from accuracy import Runs, defaults_of, ensure_offline_inputs, measure, rows
+from accuracy import Runs, defaults_of, ensure_offline_inputs, header, measure, rows
 from common import machine, record
 
 from hf_cnn_ft.api import prepare_cpu_process
@@ -49,12 +49,10 @@ def on_the_recipe_split(args: argparse.Namespace, overrides: list[str]) -> None:
     runs = measure("recipe", best_recipe, [], [None], args.seeds, args.class_name)
     runs.name = f"best of the search ({args.recipe.name}, {args.timeout:g} min)"
 
-    figures = ["test accuracy", "macro-F1"] + ([f"{args.class_name} F1"] if args.class_name else [])
     lines = [
         search_line(result, searched / 60, "Search"),
         "",
-        f"| run | {' | '.join(figures)} | runs | training time |",
-        "|---" * (len(figures) + 3) + "|",
+        *header(args.class_name),
         *rows(runs, None, args.class_name),
         "",
         "The best recipe:",
@@ -88,10 +86,8 @@ def from_the_defaults(args: argparse.Namespace, overrides: list[str]) -> None:
         found.seconds.append(60 * minutes)
     baseline = measure("defaults", args.recipe, overrides, list(range(args.splits)), 1, args.class_name)
 
-    figures = ["test accuracy", "macro-F1"] + ([f"{args.class_name} F1"] if args.class_name else [])
     lines = [
-        f"| run | {' | '.join(figures)} | runs | time per run |",
-        "|---" * (len(figures) + 3) + "|",
+        *header(args.class_name, "time per run"),
         *rows(baseline, None, args.class_name),
         *rows(found, None, args.class_name),
         rows(baseline, found, args.class_name)[-1],
