@@ -167,3 +167,33 @@ def test_a_lower_precision_is_chosen_only_when_clearly_faster_and_a_gpu_probes_a
     assert _preferred({"fp32": 1.0, "fp16": 0.5}) == "fp16"
     assert probe_batch("train", 48, "cuda") == 48 and probe_batch("train", 48, "cpu") < 48
     assert probe_batch("train", 4096, "cuda") < 4096  # bounded: the probe must not run out of memory first
+
+
+class _WarmingUp(torch.nn.Module):
+    """Steps that take the scripted seconds, one after another (as float32 kernels warm up over several steps)."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.seconds = iter(seconds)
+
+    def forward(self, pixel_values):
+        import time
+        from types import SimpleNamespace
+
+        time.sleep(next(self.seconds))
+        return SimpleNamespace(logits=self.weight * pixel_values.mean(dim=(1, 2, 3))[:, None])
+
+
+def test_the_probe_times_a_precision_once_its_warm_up_has_settled():
+    from hf_cnn_ft.models.precision import _seconds_per_step
+
+    # Slow first steps, then steady at 0.05 s: the timed steps are the steady ones, not the second or third.
+    warming = _WarmingUp([0.40, 0.20, 0.10, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05])
+    assert _seconds_per_step(warming, "fp32", 8, 2, train=True, channels_last=False) < 0.08
+    assert len(list(warming.seconds)) == 2  # stopped warming once settled: 5 warm-up steps, 2 timed
+
+    # Steady from the start: one warm-up step past the first, then the timed ones.
+    steady = _WarmingUp([0.05] * 8)
+    _seconds_per_step(steady, "fp32", 8, 2, train=True, channels_last=False)
+    assert len(list(steady.seconds)) == 4
