@@ -13,6 +13,7 @@ UNFREEZE_SCHEDULES = ("none", "head_then_all", "one_per_epochs", "milestones")
 SAMPLERS = ("random", "balanced")
 AUTO_AUGMENT_POLICIES = ("randaugment", "trivialaugment")
 CROP_MODES = ("center", "squash")
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax")  # timm's pooling of the last feature map
 CROSS_SPLIT_DUPLICATES = ("remove", "keep")
 TEST_TIME_FLIPS = ("none", "horizontal", "vertical", "both")
 PEFT_METHODS = ("lora", "loha")

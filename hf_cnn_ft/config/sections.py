@@ -18,6 +18,7 @@ from hf_cnn_ft.config.choices import (
     AUTO_AUGMENT_POLICIES,
     BN_POLICIES,
     CROP_MODES,
+    GLOBAL_POOLS,
     PEFT_METHODS,
     PUSH_STRATEGIES,
     REJECTION_SCORES,
@@ -74,6 +75,14 @@ class ModelArguments:
     )
     drop_path_rate: float | None = field(
         default=None, metadata={"help": "Stochastic depth (drop-path) rate, where the backbone has it."}
+    )
+    global_pool: Literal[GLOBAL_POOLS] | None = field(
+        default=None,
+        metadata={
+            "help": "timm backbones: how the last feature map is pooled for the classifier: avg, max, avgmax (the "
+            "mean of the two: a label shown in one corner of the image is not averaged away), or catavgmax (both, "
+            "side by side); unset keeps the model's own (avg)."
+        },
     )
     zero_init_head: bool = field(
         default=True,

@@ -80,7 +80,7 @@ def _build_timm(args: ModelArguments, architecture: str, label_names: list[str])
     import timm
 
     base, _, _ = architecture.partition(".")
-    model_args = _timm_regularisation(args)
+    model_args = _timm_model_args(args)
     config = TimmWrapperConfig(architecture=base, model_args=model_args or None, **_label_maps(label_names))
     model = TimmWrapperForImageClassification(config)
     if args.pretrained and args.weights is None:
@@ -116,12 +116,14 @@ def _timm_initialisation(model: PreTrainedModel) -> None:
     )
 
 
-def _timm_regularisation(model_args: ModelArguments) -> dict[str, float]:
-    return {
-        k: v
-        for k, v in (("drop_rate", model_args.drop_rate), ("drop_path_rate", model_args.drop_path_rate))
-        if v is not None
-    }
+def _timm_model_args(model_args: ModelArguments) -> dict[str, Any]:
+    """The recipe's settings that timm takes at model creation (kept in config.json's model_args)."""
+    settings = (
+        ("drop_rate", model_args.drop_rate),
+        ("drop_path_rate", model_args.drop_path_rate),
+        ("global_pool", model_args.global_pool),
+    )
+    return {k: v for k, v in settings if v is not None}
 
 
 _DROPOUT_ATTRIBUTES = ("classifier_dropout_prob", "classifier_dropout", "dropout_rate", "hidden_dropout_prob")
@@ -130,8 +132,13 @@ _DROPOUT_ATTRIBUTES = ("classifier_dropout_prob", "classifier_dropout", "dropout
 def _config_regularisation(args: ModelArguments, config: Any, source: str) -> dict[str, Any]:
     """Config updates that set the recipe's dropout / drop-path rates on a loaded architecture."""
     if config.model_type == "timm_wrapper":
-        wanted = _timm_regularisation(args)
+        wanted = _timm_model_args(args)
         return {"model_args": {**(config.model_args or {}), **wanted}} if wanted else {}
+    if args.global_pool is not None:
+        raise UserError(
+            f"model '{source}' ({config.model_type}) pools as transformers built it; model.global_pool needs a "
+            "timm backbone: unset it, or use the timm name of the architecture"
+        )
     updates: dict[str, Any] = {}
     if args.drop_path_rate is not None:
         if not hasattr(config, "drop_path_rate"):

@@ -177,6 +177,29 @@ def test_drop_path_and_dropout_reach_the_backbone_and_survive_saving(tmp_path):
     assert timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True).drop_rate == 0.3
 
 
+@pytest.mark.parametrize("pool", ["avgmax", "catavgmax"])
+def test_global_pool_reaches_the_timm_backbone_and_survives_saving(tmp_path, pool):
+    model, data_config = build_model(
+        ModelArguments(model="test_efficientnet", pretrained=False, global_pool=pool), LABELS
+    )
+    assert model.timm_model.global_pool.pool_type == pool
+    widened = 2 if pool.startswith("cat") else 1
+    assert model.timm_model.classifier.in_features == widened * model.timm_model.num_features
+    save_model(model, data_config, tmp_path / "m")
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "m")
+    assert loaded.timm_model.global_pool.pool_type == pool
+    assert timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True).global_pool.pool_type == pool
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixel_values=pixels).logits, model.eval()(pixel_values=pixels).logits)
+
+
+def test_global_pool_on_a_transformers_backbone_is_one_clear_line(tmp_path):
+    NATIVE["resnet"]().save_pretrained(tmp_path / "r")
+    with pytest.raises(UserError, match="model.global_pool needs a timm backbone"):
+        build_model(ModelArguments(model=str(tmp_path / "r"), global_pool="max"), LABELS)
+
+
 def test_drop_path_on_a_native_model_without_it_is_a_clear_error(tmp_path):
     NATIVE["resnet"]().save_pretrained(tmp_path / "r")
     with pytest.raises(UserError, match="has no drop-path setting"):
