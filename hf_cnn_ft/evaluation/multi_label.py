@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics
 
-from hf_cnn_ft.models.decisions import DEFAULT_THRESHOLD, decide, sigmoid
+from hf_cnn_ft.models.decisions import DEFAULT_THRESHOLD, decide, decision_correctness, sigmoid
 
 THRESHOLD_GRID = np.linspace(0.05, 0.95, 19)  # the thresholds a fit chooses from: coarse, as validation is small
 
@@ -30,6 +30,16 @@ def fit_thresholds(logits: np.ndarray, targets: np.ndarray) -> list[float]:
         best = np.flatnonzero(scores >= scores.max() - 1e-12)
         fitted.append(round(float(THRESHOLD_GRID[best[len(best) // 2]]), 4))
     return fitted
+
+
+def correctness_as_deployed(logits: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Each decision's correctness as the model will decide once its run ends: a multi-label model's at
+    per-label thresholds fitted on these (validation) images, a single-label model's top class. Two models
+    compared on validation are so each judged at its own thresholds: at 0.5, a fine-tuned model whose scores rank
+    better but sit higher loses decisions that its fitted thresholds get right."""
+    references = np.asarray(references)
+    thresholds = fit_thresholds(logits, references) if references.ndim == 2 else None
+    return decision_correctness(logits, references, thresholds)
 
 
 def average_precision(truth: np.ndarray, probabilities: np.ndarray) -> float | None:

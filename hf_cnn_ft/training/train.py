@@ -30,7 +30,7 @@ from hf_cnn_ft.data.inputs import with_pixel_values
 from hf_cnn_ft.data.streaming import StreamingImages
 from hf_cnn_ft.data.transforms import batch_mixer
 from hf_cnn_ft.evaluation.metrics import trainer_compute_metrics
-from hf_cnn_ft.models.decisions import decision_correctness
+from hf_cnn_ft.evaluation.multi_label import correctness_as_deployed
 from hf_cnn_ft.share.claim import claim_output_dir
 from hf_cnn_ft.share.push import PushDuringTrainingCallback, PushResult, check_push_access, push_model_dir
 from hf_cnn_ft.strategies.class_balance import balanced_label_set_weights, balanced_sample_weights
@@ -183,7 +183,7 @@ def _compare_with_probe(
 
     def validate() -> tuple[float, np.ndarray]:
         loop = trainer.evaluation_loop(trainer.get_eval_dataloader(), "Validation", metric_key_prefix="eval")
-        return loop.metrics[metric], decision_correctness(loop.predictions, loop.label_ids)
+        return loop.metrics[metric], correctness_as_deployed(loop.predictions, loop.label_ids)
 
     return keep_the_better(trainer.model, start, validate, metric.removeprefix("eval_"), greater)
 

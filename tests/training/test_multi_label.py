@@ -22,7 +22,7 @@ from hf_cnn_ft.data.dataset import split_targets
 from hf_cnn_ft.data.loading import load_image_data
 from hf_cnn_ft.errors import UserError
 from hf_cnn_ft.evaluation.label_set_report import label_set_findings
-from hf_cnn_ft.evaluation.multi_label import fit_thresholds, multi_label_report
+from hf_cnn_ft.evaluation.multi_label import correctness_as_deployed, fit_thresholds, multi_label_report
 from hf_cnn_ft.evaluation.predict import predict_files
 from hf_cnn_ft.extras.synthetic import CLASSES, make_multi_label_table
 from hf_cnn_ft.models.decisions import decide, decision_correctness, per_image_correct, sigmoid
@@ -276,6 +276,17 @@ def test_a_paired_comparison_counts_each_label_decision_not_whole_label_sets():
     assert decision_correctness(logits, targets).tolist() == [True, False, True, True, True, True]
     assert per_image_correct(logits, targets).tolist() == [False, True]
     assert decision_correctness(logits, np.array([0, 1])).tolist() == [True, True]  # single-label: per image
+
+
+def test_label_set_models_are_compared_each_at_its_own_fitted_thresholds():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((40, 3)) < 0.4).astype(np.float32)
+    # Ranks every label perfectly, but every score sits above 0.5: at 0.5 every absent label would be given.
+    shifted = np.where(targets > 0.5, 4.0, 1.0) + rng.normal(0, 0.1, targets.shape)
+    assert decision_correctness(shifted, targets).mean() < 0.7
+    assert correctness_as_deployed(shifted, targets).all()
+    single = np.array([[2.0, 1.0], [0.0, 3.0]])
+    assert correctness_as_deployed(single, np.array([0, 0])).tolist() == [True, False]  # single-label: top class
 
 
 @pytest.mark.slow
