@@ -35,6 +35,7 @@ BAD_VALUES = [
     (["--crop_scale", "0.9,0.2"], "augment.crop_scale", "[0.9, 0.2]", "0 < low <= high <= 1"),
     (["--mix_prob", "1.5"], "augment.mix_prob", "1.5", "[0, 1]"),
     (["--crop_mode", "letterbox"], "model.crop_mode", "letterbox", "squash"),
+    (["--global_pool", "mean"], "model.global_pool", "mean", "avgmax"),
     (["--cross_split_duplicates", "drop"], "data.cross_split_duplicates", "drop", "remove"),
     (["--validation_fraction", "1.2"], "data.validation_fraction", "1.2", "[0, 1)"),
     (["--test_fraction", "-0.1"], "data.test_fraction", "-0.1", "[0, 1)"),
