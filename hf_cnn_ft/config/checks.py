@@ -306,6 +306,11 @@ def _check_signal(values: RecipeValues) -> None:
     adapters = bool(values.peft.peft_method)
     preset = strategy_preset(values.finetune.strategy)
     check_signal(values.signal, values.data, preset, adapters, values.finetune.probe_stages)
+    if values.signal.co_tuning_weight and values.model.global_pool == "catavgmax":
+        raise UserError(
+            "signal.co_tuning_weight: the pretrained head reads the backbone's pooled features once, and "
+            "model.global_pool: catavgmax gives them twice: use avg, max or avgmax, or set co_tuning_weight: 0"
+        )
 
 
 def _check_multi_label(values: RecipeValues) -> None:

@@ -130,7 +130,8 @@ _DROPOUT_ATTRIBUTES = ("classifier_dropout_prob", "classifier_dropout", "dropout
 
 
 def _config_regularisation(args: ModelArguments, config: Any, source: str) -> dict[str, Any]:
-    """Config updates that set the recipe's dropout / drop-path rates on a loaded architecture."""
+    """Config updates that set the recipe's dropout / drop-path rates (and a timm backbone's pooling) on a loaded
+    architecture."""
     if config.model_type == "timm_wrapper":
         wanted = _timm_model_args(args)
         return {"model_args": {**(config.model_args or {}), **wanted}} if wanted else {}

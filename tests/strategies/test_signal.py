@@ -78,6 +78,7 @@ def test_cross_validation_folds_cover_training_and_validation_once(shapes_dir, t
         ({"teachers": "[{t}/no-such-model]"}, "signal.teachers"),
         ({"labels_per_class": 3, "probe_stages": 1}, "finetune.probe_stages"),
         ({"co_tuning_weight": 1.0, "strategy": "linear_probe"}, "signal.co_tuning_weight"),
+        ({"co_tuning_weight": 1.0, "strategy": "two_phase", "global_pool": "catavgmax"}, "gives them twice"),
         ({"folds": 3, "fold": 3}, "data.fold: 3"),
         ({"confidence_threshold": 1.5}, "signal.confidence_threshold"),
     ],
