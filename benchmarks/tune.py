@@ -7,12 +7,13 @@ the machine to benchmarks/RESULTS.md.
 
 With --splits K, the search starts from the defaults instead (`hf-cnn-ft train --dataset D --model M`,
 the recipe's data and backbone and nothing else) on each of K resampled splits (data.resplit, split
-seeds 0..K-1), and the recipe it found, trained once more by `tune` itself and tested once, is paired
-with the defaults trained on the same split and seed.
+seeds 0..K-1, or K seeds from --first-split), and the recipe it found, trained once more by `tune`
+itself and tested once, is paired with the defaults trained on the same split and seed.
 
     python benchmarks/tune.py recipes/food-mobilenetv2.yaml --timeout 15
     python benchmarks/tune.py recipes/elpv-defects-mobilenetv2.yaml --timeout 40 --class defective
     python benchmarks/tune.py recipes/food-efficientnet-lite0.yaml --timeout 15 --splits 5
+    python benchmarks/tune.py recipes/food-fine-efficientnet-lite0.yaml --timeout 15 --splits 3 --first-split 2
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def from_the_defaults(args: argparse.Namespace, overrides: list[str]) -> None:
     defaults = defaults_of(load_recipe(args.recipe))
     found = Runs(f"best of a {args.timeout:g}-minute search from the defaults")
     searches: list[str] = []
-    for split in range(args.splits):
+    split_seeds = list(range(args.first_split, args.first_split + args.splits))
+    for split in split_seeds:
         output_dir = Path("outputs") / f"tune-{args.recipe.stem}-defaults" / f"split-{split}"
         values = {**defaults, "resplit": True, "split_seed": split, "seed": 0, "output_dir": str(output_dir)}
         values |= {"timeout": args.timeout, "trials": None}
@@ -84,7 +86,7 @@ def from_the_defaults(args: argparse.Namespace, overrides: list[str]) -> None:
         found.splits.append(split)
         found.reports.append(result.report)
         found.seconds.append(60 * minutes)
-    baseline = measure("defaults", args.recipe, overrides, list(range(args.splits)), 1, args.class_name)
+    baseline = measure("defaults", args.recipe, overrides, split_seeds, 1, args.class_name)
 
     lines = [
         *header(args.class_name, "time per run"),
@@ -99,7 +101,8 @@ def from_the_defaults(args: argparse.Namespace, overrides: list[str]) -> None:
     if not args.no_record:
         heading = f"### tune, {args.timeout:g} minutes from the defaults on {args.recipe.name}'s data and backbone"
         note = "mean ± std over the splits [95% interval]; the search's time includes its retrained best"
-        record(f"{heading}, {args.splits} resampled splits", text, f"{machine()}; {note}")
+        which = f"split seeds {split_seeds[0]}-{split_seeds[-1]}"
+        record(f"{heading}, {args.splits} resampled splits ({which})", text, f"{machine()}; {note}")
 
 
 def main() -> None:
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=15, help="minutes of search")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds of the best recipe, on the recipe's split")
     parser.add_argument("--splits", type=int, default=0, help="resampled splits, each searched from the defaults")
+    parser.add_argument("--first-split", type=int, default=0, help="split seed of the first resampled split")
     parser.add_argument("--class", dest="class_name", help="also report this class's F1 (e.g. defective)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args, overrides = parser.parse_known_args()
