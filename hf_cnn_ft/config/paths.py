@@ -22,10 +22,11 @@ TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json
 
 
 def looks_like_local_path(source: str) -> bool:
-    """True for what can only be a path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``x.csv``); ``ns/name`` may be a
-    Hub id."""
+    """True for what can only be a path (``./x``, ``/x``, ``~/x``, ``x/``, ``a/b/c``, ``x.csv``); ``ns/name`` may be
+    a Hub id."""
     return (
         source.startswith(("/", ".", "~"))
+        or source.endswith("/")
         or Path(source).suffix.lower() in TABLE_SUFFIXES
         or source.count("/") > 1
         or os.sep != "/"

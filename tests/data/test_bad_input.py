@@ -70,6 +70,7 @@ CASES = [
     Case("unknown override", train("--epochs", "3"), ("unknown override --epochs", "num_train_epochs")),
     # Files and folders: which one, and what to give instead.
     Case("missing data path", train("--dataset", "{t}/missing"), ("data path", "missing", "does not exist")),
+    Case("missing folder/", train("--dataset", "no-such-photos/"), ("data path no-such-photos/", "does not exist")),
     Case("output_dir is a file", train("--output_dir", "{t}/taken.txt"), ("output_dir", "taken.txt", "is a file")),
     Case("resume without checkpoint", train("--resume"), ("--resume", "no complete checkpoint", "drop --resume")),
     Case("missing weights file", train("--weights", "{t}/w.safetensors"), ("model.weights", "w.safetensors")),
