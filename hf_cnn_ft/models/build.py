@@ -88,8 +88,10 @@ def _build_timm(args: ModelArguments, architecture: str, label_names: list[str])
             pretrained = timm.create_model(architecture, pretrained=True, num_classes=len(label_names), **model_args)
         except Exception as exc:  # the Hub client raises many types; all mean the same to the user
             raise UserError(
-                f"could not fetch pretrained weights for '{architecture}' ({first_line(exc)}); offline, set "
-                "model.weights to a local weights file, or model.pretrained: false to train from scratch"
+                f"could not fetch pretrained weights for '{architecture}' ({first_line(exc)}); offline, fetch a "
+                "backbone that installs without the Hub (`hf-cnn-ft import-weights --known NAME`) and give its "
+                "folder as model.model, set model.weights to a local weights file, or model.pretrained: false to "
+                "train from scratch"
             ) from None
         model.timm_model = pretrained
     else:

@@ -126,7 +126,8 @@ def test_unknown_model_name_suggests_close_timm_names():
 def test_pretrained_download_failure_says_what_to_do_offline():
     with pytest.raises(UserError) as info:
         build_model(ModelArguments(model="test_resnet", pretrained=True), LABELS)
-    assert "model.weights" in str(info.value) and "model.pretrained: false" in str(info.value)
+    said = str(info.value)
+    assert "model.weights" in said and "model.pretrained: false" in said and "import-weights --known" in said
 
 
 def test_a_fine_tuned_directory_with_the_same_labels_keeps_its_head(tmp_path):
