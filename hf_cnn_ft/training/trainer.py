@@ -197,10 +197,13 @@ class FineTuneTrainer(Trainer):
 
     def supervised_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over the classes (class-weighted, smoothed as the recipe says), or for several labels per
-        image one binary cross-entropy per label, in float32, its positives weighted per label."""
+        image one binary cross-entropy per label, in float32, its positives weighted per label and its targets
+        smoothed towards 1/2 (a label of 1 trains towards 1 - s/2, a label of 0 towards s/2)."""
         if self.multi_label:
             weights = None if self.loss_weights is None else self.loss_weights.to(logits.device, torch.float32)
-            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weights)
+            smoothing = self.args.label_smoothing_factor
+            targets = labels.float() * (1 - smoothing) + smoothing / 2
+            return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weights)
         weights = None if self.loss_weights is None else self.loss_weights.to(logits.device, logits.dtype)
         return nn.functional.cross_entropy(
             logits, labels, weight=weights, label_smoothing=self.args.label_smoothing_factor

@@ -147,6 +147,32 @@ def test_each_threshold_is_the_one_that_maximises_its_labels_f1():
         assert fitted >= metrics.f1_score(targets[:, label], sigmoid(logits[:, label]) >= 0.5)
 
 
+def test_label_smoothing_moves_each_labels_target_towards_one_half(tmp_path):
+    from hf_cnn_ft.config.sections import ModelArguments
+    from hf_cnn_ft.config.training_arguments import TrainArguments
+    from hf_cnn_ft.models.build import build_model
+    from hf_cnn_ft.training.trainer import FineTuneTrainer
+
+    model, _ = build_model(ModelArguments(model="test_resnet", pretrained=False), list("abc"), multi_label=True)
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]], dtype=torch.float32)
+
+    def loss(smoothing: float) -> torch.Tensor:
+        args = TrainArguments(
+            output_dir=str(tmp_path),
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+            label_smoothing_factor=smoothing,
+        )
+        return FineTuneTrainer(model=model, args=args, multi_label=True).supervised_loss(logits, labels)
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(loss(0.0), bce(logits, labels))
+    torch.testing.assert_close(loss(0.2), bce(logits, labels * 0.8 + 0.1))
+    assert not torch.isclose(loss(0.0), loss(0.2))
+
+
 @pytest.mark.slow
 def test_a_multi_label_run_learns_the_label_sets_and_predict_equals_transformers_pipeline(multi_label_run, label_table):
     from transformers import pipeline
