@@ -350,3 +350,32 @@ def test_a_best_trial_within_the_noise_of_the_start_gives_back_the_start():
     _finished(study, [0.80, 0.88, 0.70, 0.84, 0.81], start=False)  # better on every fold
     choice = choose_trial(study)
     assert choice.trial.number == 2 and "over the starting recipe" in choice.reason
+
+
+def test_the_bar_for_leaving_the_start_grows_with_the_trials_compared():
+    from hf_cnn_ft.training.tuning.results import choose_trial
+
+    start = [0.70, 0.80, 0.60, 0.75, 0.72]
+    better = [s + gain for s, gain in zip(start, [0.04, 0.02, 0.05, 0.01, 0.03])]  # +0.03, one-sided p about 0.02
+    alone = optuna.create_study(direction="maximize")
+    _finished(alone, start, start=True)
+    _finished(alone, better, start=False)
+    assert choose_trial(alone).trial.number == 1
+
+    many = optuna.create_study(direction="maximize")
+    _finished(many, start, start=True)
+    for _ in range(9):
+        _finished(many, [s - 0.05 for s in start], start=False)
+    _finished(many, better, start=False)  # the same gain, now the best of ten draws
+    choice = choose_trial(many)
+    assert choice.trial.number == 0 and "10 trials compared" in choice.reason
+
+
+def test_a_lower_is_better_metric_keeps_a_trial_whose_loss_is_lower_on_every_fold():
+    from hf_cnn_ft.training.tuning.results import choose_trial
+
+    study = optuna.create_study(direction="minimize")
+    _finished(study, [0.90, 0.80, 1.00, 0.85, 0.95], start=True)
+    _finished(study, [0.70, 0.62, 0.78, 0.66, 0.74], start=False)
+    choice = choose_trial(study)
+    assert choice.trial.number == 1 and choice.reason.startswith("the best score, -0.2")

@@ -79,10 +79,15 @@ class Choice:
     reason: str
 
 
+SIGNIFICANCE = 0.05  # the chance of giving up the starting recipe for a trial that is no better, whatever the trials
+
+
 def choose_trial(study: optuna.Study) -> Choice:
-    """The best trial by its score, unless it beats the starting recipe by no more than the noise: with scores per
-    fold, a paired difference within one standard error of itself keeps the starting recipe (it is what the user
-    had; a maximum of noisy scores is noise)."""
+    """The best trial by its score, unless the evidence that it beats the starting recipe is within what noise gives
+    the best of that many trials: with scores per fold, a one-sided paired t-test of its fold differences with the
+    start, their variance corrected for folds that share training images (Nadeau & Bengio 2003: 1/k + 1/(k - 1)
+    instead of 1/k), at SIGNIFICANCE divided by the number of trials compared with the start (Bonferroni). Otherwise
+    the starting recipe: it is what the user had, and the maximum of many noisy scores is noise."""
     best = study.best_trial
     starts = [
         t for t in recorded_trials(study) if t.user_attrs.get(START) is not None and t.state == TrialState.COMPLETE
@@ -93,18 +98,34 @@ def choose_trial(study: optuna.Study) -> Choice:
     ours, theirs = best.user_attrs.get(SCORES) or [], start.user_attrs.get(SCORES) or []
     if len(ours) < 2 or len(ours) != len(theirs):
         return Choice(best, "the best score (no per-fold scores to weigh it against the starting recipe)")
-    differences = [a - b for a, b in zip(ours, theirs)]
-    gain, error = statistics.fmean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
     sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-    if sign * gain <= error:
+    gain, error, p_value = paired_fold_test([sign * (a - b) for a, b in zip(ours, theirs)])
+    compared = sum(t.state == TrialState.COMPLETE and t.number != start.number for t in recorded_trials(study))
+    bar = SIGNIFICANCE / compared
+    evidence = (
+        f"{sign * gain:+.4f} ± {error:.4f} over {len(ours)} folds (one-sided p {p_value:.3f}; with {compared} "
+        f"trial{'s' if compared > 1 else ''} compared with the start, kept below {bar:.3f})"
+    )
+    if p_value >= bar:
         return Choice(
             start,
-            f"the starting recipe: the best trial ({best.number}) differs from it by {gain:+.4f} ± {error:.4f} over "
-            f"{len(differences)} folds, not distinguishable from noise",
+            f"the starting recipe: the best trial ({best.number}) differs from it by {evidence}, not "
+            "distinguishable from noise",
         )
-    return Choice(
-        best, f"the best score, {gain:+.4f} ± {error:.4f} over the starting recipe ({len(differences)} folds)"
-    )
+    return Choice(best, f"the best score, {evidence} over the starting recipe")
+
+
+def paired_fold_test(differences: list[float]) -> tuple[float, float, float]:
+    """The mean of k per-fold gains, its standard error corrected for the overlap of the folds' training images,
+    and the one-sided p-value of a gain above zero (Student's t, k - 1 degrees of freedom)."""
+    from scipy import stats
+
+    folds = len(differences)
+    gain, spread = statistics.fmean(differences), statistics.stdev(differences)
+    error = spread * math.sqrt(1 / folds + 1 / (folds - 1))
+    if error == 0:
+        return gain, 0.0, 0.0 if gain > 0 else 1.0
+    return gain, error, float(stats.t.sf(gain / error, folds - 1))
 
 
 def draw_search(study: optuna.Study, directory: Path) -> list[str]:
