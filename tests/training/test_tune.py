@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -379,3 +380,21 @@ def test_a_lower_is_better_metric_keeps_a_trial_whose_loss_is_lower_on_every_fol
     _finished(study, [0.70, 0.62, 0.78, 0.66, 0.74], start=False)
     choice = choose_trial(study)
     assert choice.trial.number == 1 and choice.reason.startswith("the best score, -0.2")
+
+
+def test_trials_no_better_than_the_start_rarely_replace_it_however_many_are_drawn():
+    """Simulated searches of ten trials that are all as good as the start, with fold scores that share each
+    fold's difficulty: the start must come back in at least 95% of them (one standard error let the best of ten
+    through in most)."""
+    from hf_cnn_ft.training.tuning.results import choose_trial
+
+    rng = np.random.default_rng(0)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    replaced = 0
+    for _ in range(200):
+        study = optuna.create_study(direction="maximize")
+        difficulty = rng.normal(0.7, 0.05, 5)
+        for number in range(11):
+            _finished(study, list(difficulty + rng.normal(0, 0.02, 5)), start=number == 0)
+        replaced += choose_trial(study).trial.number != 0
+    assert replaced / 200 <= 0.05
