@@ -101,8 +101,13 @@ def from_the_defaults(args: argparse.Namespace, overrides: list[str]) -> None:
     if not args.no_record:
         heading = f"### tune, {args.timeout:g} minutes from the defaults on {args.recipe.name}'s data and backbone"
         note = "mean ± std over the splits [95% interval]; the search's time includes its retrained best"
-        which = f"split seeds {split_seeds[0]}-{split_seeds[-1]}"
-        record(f"{heading}, {args.splits} resampled splits ({which})", text, f"{machine()}; {note}")
+        first, last = split_seeds[0], split_seeds[-1]
+        splits = (
+            f"1 resampled split (split seed {first})"
+            if first == last
+            else (f"{args.splits} resampled splits (split seeds {first}-{last})")
+        )
+        record(f"{heading}, {splits}", text, f"{machine()}; {note}")
 
 
 def main() -> None:
