@@ -27,8 +27,14 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def machine() -> str:
+    """The machine and the libraries whose versions move a figure: a fresh install within pyproject's ranges can
+    turn a few hundred photos' fine-tuning into another model (RESULTS.md, the defaults on food, 2026-12-05)."""
+    import timm
+    import transformers
+
     threads = torch.get_num_threads()
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads} threads"
+    libraries = f"torch {torch.__version__}, timm {timm.__version__}, transformers {transformers.__version__}"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {libraries}, {threads} threads"
 
 
 def record(heading: str, body: str, machine_line: str | None = None) -> None:
