@@ -389,7 +389,6 @@ def test_trials_no_better_than_the_start_rarely_replace_it_however_many_are_draw
     from hf_cnn_ft.training.tuning.results import choose_trial
 
     rng = np.random.default_rng(0)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     replaced = 0
     for _ in range(200):
         study = optuna.create_study(direction="maximize")
