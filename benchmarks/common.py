@@ -27,8 +27,8 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def machine() -> str:
-    """The machine and the libraries whose versions move a figure: a fresh install within pyproject's ranges can
-    turn a few hundred photos' fine-tuning into another model (RESULTS.md, the defaults on food, 2026-12-05)."""
+    """The machine and the versions of the libraries that make a figure (pinned by constraints.txt; named so
+    that a figure measured before `make lock` refreshed them says so)."""
     import timm
     import transformers
 
